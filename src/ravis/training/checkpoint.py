@@ -1,0 +1,55 @@
+"""Checkpoints without pickle: tensors in safetensors, everything else in its JSON metadata.
+
+The optimiser state is flattened to ``opt/<param index>/<name>`` tensors; param groups and
+training progress go into the metadata. Files are written to a temporary name and renamed,
+so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..io import atomic_path
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    progress: dict, best_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Writes model, optimiser, the best weights so far and ``progress`` (JSON-able) to ``path``."""
+    tensors = {f"model/{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, state in opt["state"].items():
+        for name, value in state.items():
+            tensors[f"opt/{pid}/{name}"] = torch.as_tensor(value).contiguous()
+    for k, v in (best_state or {}).items():
+        tensors[f"best/{k}"] = v.detach().contiguous()
+    meta = {"progress": json.dumps(progress), "param_groups": json.dumps(opt["param_groups"])}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+    """Restores model and optimiser in place; returns (progress, best_state or None)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt/"):
+            _, pid, name = k.split("/", 2)
+            state.setdefault(int(pid), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")} or None
+    return json.loads(meta["progress"]), best
+
+
+def remove_checkpoint(path: Path) -> None:
+    if path.exists():
+        os.remove(path)

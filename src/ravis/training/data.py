@@ -1,0 +1,60 @@
+"""Training and evaluation inputs: query embeddings plus indices of their neighbours in memory.
+
+Keys and values are gathered per batch from the memory arrays rather than materialised per
+query: (N, k, d) for a 60k-query set at k=100, d=1280 would be 30 GB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class MemoryTensors:
+    """The memory as the fusion modules read it."""
+
+    keys: torch.Tensor  # (M, d)
+    values: torch.Tensor  # (M, d')
+
+    @classmethod
+    def from_numpy(cls, keys: np.ndarray, values: np.ndarray) -> "MemoryTensors":
+        return cls(torch.from_numpy(np.ascontiguousarray(keys, dtype=np.float32)),
+                   torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)))
+
+
+@dataclass
+class QuerySet:
+    """Queries with their precomputed neighbours.
+
+    ``direct_values`` replaces the gathered values when a method brings its own per-query
+    value (RAC-style fusion: one embedding of the neighbours' concatenated texts).
+    """
+
+    z: torch.Tensor  # (N, d)
+    neighbors: torch.Tensor  # (N, k) indices into memory
+    labels: torch.Tensor  # (N,)
+    direct_values: torch.Tensor | None = None  # (N, k', d')
+
+    def __len__(self) -> int:
+        return self.z.shape[0]
+
+    @classmethod
+    def from_numpy(cls, z, neighbors, labels, direct_values=None) -> "QuerySet":
+        t = lambda a, dt: None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=dt))
+        return cls(t(z, np.float32), t(neighbors, np.int64), t(labels, np.int64),
+                   t(direct_values, np.float32))
+
+    def subset(self, idx: np.ndarray) -> "QuerySet":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        dv = None if self.direct_values is None else self.direct_values[idx]
+        return QuerySet(self.z[idx], self.neighbors[idx], self.labels[idx], dv)
+
+    def batch(self, idx: torch.Tensor, memory: MemoryTensors):
+        """(z (B, d), keys (B, k, d), values (B, k, d'), labels (B,)) for the rows ``idx``."""
+        nbr = self.neighbors[idx]  # (B, k)
+        keys = memory.keys[nbr]  # (B, k, d)
+        values = self.direct_values[idx] if self.direct_values is not None else memory.values[nbr]
+        return self.z[idx], keys, values, self.labels[idx]

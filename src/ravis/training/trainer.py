@@ -1,0 +1,138 @@
+"""The training loop: LACE, AdamW, warm-up + cosine in steps, checkpoints, best-epoch selection.
+
+Resuming is exact: the shuffle of epoch e and the dropout draws inside it depend only on
+(seed, e), so a run killed after epoch e and resumed reaches the same weights as one that
+was never interrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
+from .data import MemoryTensors, QuerySet
+from .loss import lace_loss
+from .schedule import warmup_cosine
+
+
+@dataclass
+class FitResult:
+    """What training produced besides the weights (which stay in the model)."""
+
+    history: list[dict] = field(default_factory=list)  # one entry per epoch
+    best_epoch: int | None = None  # 1-based; None when no validation set was given
+    steps: int = 0
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: decaying biases, temperatures and gates toward zero
+    would undo their initialisation (a temperature decayed to 1 flattens the attention)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def epochs_for(cfg: TrainConfig, n: int) -> tuple[int, int]:
+    """(epochs, steps per epoch): ``min_steps`` stretches the run on small training sets."""
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+    return epochs, steps_per_epoch
+
+
+def fit(model: torch.nn.Module, train: QuerySet, memory: MemoryTensors, cfg: TrainConfig,
+        class_counts, *, tau: float, val: QuerySet | None = None,
+        checkpoint: Path | None = None, resume: bool = False,
+        log: Callable[[str], None] | None = None) -> FitResult:
+    """Trains ``model`` in place; with ``val`` keeps the epoch with the best balanced accuracy."""
+    opt = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
+    epochs, steps_per_epoch = epochs_for(cfg, len(train))
+    total = epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    result, best_state, best_score, start = FitResult(), None, -1.0, 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        progress, best_state = load_checkpoint(checkpoint, model, opt)
+        start, result.history = progress["epoch"], progress["history"]
+        result.best_epoch, best_score = progress["best_epoch"], progress["best_score"]
+    for epoch in range(start, epochs):
+        loss = _train_epoch(model, opt, train, memory, cfg, class_counts, tau, epoch,
+                            steps_per_epoch, total, warmup)
+        entry = {"epoch": epoch + 1, "loss": loss}
+        if val is not None and len(val):
+            entry["val_balanced_acc"] = balanced_accuracy(predict(model, val, memory)[0].argmax(1),
+                                                          val.labels.numpy())
+            if entry["val_balanced_acc"] > best_score:
+                best_score, result.best_epoch = entry["val_balanced_acc"], epoch + 1
+                best_state = copy.deepcopy(model.state_dict())
+        result.history.append(entry)
+        if log:
+            log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in entry.items()))
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, opt,
+                            {"epoch": epoch + 1, "history": result.history,
+                             "best_epoch": result.best_epoch, "best_score": best_score},
+                            best_state)
+        if (cfg.patience and result.best_epoch is not None
+                and epoch + 1 - result.best_epoch >= cfg.patience):
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.steps = total
+    return result
+
+
+def _train_epoch(model, opt, train, memory, cfg, class_counts, tau, epoch, steps_per_epoch,
+                 total, warmup) -> float:
+    model.train()
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+    torch.manual_seed(cfg.seed * 104729 + epoch)  # dropout draws depend on (seed, epoch) only
+    losses = []
+    for b in range(steps_per_epoch):
+        step = epoch * steps_per_epoch + b
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * warmup_cosine(step, total, warmup)
+        z, keys, values, y = train.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], memory)
+        logits, _ = model(z, keys, values)
+        loss = lace_loss(logits, y, class_counts, tau=tau, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, queries: QuerySet, memory: MemoryTensors,
+            batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Raw logits (N, C) and attention (N, L, k) in evaluation mode."""
+    model.eval()
+    logits, attns = [], []
+    for start in range(0, len(queries), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(queries)))
+        z, keys, values, _ = queries.batch(idx, memory)
+        out, attn = model(z, keys, values)
+        logits.append(out.numpy())
+        attns.append(attn.numpy())
+    return np.concatenate(logits), np.concatenate(attns)
+
+
+def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes present of per-class accuracy: the validation score that matches
+    a balanced test set even when validation is carved from a long-tailed training set."""
+    accs = [float((pred[labels == c] == c).mean()) for c in np.unique(labels)]
+    return float(np.mean(accs)) if accs else 0.0
+
+
+__all__ = ["FitResult", "balanced_accuracy", "epochs_for", "fit", "parameter_groups", "predict",
+           "remove_checkpoint"]
