@@ -1,0 +1,153 @@
+"""Exact inner-product search: blockwise torch matmul + topk.
+
+The whole cost is one large matmul (about 85% at nb=60000, d=1280) and a top-k selection,
+so the only tuning that matters is the block shape: wide enough for an efficient GEMM, small
+enough that the score block (bq, bb) stays within ``block_bytes``. Queries go in blocks of
+up to ``max_block_queries`` rows (taller blocks stop helping the GEMM at about 1024); the
+database is split into column blocks only when nb is too large for the byte budget, and the
+per-block top-k lists are merged as they come, so memory is bounded whatever nb is. The
+selection prunes whole chunks of columns first (:func:`topk_chunked`), which matters most at
+large nb, where it is a third of the time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ravis.io import load_npy, save_npy
+
+from .base import as_vectors, check_k, check_loaded, pad_results, read_meta, write_meta
+
+XB_NAME = "xb.npy"
+
+#: Columns per chunk in :func:`topk_chunked`; 16 measured best at widths 6e4 to 7e4, k=100.
+TOPK_CHUNK = 16
+
+
+class ExactIndex:
+    """Brute-force search over float32 vectors kept in a torch tensor.
+
+    Uses torch's intra-op threads (``torch.set_num_threads``); it does not change them.
+
+    Args:
+        d: vector dimension.
+        block_bytes: bound on the float32 score block computed at once.
+        max_block_queries: queries per block.
+    """
+
+    def __init__(self, d: int, *, block_bytes: int = 256 << 20, max_block_queries: int = 1024):
+        if d < 1 or block_bytes < 4 or max_block_queries < 1:
+            raise ValueError(f"bad ExactIndex arguments: d={d}, block_bytes={block_bytes}, "
+                             f"max_block_queries={max_block_queries}")
+        self.spec, self.d = "exact", int(d)
+        self.block_bytes, self.max_block_queries = int(block_bytes), int(max_block_queries)
+        self._chunks: list[torch.Tensor] = []  # added but not yet concatenated
+        self._xb = torch.empty(0, self.d)  # (nb, d)
+
+    @classmethod
+    def from_spec(cls, d: int, options: str = "") -> "ExactIndex":
+        if options:
+            raise ValueError(f"'exact' takes no options, got {options!r}")
+        return cls(d)
+
+    @property
+    def ntotal(self) -> int:
+        return self._xb.shape[0] + sum(c.shape[0] for c in self._chunks)
+
+    @property
+    def xb(self) -> torch.Tensor:
+        """The stored vectors (nb, d); concatenates pending adds once, not on every add."""
+        if self._chunks:
+            self._xb = torch.cat([self._xb, *self._chunks])
+            self._chunks = []
+        return self._xb
+
+    def add(self, xb) -> None:
+        # Copy: the index must not change when the caller reuses its buffer.
+        self._chunks.append(torch.from_numpy(as_vectors(xb, self.d, "xb").copy()))
+
+    def reconstruct(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.ntotal):
+            raise IndexError(f"ids out of range [0, {self.ntotal})")
+        return self.xb.numpy()[ids]
+
+    def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
+        xq, k = as_vectors(xq, self.d, "xq"), check_k(k)
+        xb, nq = self.xb, xq.shape[0]
+        kk = min(k, xb.shape[0])
+        if kk == 0:
+            return pad_results(np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64), k)
+        D = np.empty((nq, kk), dtype=np.float32)
+        I = np.empty((nq, kk), dtype=np.int64)
+        bq, bb = self._block_shape(nq, xb.shape[0], kk)
+        buf = torch.empty(bq * bb)  # reused: a fresh 256 MB block per step costs page faults
+        tq, tD, tI = torch.from_numpy(xq), torch.from_numpy(D), torch.from_numpy(I)
+        for q0 in range(0, nq, bq):
+            v, i = self._search_block(tq[q0 : q0 + bq], xb, kk, bb, buf)
+            tD[q0 : q0 + bq], tI[q0 : q0 + bq] = v, i
+        return pad_results(D, I, k)
+
+    def _block_shape(self, nq: int, nb: int, k: int) -> tuple[int, int]:
+        """Query rows bq and database columns bb per score block."""
+        bq = max(1, min(nq, self.max_block_queries))
+        bb = max(k, self.block_bytes // (4 * bq))
+        return bq, min(nb, bb)
+
+    @staticmethod
+    def _search_block(q, xb, k, bb, buf) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k of one query block (bq, d) over all of xb, bb database rows at a time."""
+        best_v = best_i = None
+        for b0 in range(0, xb.shape[0], bb):
+            xbb = xb[b0 : b0 + bb]  # (bb, d)
+            S = buf[: q.shape[0] * xbb.shape[0]].view(q.shape[0], xbb.shape[0])  # (bq, bb)
+            torch.mm(q, xbb.T, out=S)
+            v, i = topk_chunked(S, min(k, xbb.shape[0]))  # (bq, k)
+            i += b0
+            if best_v is not None:
+                # Merge as we go, so memory stays (bq, 2k) however many blocks there are.
+                v, j = torch.topk(torch.cat([best_v, v], 1), k, dim=1)
+                i = torch.gather(torch.cat([best_i, i], 1), 1, j)
+            best_v, best_i = v, i
+        return best_v, best_i
+
+    def save(self, path: Path | str) -> None:
+        path = Path(path)
+        save_npy(path / XB_NAME, self.xb.numpy())
+        write_meta(path, self.spec, self.d, self.ntotal)  # last: marks the save complete
+
+    @classmethod
+    def load(cls, path: Path | str) -> "ExactIndex":
+        meta = read_meta(path)
+        xb = load_npy(Path(path) / XB_NAME)
+        check_loaded(Path(path) / XB_NAME, meta, xb)
+        index = cls(meta["d"])
+        index._xb = torch.from_numpy(xb)
+        return index
+
+
+def topk_chunked(S: torch.Tensor, k: int, c: int = TOPK_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.topk(S, k, dim=1) of a wide row-major (n, m) block, about 20% faster.
+
+    Splits each row into nc = m // c strided chunks (chunk j is columns j, j + nc, ...),
+    keeps the k chunks with the largest maxima, and selects among their k * c columns. Exact:
+    a top-k element outside the kept chunks would have k kept chunk maxima, k distinct
+    elements, at least as large as itself. The strided split makes the chunk maxima an
+    elementwise max of c contiguous row slices, the fastest reduction torch has.
+    """
+    n, m = S.shape
+    nc = m // c
+    if nc < 4 * k:  # too narrow to gain
+        return torch.topk(S, k, dim=1)
+    if S.stride(1) != 1:
+        S = S.contiguous()
+    cmax = S.as_strided((n, c, nc), (S.stride(0), nc, 1)).amax(dim=1)  # (n, nc)
+    ci = torch.topk(cmax, k, dim=1, sorted=False).indices  # (n, k)
+    cols = (ci[:, :, None] + torch.arange(c) * nc).reshape(n, k * c)  # (n, k * c)
+    if nc * c < m:  # the last m % c columns are in no chunk: always candidates
+        cols = torch.cat([cols, torch.arange(nc * c, m).expand(n, -1)], dim=1)
+    v, j = torch.topk(torch.gather(S, 1, cols), k, dim=1)
+    return v, torch.gather(cols, 1, j)

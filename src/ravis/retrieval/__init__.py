@@ -1,0 +1,5 @@
+"""Neighbour precomputation: the k nearest memory entries of each query, self-excluded, cached."""
+
+from .neighbors import cached_neighbors, index_fingerprint, search_neighbors
+
+__all__ = ["cached_neighbors", "index_fingerprint", "search_neighbors"]
