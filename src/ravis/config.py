@@ -37,11 +37,13 @@ class MAMConfig:
     init_temperature: float = 1 / 0.07  # its starting value
     similarity_bias: bool = False  # add a learned multiple of the retrieval similarity
     attn_dropout: float = 0.0  # dropout on attention weights
+    qk_lr_scale: float = 1.0  # learning-rate multiplier for psiQ, psiK
 
     def __post_init__(self):
         _check(self.num_layers >= 1, f"mam.num_layers must be >= 1, got {self.num_layers}")
         _check(0 <= self.attn_dropout < 1, f"mam.attn_dropout must be in [0, 1), got {self.attn_dropout}")
         _check(self.init_temperature > 0, "mam.init_temperature must be > 0")
+        _check(self.qk_lr_scale >= 0, "mam.qk_lr_scale must be >= 0")
 
 
 @dataclass
@@ -74,3 +76,206 @@ class TrainConfig:
             _check(self.val_fraction > 0, "train.tau='auto' needs train.val_fraction > 0")
             _check(len(self.tau_grid) > 0, "train.tau_grid is empty")
         _check(self.patience == 0 or self.val_fraction > 0, "train.patience needs train.val_fraction > 0")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are split."""
+
+    dataset: str = "fashion-mnist"  # a ravis.data.load_dataset spec: fashion-mnist, tuxpaint, imagefolder:PATH, lt-split:ROOT:TRAIN:TEST
+    class_depth: int = 1  # folder level that names the class (imagefolder, tuxpaint)
+    test_fraction: float = 0.2  # stratified test split for datasets that come without one
+    split_seed: int = 0
+    longtail: bool = False  # subsample the training split with an exponential profile
+    imbalance_ratio: float = 100.0  # largest class / smallest class after subsampling
+    max_per_class: int = 1000  # images kept in the largest class
+    longtail_seed: int = 0
+    limit_train: int | None = None  # keep at most this many training images (stratified; tiny runs)
+    limit_test: int | None = None  # keep at most this many test images (stratified; tiny runs)
+
+    def __post_init__(self):
+        _check(bool(self.dataset), "data.dataset is empty")
+        _check(self.class_depth >= 1, "data.class_depth must be >= 1")
+        _check(0 < self.test_fraction < 1, "data.test_fraction must be in (0, 1)")
+        _check(self.imbalance_ratio >= 1, "data.imbalance_ratio must be >= 1")
+        _check(self.max_per_class >= 1, "data.max_per_class must be >= 1")
+
+
+@dataclass
+class MemoryConfig:
+    """What the memory holds."""
+
+    source: str = "train"  # "train": the (long-tailed) training split; "full-train": the whole training split; or a saved memory folder
+    values: str = "label_prompt"  # label_prompt | caption | image
+    prompt: str = "a photo of a {label}"  # label prompt for images without a caption
+    value_encoder: str | None = None  # image encoder spec for values="image"
+    wrong_value_fraction: float = 0.0  # replace this fraction of values with a wrong class's prompt
+    wrong_value_seed: int = 0
+
+    def __post_init__(self):
+        from .memory.build import VALUE_KINDS
+
+        _check(self.values in VALUE_KINDS, f"memory.values must be one of {VALUE_KINDS}, got {self.values!r}")
+        _check("{label}" in self.prompt, "memory.prompt must contain '{label}'")
+        _check(0 <= self.wrong_value_fraction < 1, "memory.wrong_value_fraction must be in [0, 1)")
+        _check(self.wrong_value_fraction == 0 or self.values == "label_prompt",
+               "memory.wrong_value_fraction needs memory.values=label_prompt")
+        _check(self.values != "image" or bool(self.value_encoder),
+               "memory.values=image needs memory.value_encoder")
+
+
+@dataclass
+class RetrievalConfig:
+    """Neighbour search and the non-parametric reference."""
+
+    k: int = 100  # neighbours per query
+    index: str = "exact"  # index spec (ravis.index.create_index)
+    vote_ks: list[int] = field(default_factory=lambda: [10, 20, 50, 100])  # kNN-vote k values; the best is reported
+    vote_temperature: float = 0.07  # DINO's
+    rac_texts: int = 10  # RAC-style: how many nearest neighbours' texts are concatenated
+    k_curve: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100])  # accuracy-versus-k plot
+
+    def __post_init__(self):
+        _check(self.k >= 1, "retrieval.k must be >= 1")
+        _check(all(1 <= v <= self.k for v in self.vote_ks), "retrieval.vote_ks must lie in [1, k]")
+        _check(1 <= self.rac_texts <= self.k, "retrieval.rac_texts must lie in [1, k]")
+        _check(all(1 <= v <= self.k for v in self.k_curve), "retrieval.k_curve must lie in [1, k]")
+        _check(self.vote_temperature > 0, "retrieval.vote_temperature must be > 0")
+
+
+@dataclass
+class ExperimentConfig:
+    """One dataset + one memory, every method trained and evaluated on it."""
+
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mam: MAMConfig = field(default_factory=MAMConfig)
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+
+    def __post_init__(self):
+        _check(bool(self.name), "experiment name is empty")
+        unknown = sorted(set(self.methods) - set(METHODS))
+        _check(not unknown, f"{self.name}: unknown methods {unknown}; choose from {list(METHODS)}")
+
+
+@dataclass
+class RunConfig:
+    """A whole run: encoders shared by its experiments."""
+
+    encoder: str = "efficientnet_lite0"  # query/key image encoder spec
+    text_encoder: str = "minilm"  # value text encoder spec
+    strict: bool = False  # a bad image is an error instead of a skipped, counted item
+    recipe: str = "ravis"  # "ravis" (the dataclass defaults) or "paper" (the paper's settings)
+    experiments: list[ExperimentConfig] = field(default_factory=list)
+
+    def __post_init__(self):
+        _check(self.recipe in RECIPES, f"recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+        names = [e.name for e in self.experiments]
+        _check(len(names) == len(set(names)), f"experiment names repeat: {names}")
+
+
+# ---- Recipes, YAML presets and dotted overrides -------------------------------------------
+
+#: Training recipes applied under a preset's own settings. "ravis" is the dataclass defaults;
+#: "paper" is Iscen et al.'s recipe as published, kept for comparison.
+RECIPES: dict[str, dict] = {
+    "ravis": {},
+    "paper": {
+        "train": {"lr": 1e-3, "weight_decay": 0.2, "batch_size": 512, "epochs": 10,
+                  "warmup_epochs": 1.0, "min_steps": 0, "label_smoothing": 0.1, "tau": 1.0,
+                  "val_fraction": 0.0, "patience": 0},
+        "mam": {"num_layers": 8, "similarity_init": False, "learn_temperature": False,
+                "similarity_bias": False, "attn_dropout": 0.0, "qk_lr_scale": 1.0},
+        "retrieval": {"k": 100},
+    },
+}
+
+def _build(cls, data, where: str):
+    """Dataclass ``cls`` from a dict, recursively, refusing unknown keys."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            value = _build(hint, value, f"{where}.{key}")
+        elif key == "experiments":
+            value = [_build(ExperimentConfig, v, f"{where}.experiments.{i}") for i, v in enumerate(value)]
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    node, parts = tree, dotted.split(".")
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def resolve(tree: dict, overrides: list[str] = ()) -> RunConfig:
+    """A RunConfig from a preset tree: ``defaults`` merged into every experiment, then the
+    dotted overrides (``train.lr=1e-3`` applies to every experiment; ``experiments.0.x=...``
+    to one)."""
+    tree = copy.deepcopy(tree)
+    shared = {k: tree.pop(k) for k in ("data", "memory", "retrieval", "train", "mam", "methods") if k in tree}
+    recipe_over = [o for o in overrides if o.startswith("recipe=")]
+    recipe = yaml.safe_load(recipe_over[-1].split("=", 1)[1]) if recipe_over else tree.get("recipe", "ravis")
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
+    shared = _deep_merge(RECIPES[recipe], shared)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        head = key.split(".", 1)[0]
+        if head in ("data", "memory", "retrieval", "train", "mam", "methods"):
+            _set_dotted(shared, key, value)
+        else:
+            _set_dotted(tree, key, value)
+    tree["experiments"] = [_deep_merge(shared, e) for e in tree.get("experiments", [])]
+    return _build(RunConfig, tree, "config")
+
+
+def load_preset(path: Path | str, overrides: list[str] = ()) -> RunConfig:
+    """Reads a YAML preset (``configs/*.yaml``) and applies dotted overrides."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from e
+    try:
+        return resolve(tree, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -17,6 +17,8 @@ def _no_attention(z: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 class NoMemory(nn.Module):
     """f = z: with the classifier's linear layer this is the linear probe."""
 
+    reads = ()  # the memory parts forward() uses
+
     def __init__(self, dim: int, value_dim: int | None = None, *, device=None, dtype=None):
         super().__init__()
 
@@ -26,6 +28,8 @@ class NoMemory(nn.Module):
 
 class MLP(nn.Module):
     """f = dropout(gelu(W z + b)): with the classifier's linear layer, a 2-layer MLP."""
+
+    reads = ()  # the memory parts forward() uses
 
     def __init__(self, dim: int, value_dim: int | None = None, *, dropout: float = 0.0,
                  device=None, dtype=None):

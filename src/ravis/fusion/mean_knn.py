@@ -9,6 +9,8 @@ from torch import nn
 class MeanKNN(nn.Module):
     """Adds the projected mean of the neighbours' values to the query."""
 
+    reads = ("values",)  # the memory parts forward() uses
+
     def __init__(self, dim: int, value_dim: int, *, device=None, dtype=None):
         super().__init__()
         self.chi = nn.Linear(value_dim, dim, device=device, dtype=dtype)

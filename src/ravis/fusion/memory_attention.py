@@ -10,6 +10,8 @@ ravis improvements (all off by default, turned on by the ravis training preset):
   are the retrieval similarity z.m (a random psiK makes the first attention a random mix of
   neighbours, and on small training sets it never recovers), and chi starts at zero, so the
   module starts as the identity on z and each layer's query starts as z.
+- ``qk_lr_scale``: a learning-rate multiplier for psiQ and psiK (read by the trainer), so
+  that Adam refines the similarity instead of overwriting it.
 - ``learn_temperature``: a learned log-scale replaces the fixed 1/sqrt(d), so the module can
   sharpen attention to the few nearest neighbours (a kNN vote at k=10 beats k=100).
 - ``similarity_bias``: a learned multiple of the retrieval similarity is added to the
@@ -58,6 +60,8 @@ class MemoryAttention(nn.Module):
         init_temperature: initial score scale when learning it (1/0.07, CLIP's).
         similarity_bias: add a learned multiple of the query-key cosine similarity.
         attn_dropout: dropout probability on the attention weights.
+        qk_lr_scale: learning-rate multiplier for psiQ and psiK, stored as ``lr_scale`` on
+            their parameters for the trainer.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class MemoryAttention(nn.Module):
         init_temperature: float = 1 / 0.07,
         similarity_bias: bool = False,
         attn_dropout: float = 0.0,
+        qk_lr_scale: float = 1.0,
         device=None,
         dtype=None,
     ):
@@ -89,6 +94,10 @@ class MemoryAttention(nn.Module):
         self.attn_dropout = nn.Dropout(attn_dropout)
         if similarity_init:
             self._init_as_similarity()
+        if qk_lr_scale != 1.0:
+            for layer in self.layers:
+                for p in (*layer.q.parameters(), *layer.k.parameters()):
+                    p.lr_scale = qk_lr_scale
 
     @torch.no_grad()
     def _init_as_similarity(self) -> None:
@@ -105,7 +114,7 @@ class MemoryAttention(nn.Module):
     def scale(self, i: int) -> torch.Tensor | float:
         if self.log_scale is None:
             return 1.0 / math.sqrt(self.dim)
-        return self.log_scale[i].clamp(max=math.log(100.0)).exp()
+        return self.log_scale[i].clamp(max=math.log(1000.0)).exp()
 
     def forward(self, z: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
         """Refine z with its neighbours.

@@ -18,6 +18,8 @@ from torch import nn
 class RACFusion(nn.Module):
     """f = z + chi(t), t the embedding of the neighbours' concatenated texts."""
 
+    reads = ("values",)  # the memory parts forward() uses
+
     def __init__(self, dim: int, value_dim: int, *, device=None, dtype=None):
         super().__init__()
         self.chi = nn.Linear(value_dim, dim, device=device, dtype=dtype)

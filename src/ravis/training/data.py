@@ -52,9 +52,17 @@ class QuerySet:
         dv = None if self.direct_values is None else self.direct_values[idx]
         return QuerySet(self.z[idx], self.neighbors[idx], self.labels[idx], dv)
 
-    def batch(self, idx: torch.Tensor, memory: MemoryTensors):
-        """(z (B, d), keys (B, k, d), values (B, k, d'), labels (B,)) for the rows ``idx``."""
+    def batch(self, idx: torch.Tensor, memory: MemoryTensors, reads=("keys", "values")):
+        """(z (B, d), keys (B, k, d), values (B, k, d'), labels (B,)) for the rows ``idx``.
+
+        A method that does not read keys or values (``reads``) gets (B, k, 0) placeholders:
+        gathering 512 x 100 x 1280 keys per batch would dominate a linear probe's step.
+        """
         nbr = self.neighbors[idx]  # (B, k)
-        keys = memory.keys[nbr]  # (B, k, d)
-        values = self.direct_values[idx] if self.direct_values is not None else memory.values[nbr]
+        empty = self.z.new_zeros((*nbr.shape, 0))
+        keys = memory.keys[nbr] if "keys" in reads else empty  # (B, k, d)
+        if self.direct_values is not None:
+            values = self.direct_values[idx]
+        else:
+            values = memory.values[nbr] if "values" in reads else empty  # (B, k, d')
         return self.z[idx], keys, values, self.labels[idx]

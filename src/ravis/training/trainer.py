@@ -32,15 +32,21 @@ class FitResult:
     steps: int = 0
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: decaying biases, temperatures and gates toward zero
-    would undo their initialisation (a temperature decayed to 1 flattens the attention)."""
-    decay, no_decay = [], []
+def parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices only, and per-parameter learning-rate scales.
+
+    Decaying biases, temperatures and gates toward zero would undo their initialisation (a
+    temperature decayed to 1 flattens the attention). A parameter may carry ``lr_scale``:
+    MAM's similarity-initialised psiQ/psiK do, since Adam moves every one of their d*d
+    entries by about lr per step, which at lr 1e-2 erases the identity within a few steps.
+    """
+    groups: dict[tuple[float, bool], list] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((getattr(p, "lr_scale", 1.0), p.ndim >= 2), []).append(p)
+    return [{"params": ps, "lr_scale": scale, "lr": lr * scale,
+             "weight_decay": weight_decay if decay else 0.0}
+            for (scale, decay), ps in sorted(groups.items())]
 
 
 def epochs_for(cfg: TrainConfig, n: int) -> tuple[int, int]:
@@ -55,7 +61,7 @@ def fit(model: torch.nn.Module, train: QuerySet, memory: MemoryTensors, cfg: Tra
         checkpoint: Path | None = None, resume: bool = False,
         log: Callable[[str], None] | None = None) -> FitResult:
     """Trains ``model`` in place; with ``val`` keeps the epoch with the best balanced accuracy."""
-    opt = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
+    opt = torch.optim.AdamW(parameter_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr)
     epochs, steps_per_epoch = epochs_for(cfg, len(train))
     total = epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
@@ -101,8 +107,9 @@ def _train_epoch(model, opt, train, memory, cfg, class_counts, tau, epoch, steps
     for b in range(steps_per_epoch):
         step = epoch * steps_per_epoch + b
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * warmup_cosine(step, total, warmup)
-        z, keys, values, y = train.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], memory)
+            group["lr"] = cfg.lr * group["lr_scale"] * warmup_cosine(step, total, warmup)
+        z, keys, values, y = train.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], memory,
+                                        reads_of(model))
         logits, _ = model(z, keys, values)
         loss = lace_loss(logits, y, class_counts, tau=tau, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
@@ -120,11 +127,17 @@ def predict(model: torch.nn.Module, queries: QuerySet, memory: MemoryTensors,
     logits, attns = [], []
     for start in range(0, len(queries), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(queries)))
-        z, keys, values, _ = queries.batch(idx, memory)
+        z, keys, values, _ = queries.batch(idx, memory, reads_of(model))
         out, attn = model(z, keys, values)
         logits.append(out.numpy())
         attns.append(attn.numpy())
     return np.concatenate(logits), np.concatenate(attns)
+
+
+def reads_of(model: torch.nn.Module) -> tuple[str, ...]:
+    """Which parts of the memory the model's fusion module reads (both unless it says)."""
+    fusion = getattr(model, "fusion", model)
+    return getattr(fusion, "reads", ("keys", "values"))
 
 
 def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:

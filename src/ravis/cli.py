@@ -1,0 +1,131 @@
+"""``ravis <verb>``: a thin command line over :mod:`ravis.experiment`.
+
+Verbs: demo, run (whole pipeline); embed, index, knn, train, eval, predict (one stage each,
+cached and resumable). ``main(argv)`` is callable from tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("RAVIS_CACHE", Path.home() / ".cache" / "ravis"))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", type=Path, default=None,
+                   help="cache folder for models, embeddings, neighbours (default $RAVIS_CACHE or ~/.cache/ravis)")
+    p.add_argument("--recipe", choices=["ravis", "paper"], default=None,
+                   help="training recipe: ravis defaults, or the paper's settings as published")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.lr=1e-3 (repeatable)")
+    p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not a skip")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every training epoch")
+
+
+def _config_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, help="a YAML preset (configs/*.yaml)")
+    p.add_argument("--dataset", help="instead of a preset: fashion-mnist, tuxpaint, imagefolder:PATH, "
+                                     "lt-split:IMAGE_ROOT:TRAIN_FILE:TEST_FILE")
+    p.add_argument("--class-depth", type=int, default=1, help="folder level that names the class")
+    p.add_argument("--encoder", default="efficientnet_lite0", help="image encoder spec")
+    p.add_argument("--text-encoder", default="minilm", help="text encoder spec")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ravis", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("demo", help="the embedded-default experiments (Fashion-MNIST-LT, Tux Paint)")
+    p.add_argument("--out", type=Path, default=Path("demo-out"))
+    _common(p)
+
+    p = sub.add_parser("run", help="the whole pipeline on a dataset or preset")
+    _config_source(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--no-resume", action="store_true", help="ignore per-epoch checkpoints")
+    _common(p)
+
+    for verb, text in [("embed", "embed the images of each experiment (cached)"),
+                       ("index", "build each experiment's memory and its k-NN index; save them"),
+                       ("knn", "precompute neighbours of the train and test splits (cached)")]:
+        p = sub.add_parser(verb, help=text)
+        _config_source(p)
+        if verb == "index":
+            p.add_argument("--out", type=Path, required=True, help="folder for memories and indexes")
+        _common(p)
+
+    p = sub.add_parser("train", help="train and evaluate every method (resumes from checkpoints)")
+    _config_source(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", default=True,
+                   help="resume from the last completed epoch (default)")
+    p.add_argument("--no-resume", dest="resume", action="store_false")
+    _common(p)
+
+    p = sub.add_parser("eval", help="re-evaluate a finished run: tables, metrics, plots")
+    p.add_argument("run_dir", type=Path)
+
+    p = sub.add_parser("predict", help="top-5 classes and the 10 most-attended neighbours of images")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--run", dest="run_dir", type=Path, required=True, help="a finished run folder")
+    p.add_argument("--experiment", help="which experiment of the run (default: the first)")
+    p.add_argument("--method", default="mam", help="trained method to use (default mam)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--cache", type=Path, default=None)
+    return parser
+
+
+def load_run_config(args):
+    from .config import load_preset, resolve
+
+    overrides = list(args.overrides)
+    if args.recipe:
+        overrides.append(f"recipe={args.recipe}")
+    if args.verb == "demo":
+        return load_preset(CONFIG_DIR / "demo.yaml", overrides)
+    if getattr(args, "config", None):
+        return load_preset(args.config, overrides)
+    if not getattr(args, "dataset", None):
+        raise SystemExit("ravis: give a preset (-c FILE) or a dataset (--dataset SPEC)")
+    tree = {"encoder": args.encoder, "text_encoder": args.text_encoder,
+            "experiments": [{"name": Path(args.dataset.split(":", 1)[-1]).name or args.dataset,
+                             "data": {"dataset": args.dataset, "class_depth": args.class_depth},
+                             "memory": {"source": "train", "values": "caption"}}]}
+    return resolve(tree, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a model hub
+    from .config import ConfigError
+    from .data import BadImageError, MissingDataError
+    from .memory.store import MemoryMismatchError
+
+    try:
+        return _dispatch(args)
+    except (ConfigError, MissingDataError, BadImageError, MemoryMismatchError, FileNotFoundError,
+            ValueError) as e:
+        print(f"ravis {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    from . import commands
+
+    return getattr(commands, f"cmd_{args.verb}")(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The CLI verbs (see :mod:`ravis.cli` for their arguments)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _cache(args) -> Path:
+    from .cli import default_cache
+
+    return Path(args.cache or default_cache())
+
+
+def _run_config(args):
+    from .cli import load_run_config
+
+    cfg = load_run_config(args)
+    if getattr(args, "strict", False):
+        cfg.strict = True
+    return cfg
+
+
+def cmd_demo(args) -> int:
+    return _run_pipeline(args, resume=True)
+
+
+def cmd_run(args) -> int:
+    return _run_pipeline(args, resume=not args.no_resume)
+
+
+def cmd_train(args) -> int:
+    return _run_pipeline(args, resume=args.resume)
+
+
+def _run_pipeline(args, resume: bool) -> int:
+    from .experiment import run
+
+    t0 = time.perf_counter()
+    cfg = _run_config(args)
+    run(cfg, args.out, _cache(args), resume=resume, progress=not args.quiet)
+    print(f"results: {Path(args.out) / 'results.json'}  ({time.perf_counter() - t0:.1f} s in all)")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from .experiment import prepare
+
+    cfg = _run_config(args)
+    for exp in cfg.experiments:
+        prep = prepare(cfg, exp, _cache(args), progress=not args.quiet, stage="embed")
+        print(f"{exp.name}: train {len(prep.train.z)} x {prep.train.z.shape[1]}, "
+              f"test {len(prep.test.z)}, skipped {len(prep.skipped)} "
+              f"({prep.timings['embed']:.1f} s)")
+        for item, reason in prep.skipped:
+            print(f"  skipped {item}: {reason}")
+    return 0
+
+
+def cmd_index(args) -> int:
+    from .experiment import experiment_dir, prepare
+    from .index import create_index
+
+    cfg = _run_config(args)
+    for exp in cfg.experiments:
+        prep = prepare(cfg, exp, _cache(args), progress=not args.quiet, stage="memory")
+        folder = experiment_dir(args.out, exp.name)
+        prep.memory.save(folder / "memory")
+        index = create_index(exp.retrieval.index, prep.memory.dim)
+        index.add(prep.memory.keys)
+        index.save(folder / "index")
+        print(f"{exp.name}: memory of {len(prep.memory)} entries ({prep.memory.dim}-d keys, "
+              f"{prep.memory.value_dim}-d values) and index {exp.retrieval.index!r} in {folder}")
+    return 0
+
+
+def cmd_knn(args) -> int:
+    from .experiment import prepare
+
+    cfg = _run_config(args)
+    for exp in cfg.experiments:
+        prep = prepare(cfg, exp, _cache(args), progress=not args.quiet, stage="knn")
+        print(f"{exp.name}: neighbours of {len(prep.train_I)} train and {len(prep.test_I)} test "
+              f"queries, k={prep.test_I.shape[1]} ({prep.timings['knn']:.1f} s)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Recomputes every metric from the saved test logits and redraws the plots."""
+    from .evaluation.metrics import per_class_accuracy, shot_accuracy
+    from .evaluation.report import format_table, plot_shots
+    from .experiment import experiment_dir
+    from .io import load_json, save_json
+
+    results = load_json(Path(args.run_dir) / "results.json")
+    for entry in results["experiments"]:
+        folder = experiment_dir(args.run_dir, entry["name"])
+        with np.load(folder / "predictions.npz", allow_pickle=False) as f:
+            labels = f["labels"]
+            for name in entry["methods"]:
+                pred = f[f"logits_{name}"].argmax(1)
+                counts = np.asarray(entry["class_counts"])
+                entry["methods"][name].update(shot_accuracy(pred, labels, counts))
+                entry["per_class"][name] = [None if np.isnan(v) else float(v) for v in
+                                            per_class_accuracy(pred, labels, len(counts))]
+        plot_shots(entry, folder / "shots.png")
+        print(format_table(entry))
+        print()
+    save_json(Path(args.run_dir) / "results.json", results)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .data import open_image
+    from .predictor import Predictor
+
+    predictor = Predictor.load(args.run_dir, args.experiment, args.method, args.cache)
+    images = [open_image(p) for p in args.images]
+    outputs = predictor.predict(images)
+    if args.json:
+        print(json.dumps([{"image": str(p), **o} for p, o in zip(args.images, outputs)], indent=2))
+        return 0
+    for path, out in zip(args.images, outputs):
+        print(f"{path}")
+        for c in out["top5"]:
+            print(f"  {c['probability']:6.1%}  {c['class']}")
+        print("  neighbours by attention (rank: retrieval rank):")
+        for n in out["neighbors"]:
+            print(f"    weight {n['weight']:.3f}  sim {n['similarity']:.3f}  rank {n['rank']:>3}  "
+                  f"{n['text']!r}  [{n['memory_id']}]")
+    return 0

@@ -1,0 +1,84 @@
+"""Results as the paper's Table 1 (methods x many/mid/few/all), results.json and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import atomic_path
+
+METHOD_LABELS = {
+    "linear": "Linear (no memory)",
+    "mlp": "MLP (no memory)",
+    "mean_knn": "Mean kNN",
+    "mam": "MAM (memory attention)",
+    "rac": "RAC-style",
+    "knn_vote": "kNN vote",
+}
+
+
+def _pct(v) -> str:
+    return "   -" if v is None else f"{100 * v:5.1f}"
+
+
+def format_table(experiment: dict) -> str:
+    """One experiment's results in the shape of the paper's Table 1."""
+    head = (f"{experiment['name']}  (dataset {experiment['dataset']}, memory {experiment['memory']}, "
+            f"k={experiment['k']})")
+    lines = [head, f"{'method':<28} {'many':>6} {'mid':>6} {'few':>6} {'all':>6}"]
+    for name, m in experiment["methods"].items():
+        label = METHOD_LABELS.get(name, name)
+        if name == "knn_vote" and "k" in m:
+            label = f"{label} (best k={m['k']})"
+        lines.append(f"{label:<28} {_pct(m['many']):>6} {_pct(m['mid']):>6} {_pct(m['few']):>6} "
+                     f"{_pct(m['top1']):>6}")
+    return "\n".join(lines)
+
+
+def _save_figure(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_shots(experiment: dict, path: Path) -> None:
+    """Grouped bars: many / mid / few / all accuracy of each method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    methods = list(experiment["methods"])
+    groups = ["many", "mid", "few", "top1"]
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(groups))
+    for i, name in enumerate(methods):
+        vals = [experiment["methods"][name].get(g) for g in groups]
+        ax.bar(x + i * width, [100 * v if v is not None else 0 for v in vals], width,
+               label=METHOD_LABELS.get(name, name))
+    ax.set_xticks(x + width * (len(methods) - 1) / 2, ["many", "mid", "few", "all"])
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(experiment["name"])
+    ax.legend(fontsize=7, ncol=2)
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_k(experiment: dict, curves: dict[str, dict], path: Path) -> None:
+    """Test accuracy versus k: the kNN vote at each k, and trained models fed their top k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        ks = sorted(int(k) for k in curve)
+        ax.plot(ks, [100 * curve[k] for k in ks], marker="o", label=METHOD_LABELS.get(name, name))
+    ax.set_xscale("log")
+    ax.set_xlabel("k (neighbours used at test time)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{experiment['name']}: accuracy versus k")
+    ax.legend(fontsize=8)
+    _save_figure(fig, path)
+    plt.close(fig)

@@ -1,0 +1,186 @@
+"""Training and evaluating each method of an experiment on prepared inputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import ExperimentConfig, TrainConfig
+from ..encoders import create_text_encoder
+from ..encoders.embed import embed_texts
+from ..evaluation.metrics import per_class_accuracy, shot_accuracy
+from ..fusion import RetrievalClassifier, create_fusion, knn_vote
+from ..io import atomic_path, stable_hash
+from ..training.data import MemoryTensors, QuerySet
+from ..training.trainer import balanced_accuracy, fit, predict
+from .prepare import Prepared
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MethodResult:
+    """One row of the results table."""
+
+    metrics: dict  # top1, many, mid, few
+    per_class: list  # (C,) accuracy, None for classes without test images
+    details: dict  # method-specific: chosen tau, best epoch, vote k, accuracy versus k
+    logits: np.ndarray | None = None  # (N_test, C)
+    attention: np.ndarray | None = None  # (N_test, L, k)
+
+
+def build_model(method: str, exp: ExperimentConfig, dim: int, value_dim: int,
+                num_classes: int) -> RetrievalClassifier:
+    """The fusion module of ``method`` with a linear classifier, seeded by the train seed."""
+    torch.manual_seed(exp.train.seed)
+    kwargs = {}
+    if method == "mam":
+        m = exp.mam
+        kwargs = dict(num_layers=m.num_layers, similarity_init=m.similarity_init,
+                      learn_temperature=m.learn_temperature, init_temperature=m.init_temperature,
+                      similarity_bias=m.similarity_bias, attn_dropout=m.attn_dropout,
+                      qk_lr_scale=m.qk_lr_scale)
+    fusion = create_fusion(method, dim, value_dim, **kwargs)
+    return RetrievalClassifier(fusion, dim, num_classes)
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of a stratified validation subset: ``fraction`` of each class, at least
+    one image where a class has two or more, none where it has one."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        if len(rows) >= 2:
+            n = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
+            mask[rng.choice(rows, n, replace=False)] = True
+    return mask
+
+
+def rac_values(prep: Prepared, cache_dir: Path, text_encoder_spec: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) embeddings of each query's nearest neighbours' texts, concatenated."""
+    encoder = create_text_encoder(text_encoder_spec)
+    n = prep.config.retrieval.rac_texts
+    texts = prep.memory.texts
+
+    def joined(I: np.ndarray) -> list[str]:
+        return [", ".join(texts[j] for j in row[:n] if j >= 0) for row in I]
+
+    train = embed_texts(encoder, joined(prep.train_I), cache_dir)
+    test = embed_texts(encoder, joined(prep.test_I), cache_dir)
+    return train[:, None, :], test[:, None, :]  # (N, 1, d')
+
+
+def train_method(method: str, prep: Prepared, cache_dir: Path, text_encoder: str, *,
+                 checkpoint_dir: Path, resume: bool = True, log_fn=None) -> tuple[RetrievalClassifier, MethodResult]:
+    """Trains ``method`` (choosing tau on validation when asked), evaluates it on the test set.
+
+    Final weights are cached under a key of everything that determines them, so a warm
+    rerun loads instead of training; the per-epoch checkpoint makes a killed run resume.
+    """
+    exp, cfg = prep.config, prep.config.train
+    memory = MemoryTensors.from_numpy(prep.memory.keys, prep.memory.values)
+    direct = rac_values(prep, cache_dir, text_encoder) if method == "rac" else (None, None)
+    train = QuerySet.from_numpy(prep.train.z, prep.train_I, prep.train.dataset.labels, direct[0])
+    test = QuerySet.from_numpy(prep.test.z, prep.test_I, prep.test.dataset.labels, direct[1])
+    val_mask = (validation_split(prep.train.dataset.labels, cfg.val_fraction, cfg.seed)
+                if cfg.val_fraction > 0 else np.zeros(len(train), dtype=bool))
+    fit_set, val = train.subset(np.flatnonzero(~val_mask)), train.subset(np.flatnonzero(val_mask))
+    counts = np.bincount(fit_set.labels.numpy(), minlength=prep.num_classes)
+    taus = cfg.tau_grid if cfg.tau == "auto" else [float(cfg.tau)]
+    mam_cfg = asdict(exp.mam) if method == "mam" else None
+    reads_memory = method in ("mean_knn", "mam", "rac")
+    best = None
+    for tau in taus:
+        key = stable_hash("model-v1", method, asdict(cfg), mam_cfg, tau, prep.train.dataset.fingerprint,
+                          prep.test.dataset.fingerprint,
+                          prep.memory.fingerprint if reads_memory else None,
+                          stable_hash(prep.train_I) if reads_memory else None,
+                          exp.retrieval.rac_texts if method == "rac" else None, prep.num_classes)
+        model = build_model(method, exp, prep.memory.dim, prep.memory.value_dim, prep.num_classes)
+        details = _fit_cached(model, key, fit_set, val, memory, cfg, counts, tau, cache_dir,
+                              checkpoint_dir, resume, log_fn, f"{exp.name}/{method} tau={tau}")
+        score = details.get("val_balanced_acc", 0.0)
+        if best is None or score > best[0]:
+            best = (score, tau, model, details)
+    _, tau, model, details = best
+    logits, attn = predict(model, test, memory)
+    pred = logits.argmax(1)
+    labels = prep.test.dataset.labels
+    result = MethodResult(
+        metrics=shot_accuracy(pred, labels, prep.class_counts),
+        per_class=_nan_to_none(per_class_accuracy(pred, labels, prep.num_classes)),
+        details={"tau": tau, **details}, logits=logits, attention=attn)
+    if method in ("mean_knn", "mam"):
+        result.details["accuracy_vs_k"] = accuracy_vs_k(model, test, memory, exp.retrieval.k_curve, labels)
+    return model, result
+
+
+def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau, cache_dir,
+                checkpoint_dir, resume, log_fn, name) -> dict:
+    final = cache_dir / "models" / f"{key}.safetensors"
+    if final.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(final), framework="pt") as f:
+            details = json.loads(f.metadata()["details"])
+        model.load_state_dict(load_file(str(final)))
+        details["cached"] = True
+        return details
+    ckpt = checkpoint_dir / f"{key}.ckpt.safetensors"
+    result = fit(model, fit_set, memory, cfg, counts, tau=tau, val=val if len(val) else None,
+                 checkpoint=ckpt, resume=resume,
+                 log=(lambda s: log_fn(f"{name}: {s}")) if log_fn else None)
+    details = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+               "steps": result.steps, "history": result.history}
+    if len(val):
+        details["val_balanced_acc"] = balanced_accuracy(
+            predict(model, val, memory)[0].argmax(1), val.labels.numpy())
+    with atomic_path(final) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata={"details": json.dumps(details)})
+    if ckpt.exists():
+        ckpt.unlink()
+    details["cached"] = False
+    return details
+
+
+def accuracy_vs_k(model, test: QuerySet, memory: MemoryTensors, ks, labels) -> dict:
+    """Test accuracy when the trained model sees only each query's top-k neighbours."""
+    out = {}
+    for k in ks:
+        if k > test.neighbors.shape[1]:
+            continue
+        sub = QuerySet(test.z, test.neighbors[:, :k], test.labels, None)
+        out[int(k)] = float((predict(model, sub, memory)[0].argmax(1) == labels).mean())
+    return out
+
+
+def vote_result(prep: Prepared) -> MethodResult:
+    """The kNN vote at each configured k; the row reports the best k and says which."""
+    r = prep.config.retrieval
+    mem_labels = np.where(prep.test_I >= 0, prep.memory.labels[np.clip(prep.test_I, 0, None)], -1)
+    labels = prep.test.dataset.labels
+    by_k = {}
+    for k in r.vote_ks:
+        if k <= prep.test_I.shape[1]:
+            scores = knn_vote(prep.test_D, mem_labels, prep.num_classes, k, r.vote_temperature)
+            by_k[int(k)] = (scores.argmax(1), scores)
+    best_k = max(by_k, key=lambda k: (by_k[k][0] == labels).mean())
+    pred, scores = by_k[best_k]
+    curve = {int(k): float((by_k[k][0] == labels).mean()) for k in by_k}
+    return MethodResult(metrics=shot_accuracy(pred, labels, prep.class_counts),
+                        per_class=_nan_to_none(per_class_accuracy(pred, labels, prep.num_classes)),
+                        details={"k": best_k, "accuracy_vs_k": curve,
+                                 "note": f"best k on the test set: {best_k}"},
+                        logits=scores)
+
+
+def _nan_to_none(a: np.ndarray) -> list:
+    return [None if np.isnan(v) else float(v) for v in a]

@@ -1,0 +1,159 @@
+"""The cached stages before training: splits, embeddings, memory, neighbours.
+
+Each stage's output is content-addressed in the cache directory, so a rerun (or another
+experiment over the same data) reuses it: the three Fashion-MNIST experiments embed the
+60k training images once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import DataConfig, ExperimentConfig, RunConfig
+from ..data import (ImageDataset, Splits, load_dataset, longtail_indices, stratified_split)
+from ..encoders import create_image_encoder, create_text_encoder
+from ..encoders.embed import embed_images
+from ..index import create_index
+from ..memory.build import build_memory, with_wrong_values
+from ..memory.store import Memory
+from ..retrieval import cached_neighbors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitData:
+    """A split with its embeddings; rows of unreadable images are already dropped."""
+
+    dataset: ImageDataset
+    z: np.ndarray  # (N, d)
+
+
+@dataclass
+class Prepared:
+    """Everything training and evaluation need for one experiment."""
+
+    config: ExperimentConfig
+    train: SplitData
+    test: SplitData
+    memory: Memory
+    train_D: np.ndarray  # (N_train, k) neighbour similarities, self excluded
+    train_I: np.ndarray  # (N_train, k) memory rows
+    test_D: np.ndarray
+    test_I: np.ndarray
+    class_counts: np.ndarray  # (C,) training images per class
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.dataset.class_names)
+
+
+def load_splits(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset]:
+    """(full training split, test split): datasets without a test split get a stratified one."""
+    kwargs = {}
+    if cfg.dataset == "tuxpaint" or cfg.dataset.startswith("imagefolder:"):
+        kwargs["class_depth"] = cfg.class_depth
+    data = load_dataset(cfg.dataset, **kwargs)
+    if isinstance(data, ImageDataset):
+        data = stratified_split(data, test_fraction=cfg.test_fraction, seed=cfg.split_seed)
+    assert isinstance(data, Splits)
+    return data.train, data.test
+
+
+def _cap(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """At most ``limit`` rows, taken round-robin over classes so every class keeps some."""
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    order = [rows[i] for i in range(max(map(len, per_class))) for rows in per_class if i < len(rows)]
+    return np.sort(np.asarray(order[:limit], dtype=np.int64))
+
+
+def training_rows(cfg: DataConfig, full_train: ImageDataset) -> np.ndarray:
+    """Rows of the full training split that form the training set (long-tailed, capped)."""
+    rows = np.arange(len(full_train))
+    if cfg.longtail:
+        rows = longtail_indices(full_train.labels, imbalance_ratio=cfg.imbalance_ratio,
+                                max_per_class=cfg.max_per_class, seed=cfg.longtail_seed)
+    return rows[_cap(full_train.labels[rows], cfg.limit_train, cfg.split_seed)]
+
+
+def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
+            progress: bool = True, stage: str = "knn") -> Prepared:
+    """Runs the cached stages up to ``stage`` ("embed", "memory" or "knn") for ``exp``."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    full_train, test = load_splits(exp.data)
+    test = test.subset(_cap(test.labels, exp.data.limit_test, exp.data.split_seed))
+    train_rows = training_rows(exp.data, full_train)
+    timings["data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    encoder = create_image_encoder(run.encoder)
+    # The full training split is embedded whole: the long-tailed set and a full-train memory
+    # are both row subsets of it, so one cache entry serves every experiment on the dataset.
+    full_emb = embed_images(encoder, full_train, cache_dir, strict=run.strict, progress=progress)
+    test_emb = embed_images(encoder, test, cache_dir, strict=run.strict, progress=progress)
+    timings["embed"] = time.perf_counter() - t
+    skipped = full_emb.skipped + test_emb.skipped
+
+    train_rows = train_rows[full_emb.valid[train_rows]]
+    train = SplitData(full_train.subset(train_rows), full_emb.embeddings[train_rows])
+    test_ok = np.flatnonzero(test_emb.valid)
+    test_split = SplitData(test.subset(test_ok), test_emb.embeddings[test_ok])
+    counts = np.bincount(train.dataset.labels, minlength=train.dataset.num_classes)
+    if stage == "embed":
+        return Prepared(exp, train, test_split, None, None, None, None, None, counts, skipped, timings)
+
+    t = time.perf_counter()
+    memory = make_memory(run, exp, encoder, full_train, full_emb, train_rows, cache_dir)
+    timings["memory"] = time.perf_counter() - t
+    if stage == "memory":
+        return Prepared(exp, train, test_split, memory, None, None, None, None, counts, skipped, timings)
+
+    t = time.perf_counter()
+    index = create_index(exp.retrieval.index, memory.dim)
+    index.add(memory.keys)
+    key = memory.fingerprint
+    k = min(exp.retrieval.k, len(memory) - 1)
+    train_D, train_I = cached_neighbors(cache_dir / "neighbors", index, train.z, k, "train",
+                                        memory_key=key, query_ids=list(train.dataset.ids),
+                                        memory_ids=list(memory.ids))
+    test_D, test_I = cached_neighbors(cache_dir / "neighbors", index, test_split.z, k, "test",
+                                      memory_key=key)
+    timings["knn"] = time.perf_counter() - t
+    return Prepared(exp, train, test_split, memory, train_D, train_I, test_D, test_I, counts,
+                    skipped, timings)
+
+
+def make_memory(run: RunConfig, exp: ExperimentConfig, encoder, full_train: ImageDataset,
+                full_emb, train_rows: np.ndarray, cache_dir: Path) -> Memory:
+    """The experiment's memory: its training set, the full training split, or a saved one."""
+    mcfg = exp.memory
+    if mcfg.source not in ("train", "full-train"):
+        memory = Memory.load(mcfg.source)
+        memory.check_query_encoder(encoder.fingerprint(), encoder.dim)
+        return memory
+    rows = train_rows if mcfg.source == "train" else np.flatnonzero(full_emb.valid)
+    dataset = full_train.subset(rows)
+    text_encoder = create_text_encoder(run.text_encoder)
+    image_values, value_fp = None, None
+    if mcfg.values == "image":
+        value_encoder = create_image_encoder(mcfg.value_encoder)
+        vemb = embed_images(value_encoder, dataset, cache_dir, strict=run.strict)
+        image_values, value_fp = vemb.embeddings, value_encoder.fingerprint()
+    memory = build_memory(dataset, full_emb.embeddings[rows], key_encoder=encoder.fingerprint(),
+                          kind=mcfg.values, text_encoder=text_encoder, cache_dir=cache_dir,
+                          prompt=mcfg.prompt, image_values=image_values, value_encoder=value_fp)
+    if mcfg.wrong_value_fraction > 0:
+        memory = with_wrong_values(memory, mcfg.wrong_value_fraction, mcfg.wrong_value_seed,
+                                   text_encoder, cache_dir, mcfg.prompt)
+    return memory
