@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,11 +266,28 @@ def resolve(tree: dict, overrides: list[str] = ()) -> RunConfig:
     return _build(RunConfig, tree, "config")
 
 
+def _expand_env(node):
+    """${VAR} in strings becomes the environment's value (data paths stay out of presets);
+    an unset variable is left as written and reported when the data is loaded."""
+    if isinstance(node, dict):
+        return {k: _expand_env(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v) for v in node]
+    return os.path.expandvars(node) if isinstance(node, str) else node
+
+
+def unset_variables(text: str) -> list[str]:
+    """The ${VAR} names still in a string after expansion."""
+    return re.findall(r"\$\{(\w+)\}", text)
+
+
 def load_preset(path: Path | str, overrides: list[str] = ()) -> RunConfig:
-    """Reads a YAML preset (``configs/*.yaml``) and applies dotted overrides."""
+    """Reads a YAML preset (``configs/*.yaml``), expands ${VAR}s, applies dotted overrides."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such preset")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = _expand_env(yaml.safe_load(path.read_text()) or {})
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML ({e})") from e
     try:

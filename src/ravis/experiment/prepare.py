@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DataConfig, ExperimentConfig, RunConfig
+from ..config import ConfigError, DataConfig, ExperimentConfig, RunConfig, unset_variables
 from ..data import (ImageDataset, Splits, load_dataset, longtail_indices, stratified_split)
 from ..encoders import create_image_encoder, create_text_encoder
-from ..encoders.embed import embed_images
+from ..encoders.embed import embed_images, is_embedded
 from ..index import create_index
 from ..memory.build import build_memory, with_wrong_values
 from ..memory.store import Memory
@@ -57,6 +57,10 @@ class Prepared:
 
 def load_splits(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset]:
     """(full training split, test split): datasets without a test split get a stratified one."""
+    missing = unset_variables(cfg.dataset)
+    if missing:
+        raise ConfigError(f"data.dataset {cfg.dataset!r} uses environment variables that are not "
+                          f"set: {', '.join(missing)}; export them or pass --set data.dataset=...")
     kwargs = {}
     if cfg.dataset == "tuxpaint" or cfg.dataset.startswith("imagefolder:"):
         kwargs["class_depth"] = cfg.class_depth
@@ -98,15 +102,23 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
 
     t = time.perf_counter()
     encoder = create_image_encoder(run.encoder)
-    # The full training split is embedded whole: the long-tailed set and a full-train memory
-    # are both row subsets of it, so one cache entry serves every experiment on the dataset.
-    full_emb = embed_images(encoder, full_train, cache_dir, strict=run.strict, progress=progress)
+    # Embed the whole training split when the memory needs it or it is already cached: the
+    # long-tailed set is a row subset of it, so one cache entry serves every experiment on
+    # the dataset. Otherwise embed just the training rows (a tiny run never pays for 60k).
+    whole = exp.memory.source == "full-train" or is_embedded(encoder, full_train, cache_dir)
+    base_rows = np.arange(len(full_train)) if whole else train_rows
+    base = full_train if whole else full_train.subset(train_rows)
+    base_emb = embed_images(encoder, base, cache_dir, strict=run.strict, progress=progress)
     test_emb = embed_images(encoder, test, cache_dir, strict=run.strict, progress=progress)
     timings["embed"] = time.perf_counter() - t
-    skipped = full_emb.skipped + test_emb.skipped
+    skipped = base_emb.skipped + test_emb.skipped
 
-    train_rows = train_rows[full_emb.valid[train_rows]]
-    train = SplitData(full_train.subset(train_rows), full_emb.embeddings[train_rows])
+    # Scatter into full-split rows; rows never embedded stay invalid.
+    full_z = np.zeros((len(full_train), encoder.dim), dtype=np.float32)
+    full_valid = np.zeros(len(full_train), dtype=bool)
+    full_z[base_rows], full_valid[base_rows] = base_emb.embeddings, base_emb.valid
+    train_rows = train_rows[full_valid[train_rows]]
+    train = SplitData(full_train.subset(train_rows), full_z[train_rows])
     test_ok = np.flatnonzero(test_emb.valid)
     test_split = SplitData(test.subset(test_ok), test_emb.embeddings[test_ok])
     counts = np.bincount(train.dataset.labels, minlength=train.dataset.num_classes)
@@ -114,7 +126,7 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
         return Prepared(exp, train, test_split, None, None, None, None, None, counts, skipped, timings)
 
     t = time.perf_counter()
-    memory = make_memory(run, exp, encoder, full_train, full_emb, train_rows, cache_dir)
+    memory = make_memory(run, exp, encoder, full_train, full_z, full_valid, train_rows, cache_dir)
     timings["memory"] = time.perf_counter() - t
     if stage == "memory":
         return Prepared(exp, train, test_split, memory, None, None, None, None, counts, skipped, timings)
@@ -135,14 +147,15 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
 
 
 def make_memory(run: RunConfig, exp: ExperimentConfig, encoder, full_train: ImageDataset,
-                full_emb, train_rows: np.ndarray, cache_dir: Path) -> Memory:
+                full_z: np.ndarray, full_valid: np.ndarray, train_rows: np.ndarray,
+                cache_dir: Path) -> Memory:
     """The experiment's memory: its training set, the full training split, or a saved one."""
     mcfg = exp.memory
     if mcfg.source not in ("train", "full-train"):
         memory = Memory.load(mcfg.source)
         memory.check_query_encoder(encoder.fingerprint(), encoder.dim)
         return memory
-    rows = train_rows if mcfg.source == "train" else np.flatnonzero(full_emb.valid)
+    rows = train_rows if mcfg.source == "train" else np.flatnonzero(full_valid)
     dataset = full_train.subset(rows)
     text_encoder = create_text_encoder(run.text_encoder)
     image_values, value_fp = None, None
@@ -150,7 +163,7 @@ def make_memory(run: RunConfig, exp: ExperimentConfig, encoder, full_train: Imag
         value_encoder = create_image_encoder(mcfg.value_encoder)
         vemb = embed_images(value_encoder, dataset, cache_dir, strict=run.strict)
         image_values, value_fp = vemb.embeddings, value_encoder.fingerprint()
-    memory = build_memory(dataset, full_emb.embeddings[rows], key_encoder=encoder.fingerprint(),
+    memory = build_memory(dataset, full_z[rows], key_encoder=encoder.fingerprint(),
                           kind=mcfg.values, text_encoder=text_encoder, cache_dir=cache_dir,
                           prompt=mcfg.prompt, image_values=image_values, value_encoder=value_fp)
     if mcfg.wrong_value_fraction > 0:

@@ -42,9 +42,12 @@ class MemoryAttentionLayer(nn.Module):
         self.chi = nn.Linear(value_dim, dim, **kw)
 
     def scores(self, f: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """psiQ(f) . psiK(m) for every neighbour m, without the per-neighbour constant q.bk."""
-        qk = self.q(f) @ self.k.weight  # (B, d): Wk^T applied once to the query
-        return torch.einsum("bd,bkd->bk", qk, keys)  # (B, k)
+        """psiQ(f) . psiK(m) for every neighbour m, with psiK never applied to the k keys."""
+        q = self.q(f)  # (B, d)
+        qk = q @ self.k.weight  # (B, d): Wk^T applied once to the query
+        # q.bk is the same for every neighbour and cancels in the softmax; it costs B*d and
+        # keeps the scores equal to the plain form (psiK's bias gets its true, zero, gradient).
+        return torch.einsum("bd,bkd->bk", qk, keys) + (q @ self.k.bias)[:, None]  # (B, k)
 
 
 class MemoryAttention(nn.Module):
@@ -62,6 +65,8 @@ class MemoryAttention(nn.Module):
         attn_dropout: dropout probability on the attention weights.
         qk_lr_scale: learning-rate multiplier for psiQ and psiK, stored as ``lr_scale`` on
             their parameters for the trainer.
+        query_dropout: in training, the probability of dropping a query's z term from the
+            output (the attention still uses z).
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class MemoryAttention(nn.Module):
         similarity_bias: bool = False,
         attn_dropout: float = 0.0,
         qk_lr_scale: float = 1.0,
+        query_dropout: float = 0.0,
         device=None,
         dtype=None,
     ):
@@ -92,6 +98,7 @@ class MemoryAttention(nn.Module):
         )
         self.sim_weight = nn.Parameter(torch.zeros(num_layers, **kw)) if similarity_bias else None
         self.attn_dropout = nn.Dropout(attn_dropout)
+        self.query_dropout = query_dropout
         if similarity_init:
             self._init_as_similarity()
         if qk_lr_scale != 1.0:
@@ -128,6 +135,12 @@ class MemoryAttention(nn.Module):
             f (B, d) and the attention weights (B, L, k).
         """
         sim = torch.einsum("bd,bkd->bk", z, keys) if self.sim_weight is not None else None  # (B, k)
+        skip = z
+        if self.training and self.query_dropout > 0:
+            # Drop the whole z term for some queries (an inverted-dropout mask per row), so the
+            # classifier must also learn to read the memory alone.
+            keep = z.new_ones((z.shape[0], 1))
+            skip = z * nn.functional.dropout(keep, self.query_dropout, training=True)
         f, attns = z, []
         for i, layer in enumerate(self.layers):
             scores = layer.scores(f, keys) * self.scale(i)  # (B, k)
@@ -136,5 +149,5 @@ class MemoryAttention(nn.Module):
             attn = scores.softmax(dim=-1)  # (B, k)
             attns.append(attn)
             mixed = torch.einsum("bk,bkv->bv", self.attn_dropout(attn), values)  # (B, d')
-            f = z + layer.chi(mixed)  # every layer adds to the original z
+            f = skip + layer.chi(mixed)  # every layer adds to the original z
         return f, torch.stack(attns, dim=1)  # (B, d), (B, L, k)

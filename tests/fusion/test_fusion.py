@@ -1,0 +1,118 @@
+"""Fusion modules against plain re-implementations of the paper's equations (Eq. 4-6)."""
+
+import math
+
+import pytest
+import torch
+
+from ravis.fusion import FUSIONS, MeanKNN, MemoryAttention, RetrievalClassifier, create_fusion
+
+B, K, D, DV = 5, 7, 16, 12
+
+
+def inputs():
+    z = torch.nn.functional.normalize(torch.randn(B, D), dim=-1)
+    keys = torch.nn.functional.normalize(torch.randn(B, K, D), dim=-1)
+    values = torch.randn(B, K, DV)
+    return z, keys, values
+
+
+def reference_mam(module: MemoryAttention, z, keys, values):
+    """Eq. 5-6 as written: psiK applied to every neighbour, every layer, fixed 1/sqrt(d)."""
+    f, attns = z, []
+    for i, layer in enumerate(module.layers):
+        q = layer.q(f)  # (B, d)
+        k = layer.k(keys)  # (B, k, d): psiK on every neighbour
+        scores = torch.einsum("bd,bkd->bk", q, k)
+        if module.log_scale is None:
+            scores = scores / math.sqrt(D)
+        else:
+            scores = scores * module.log_scale[i].exp()
+        if module.sim_weight is not None:
+            scores = scores + module.sim_weight[i] * torch.einsum("bd,bkd->bk", z, keys)
+        a = torch.softmax(scores, dim=-1)
+        attns.append(a)
+        f = z + layer.chi(torch.einsum("bk,bkv->bv", a, values))
+    return f, torch.stack(attns, 1)
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"similarity_init": True, "learn_temperature": True, "qk_lr_scale": 0.01},
+    {"similarity_bias": True},
+])
+@pytest.mark.parametrize("layers", [1, 3, 8])
+def test_mam_matches_equations(options, layers):
+    m = MemoryAttention(D, DV, layers, **options)
+    if options.get("similarity_bias"):
+        torch.nn.init.normal_(m.sim_weight)
+    for layer in m.layers:  # random weights everywhere, chi included
+        torch.nn.init.normal_(layer.chi.weight, std=0.3)
+        torch.nn.init.normal_(layer.k.bias)
+    z, keys, values = inputs()
+    f, attn = m(z, keys, values)
+    f_ref, attn_ref = reference_mam(m, z, keys, values)
+    assert f.shape == (B, D) and attn.shape == (B, layers, K)
+    torch.testing.assert_close(f, f_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(attn, attn_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(B, layers))
+
+
+def test_mam_default_is_paper_form():
+    m = MemoryAttention(D, DV)
+    assert len(m.layers) == 8 and m.log_scale is None and m.sim_weight is None
+    for layer in m.layers:
+        assert isinstance(layer.q, torch.nn.Linear) and layer.q.weight.shape == (D, D)
+        assert isinstance(layer.k, torch.nn.Linear) and layer.k.weight.shape == (D, D)
+        assert isinstance(layer.chi, torch.nn.Linear) and layer.chi.weight.shape == (D, DV)
+    # layers have their own parameters
+    assert not torch.equal(m.layers[0].q.weight, m.layers[1].q.weight)
+
+
+def test_similarity_init_starts_as_retrieval_similarity():
+    m = MemoryAttention(D, DV, 2, similarity_init=True, learn_temperature=True, init_temperature=10.0)
+    z, keys, values = inputs()
+    f, attn = m(z, keys, values)
+    expected = torch.softmax(10.0 * torch.einsum("bd,bkd->bk", z, keys), -1)
+    torch.testing.assert_close(attn[:, 0], expected)
+    torch.testing.assert_close(f, z)  # chi starts at zero
+
+
+def test_mean_knn_matches_eq4():
+    m = MeanKNN(D, DV)
+    z, keys, values = inputs()
+    f, attn = m(z, keys, values)
+    torch.testing.assert_close(f, z + values.mean(1) @ m.chi.weight.T + m.chi.bias)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(B, 1))
+
+
+@pytest.mark.parametrize("name", ["mean_knn", "mam"])
+def test_neighbour_order_does_not_matter(name):
+    m = create_fusion(name, D, DV)
+    z, keys, values = inputs()
+    perm = torch.randperm(K)
+    f1, a1 = m(z, keys, values)
+    f2, a2 = m(z, keys[:, perm], values[:, perm])
+    torch.testing.assert_close(f1, f2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a1[..., perm], a2, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FUSIONS))
+def test_registry_forward_backward(name):
+    fusion = create_fusion(name, D, DV)
+    model = RetrievalClassifier(fusion, D, 4)
+    z, keys, values = inputs()
+    if name == "rac":
+        values = values[:, :1]  # one embedding of the concatenated texts
+    logits, attn = model(z, keys, values)
+    assert logits.shape == (B, 4) and attn.shape[0] == B and attn.ndim == 3
+    logits.logsumexp(-1).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: {pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}: {pname} has a non-finite gradient"
+    assert torch.isfinite(logits).all()
+
+
+def test_unknown_fusion():
+    with pytest.raises(ValueError, match="unknown fusion"):
+        create_fusion("nope", D, DV)

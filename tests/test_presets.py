@@ -1,0 +1,108 @@
+"""Every shipped preset loads and validates; each paper preset's tiny counterpart runs."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ravis.cli import main
+from ravis.config import ConfigError, RunConfig, load_preset
+from ravis.io import load_json
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+PAPER_PRESETS = ["imagenet_lt", "places_lt", "webvision", "inat2021_mini"]
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def test_there_are_presets():
+    names = {p.stem for p in CONFIGS}
+    assert {"demo", "tiny", *PAPER_PRESETS} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_preset_loads_and_validates(path):
+    cfg = load_preset(path)
+    assert isinstance(cfg, RunConfig) and cfg.experiments
+    assert path.read_text().startswith("# "), "a preset starts with the command that runs it"
+    assert "ravis " in path.read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_paper_presets_use_the_paper_recipe(name):
+    cfg = load_preset(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    exp = cfg.experiments[0]
+    assert cfg.recipe == "paper"
+    assert (exp.train.lr, exp.train.weight_decay, exp.train.batch_size, exp.train.epochs) == (1e-3, 0.2, 512, 10)
+    assert (exp.train.warmup_epochs, exp.train.label_smoothing, exp.retrieval.k, exp.mam.num_layers) == (1, 0.1, 100, 8)
+    assert not (exp.mam.similarity_init or exp.mam.learn_temperature)
+
+
+def test_bad_override_is_a_clear_error():
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_preset(Path(__file__).parents[1] / "configs" / "tiny.yaml", ["train.lr=-1"])
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_preset(Path(__file__).parents[1] / "configs" / "tiny.yaml", ["train.lrr=1"])
+
+
+def make_lt_split(root: Path) -> tuple[Path, Path]:
+    """A tiny long-tailed image set in the standard split-file format."""
+    rng = np.random.default_rng(0)
+    lines = {"train": [], "test": []}
+    for label, (name, rgb) in enumerate(COLOURS.items()):
+        for split, n in (("train", [14, 7, 3][label]), ("test", 4)):
+            for i in range(n):
+                arr = np.clip(np.array(rgb) + rng.normal(0, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
+                rel = f"{split}/{name}/{i}.png"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(root / rel)
+                lines[split].append(f"{rel} {label}")
+    for split in lines:
+        (root / f"{split}.txt").write_text("\n".join(lines[split]) + "\n")
+    return root / "train.txt", root / "test.txt"
+
+
+def tiny_encoder(tmp_path: Path) -> str:
+    """A tiny randomly initialised timm model saved to disk, when timm is installed."""
+    if importlib.util.find_spec("timm") is None:
+        return "efficientnet_lite0"
+    import torch
+    from safetensors.torch import save_file
+
+    from ravis.encoders.timm_adapter import import_without_torchvision
+
+    torch.manual_seed(0)
+    model = import_without_torchvision("timm").create_model("resnet10t", num_classes=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "r.safetensors"))
+    return f"timm:resnet10t@{tmp_path / 'r.safetensors'}"
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_tiny_counterpart_runs(name, tmp_path, ravis_cache, capsys):
+    train, test = make_lt_split(tmp_path / "data")
+    encoder = tiny_encoder(tmp_path) if name == "webvision" else "efficientnet_lite0"
+    preset = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
+    out = tmp_path / "run"
+    rc = main(["run", "-c", str(preset), "--out", str(out), "--quiet", "--cache", str(ravis_cache),
+               "--set", f"data.dataset=lt-split:{tmp_path / 'data'}:{train}:{test}",
+               "--set", f"encoder={encoder}", "--set", "text_encoder=minilm",
+               "--set", "retrieval.k=8", "--set", "retrieval.vote_ks=[2,4,8]",
+               "--set", "retrieval.k_curve=[2,8]", "--set", "retrieval.rac_texts=4",
+               "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "mam.num_layers=2"])
+    assert rc == 0, capsys.readouterr().err
+    results = load_json(out / "results.json")
+    exp = results["experiments"][0]
+    assert exp["class_counts"] == [14, 7, 3]
+    assert set(exp["methods"]) == {"linear", "mlp", "mean_knn", "mam", "rac", "knn_vote"}
+    for m in exp["methods"].values():
+        assert 0.0 <= m["top1"] <= 1.0
+
+
+def test_unset_data_variable_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("IMAGENET_ROOT", raising=False)
+    preset = Path(__file__).parents[1] / "configs" / "imagenet_lt.yaml"
+    rc = main(["run", "-c", str(preset), "--out", str(tmp_path / "o"), "--quiet",
+               "--cache", str(tmp_path / "c")])
+    assert rc == 2
+    assert "IMAGENET_ROOT" in capsys.readouterr().err
