@@ -44,7 +44,7 @@ def test_warmup_cosine():
 def test_min_steps_stretches_small_sets():
     cfg = TrainConfig(epochs=10, batch_size=512, min_steps=200)
     assert epochs_for(cfg, 2478) == (40, 5)
-    assert epochs_for(TrainConfig(epochs=10, batch_size=512), 100000) == (10, 196)
+    assert epochs_for(TrainConfig(epochs=10, batch_size=512, min_steps=0), 100000) == (10, 196)
 
 
 def test_weight_decay_and_lr_scale_groups():
@@ -74,7 +74,7 @@ def _model():
 
 def test_resume_reaches_the_same_weights(tmp_path):
     train, mem = toy_problem()
-    cfg = TrainConfig(lr=1e-2, epochs=4, batch_size=32, warmup_epochs=1, seed=5)
+    cfg = TrainConfig(lr=1e-2, epochs=4, batch_size=32, warmup_epochs=1, seed=5, min_steps=0)
     counts = np.bincount(train.labels.numpy(), minlength=3)
     full = _model()
     fit(full, train, mem, cfg, counts, tau=1.0)
@@ -100,7 +100,7 @@ def _kill_after(line: str, epoch: int):
 def test_checkpoint_is_not_pickle(tmp_path):
     train, mem = toy_problem()
     ckpt = tmp_path / "c.safetensors"
-    fit(_model(), train, mem, TrainConfig(epochs=1, batch_size=32), [1, 1, 1], tau=0.0, checkpoint=ckpt)
+    fit(_model(), train, mem, TrainConfig(epochs=1, batch_size=32, min_steps=0), [1, 1, 1], tau=0.0, checkpoint=ckpt)
     assert ckpt.read_bytes()[:1] != b"\x80"  # pickle protocol marker
     from safetensors.torch import load_file
     assert any(k.startswith("opt/") for k in load_file(str(ckpt)))
@@ -110,7 +110,7 @@ def test_best_epoch_by_balanced_validation():
     train, mem = toy_problem()
     val = train.subset(np.arange(20))
     result = fit(_model(), train.subset(np.arange(20, 96)), mem,
-                 TrainConfig(lr=1e-2, epochs=5, batch_size=32, val_fraction=0.2), [1, 1, 1],
+                 TrainConfig(lr=1e-2, epochs=5, batch_size=32, val_fraction=0.2, min_steps=0), [1, 1, 1],
                  tau=0.0, val=val)
     scores = [h["val_balanced_acc"] for h in result.history]
     assert result.best_epoch == int(np.argmax(scores)) + 1

@@ -8,8 +8,11 @@ the ravis cache directory, keyed by the weights' hash, and written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from PIL import Image
 
 from ..io import atomic_path
 from .base import l2_normalize
-from .preprocess import resize_center_crop, to_chw, to_rgb
+from .preprocess import resized_rgb, to_chw
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -41,7 +44,8 @@ def export_onnx(weights: Path, out: Path, image_size: int) -> None:
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights)).eval()
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on every load
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights)).eval()
 
     class Pooled(torch.nn.Module):
         def __init__(self, net):
@@ -53,7 +57,8 @@ def export_onnx(weights: Path, out: Path, image_size: int) -> None:
             return feats, self.net._fc(feats)
 
     x = torch.zeros(1, 3, image_size, image_size)
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about constant folding
         torch.onnx.export(Pooled(net).eval(), (x,), str(tmp), input_names=["pixels"],
                           output_names=["features", "logits"], opset_version=17,
                           dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"},
@@ -87,7 +92,7 @@ class EfficientNetLite0Encoder:
         return self._fingerprint
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        return to_chw(resize_center_crop(to_rgb(image), self.image_size), MEAN, STD)
+        return to_chw(resized_rgb(image, self.image_size), MEAN, STD)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return l2_normalize(self.run(pixels)[0])

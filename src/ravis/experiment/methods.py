@@ -18,6 +18,7 @@ from ..evaluation.metrics import per_class_accuracy, shot_accuracy
 from ..fusion import RetrievalClassifier, create_fusion, knn_vote
 from ..io import atomic_path, stable_hash
 from ..training.data import MemoryTensors, QuerySet
+from ..training.loss import log_prior
 from ..training.trainer import balanced_accuracy, fit, predict
 from .prepare import Prepared
 
@@ -45,32 +46,35 @@ def build_model(method: str, exp: ExperimentConfig, dim: int, value_dim: int,
         kwargs = dict(num_layers=m.num_layers, similarity_init=m.similarity_init,
                       learn_temperature=m.learn_temperature, init_temperature=m.init_temperature,
                       similarity_bias=m.similarity_bias, attn_dropout=m.attn_dropout,
-                      qk_lr_scale=m.qk_lr_scale)
+                      qk_lr_scale=m.qk_lr_scale, query_dropout=m.query_dropout)
     fusion = create_fusion(method, dim, value_dim, **kwargs)
     return RetrievalClassifier(fusion, dim, num_classes)
 
 
-def validation_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def validation_split(labels: np.ndarray, fraction: float, seed: int, min_class: int = 5) -> np.ndarray:
     """Boolean mask of a stratified validation subset: ``fraction`` of each class, at least
-    one image where a class has two or more, none where it has one."""
+    one image; a class with fewer than ``min_class`` images keeps them all for training."""
     rng = np.random.default_rng(seed)
     mask = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
-        if len(rows) >= 2:
+        if len(rows) >= min_class:
             n = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
             mask[rng.choice(rows, n, replace=False)] = True
     return mask
 
 
 def rac_values(prep: Prepared, cache_dir: Path, text_encoder_spec: str) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) embeddings of each query's nearest neighbours' texts, concatenated."""
+    """(train, test) embeddings of each query's nearest neighbours' distinct texts, concatenated."""
     encoder = create_text_encoder(text_encoder_spec)
     n = prep.config.retrieval.rac_texts
     texts = prep.memory.texts
 
     def joined(I: np.ndarray) -> list[str]:
-        return [", ".join(texts[j] for j in row[:n] if j >= 0) for row in I]
+        # Distinct texts in rank order: a label memory repeats the same few names, and
+        # "Shirt, Coat" carries what "Shirt, Shirt, Coat, Shirt, ..." does at a fraction of
+        # the tokens (and repeats across queries, so the text cache encodes it once).
+        return [", ".join(dict.fromkeys(texts[j] for j in row[:n] if j >= 0)) for row in I]
 
     train = embed_texts(encoder, joined(prep.train_I), cache_dir)
     test = embed_texts(encoder, joined(prep.test_I), cache_dir)
@@ -93,9 +97,10 @@ def train_method(method: str, prep: Prepared, cache_dir: Path, text_encoder: str
                 if cfg.val_fraction > 0 else np.zeros(len(train), dtype=bool))
     fit_set, val = train.subset(np.flatnonzero(~val_mask)), train.subset(np.flatnonzero(val_mask))
     counts = np.bincount(fit_set.labels.numpy(), minlength=prep.num_classes)
-    taus = cfg.tau_grid if cfg.tau == "auto" else [float(cfg.tau)]
-    mam_cfg = asdict(exp.mam) if method == "mam" else None
     reads_memory = method in ("mean_knn", "mam", "rac")
+    train_tau, posthoc_tau = cfg.for_method(reads_memory)
+    taus = cfg.tau_grid if train_tau == "auto" else [float(train_tau)]
+    mam_cfg = asdict(exp.mam) if method == "mam" else None
     best = None
     for tau in taus:
         key = stable_hash("model-v1", method, asdict(cfg), mam_cfg, tau, prep.train.dataset.fingerprint,
@@ -111,14 +116,16 @@ def train_method(method: str, prep: Prepared, cache_dir: Path, text_encoder: str
             best = (score, tau, model, details)
     _, tau, model, details = best
     logits, attn = predict(model, test, memory)
+    logits = logits - posthoc_tau * log_prior(counts).numpy()
     pred = logits.argmax(1)
     labels = prep.test.dataset.labels
     result = MethodResult(
         metrics=shot_accuracy(pred, labels, prep.class_counts),
         per_class=_nan_to_none(per_class_accuracy(pred, labels, prep.num_classes)),
-        details={"tau": tau, **details}, logits=logits, attention=attn)
+        details={"tau": tau, "posthoc_tau": posthoc_tau, **details}, logits=logits, attention=attn)
     if method in ("mean_knn", "mam"):
-        result.details["accuracy_vs_k"] = accuracy_vs_k(model, test, memory, exp.retrieval.k_curve, labels)
+        result.details["accuracy_vs_k"] = accuracy_vs_k(model, test, memory, exp.retrieval.k_curve,
+                                                        labels, posthoc_tau * log_prior(counts).numpy())
     return model, result
 
 
@@ -151,14 +158,15 @@ def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau,
     return details
 
 
-def accuracy_vs_k(model, test: QuerySet, memory: MemoryTensors, ks, labels) -> dict:
-    """Test accuracy when the trained model sees only each query's top-k neighbours."""
+def accuracy_vs_k(model, test: QuerySet, memory: MemoryTensors, ks, labels, adjust=0.0) -> dict:
+    """Test accuracy when the trained model sees only each query's top-k neighbours
+    (``adjust``: the post-hoc logit adjustment the method's predictions use)."""
     out = {}
     for k in ks:
         if k > test.neighbors.shape[1]:
             continue
         sub = QuerySet(test.z, test.neighbors[:, :k], test.labels, None)
-        out[int(k)] = float((predict(model, sub, memory)[0].argmax(1) == labels).mean())
+        out[int(k)] = float(((predict(model, sub, memory)[0] - adjust).argmax(1) == labels).mean())
     return out
 
 

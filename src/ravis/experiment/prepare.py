@@ -90,6 +90,11 @@ def training_rows(cfg: DataConfig, full_train: ImageDataset) -> np.ndarray:
     return rows[_cap(full_train.labels[rows], cfg.limit_train, cfg.split_seed)]
 
 
+def needs_whole_split(run: RunConfig, exp: ExperimentConfig) -> bool:
+    """Whether any experiment of the run on the same data uses the whole training split."""
+    return any(e.data == exp.data and e.memory.source == "full-train" for e in run.experiments)
+
+
 def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
             progress: bool = True, stage: str = "knn") -> Prepared:
     """Runs the cached stages up to ``stage`` ("embed", "memory" or "knn") for ``exp``."""
@@ -102,10 +107,10 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
 
     t = time.perf_counter()
     encoder = create_image_encoder(run.encoder)
-    # Embed the whole training split when the memory needs it or it is already cached: the
+    # Embed the whole training split when a memory of the run needs it or it is cached: the
     # long-tailed set is a row subset of it, so one cache entry serves every experiment on
     # the dataset. Otherwise embed just the training rows (a tiny run never pays for 60k).
-    whole = exp.memory.source == "full-train" or is_embedded(encoder, full_train, cache_dir)
+    whole = needs_whole_split(run, exp) or is_embedded(encoder, full_train, cache_dir)
     base_rows = np.arange(len(full_train)) if whole else train_rows
     base = full_train if whole else full_train.subset(train_rows)
     base_emb = embed_images(encoder, base, cache_dir, strict=run.strict, progress=progress)

@@ -1,0 +1,155 @@
+"""End to end through the CLI on small real data (Fashion-MNIST, Tux Paint stamps)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ravis.cli import main
+from ravis.io import load_json
+
+ROOT = Path(__file__).parents[2]
+TINY = ROOT / "configs" / "tiny.yaml"
+STAMPS = Path("/usr/share/tuxpaint/stamps")
+needs_stamps = pytest.mark.skipif(not STAMPS.exists(), reason="Debian tuxpaint-stamps-default missing")
+
+
+def test_tiny_run_then_stages_eval_predict(tmp_path, ravis_cache, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "-c", str(TINY), "--out", str(out), "--quiet", "--cache", str(ravis_cache)]) == 0
+    printed = capsys.readouterr().out
+    assert "many" in printed and "few" in printed and "time (s):" in printed
+    results = load_json(out / "results.json")
+    exp = results["experiments"][0]
+    for key in ("name", "dataset", "memory", "encoder", "k", "class_counts", "methods"):
+        assert key in exp
+    assert set(exp["methods"]) == {"linear", "mlp", "mean_knn", "mam", "rac", "knn_vote"}
+    for m in exp["methods"].values():
+        for bucket in ("top1", "many", "mid", "few"):
+            assert m[bucket] is None or 0.0 <= m[bucket] <= 1.0
+    assert exp["methods"]["knn_vote"]["k"] in (5, 10, 20)
+    folder = out / "tiny-fmnist"
+    assert (out / "config.yaml").exists() and (folder / "shots.png").exists()
+    assert (folder / "accuracy_vs_k.png").exists() and (folder / "mam.safetensors").exists()
+
+    # eval recomputes the same numbers from the saved predictions
+    assert main(["eval", str(out)]) == 0
+    again = load_json(out / "results.json")["experiments"][0]["methods"]
+    assert again == exp["methods"]
+
+    # predict: top-5 and the 10 most-attended neighbours with caption/label, similarity, weight
+    from ravis.data import load_fashion_mnist
+
+    image = tmp_path / "query.png"
+    load_fashion_mnist().test.load_image(0).save(image)
+    capsys.readouterr()
+    assert main(["predict", "--run", str(out), "--json", "--cache", str(ravis_cache), str(image)]) == 0
+    pred = json.loads(capsys.readouterr().out)[0]
+    assert len(pred["top5"]) == 5
+    assert len(pred["neighbors"]) == 10
+    weights = [n["weight"] for n in pred["neighbors"]]
+    assert weights == sorted(weights, reverse=True)
+    assert {"text", "similarity", "weight", "memory_id", "rank"} <= set(pred["neighbors"][0])
+
+
+def test_stage_verbs(tmp_path, ravis_cache, capsys):
+    common = ["-c", str(TINY), "--quiet", "--cache", str(ravis_cache)]
+    assert main(["embed", *common]) == 0
+    assert main(["index", *common, "--out", str(tmp_path / "idx")]) == 0
+    assert main(["knn", *common]) == 0
+    assert (tmp_path / "idx" / "tiny-fmnist" / "memory" / "manifest.json").exists()
+    printed = capsys.readouterr().out
+    assert "tiny-fmnist" in printed and "neighbours of" in printed
+
+
+def test_train_resumes_after_interruption(tmp_path, ravis_cache, monkeypatch):
+    """Kill training mid-run; rerun with --resume: same result as an uninterrupted run."""
+    from ravis.training import trainer
+
+    cache = tmp_path / "cache"
+    shutil.copytree(ravis_cache / "embeddings", cache / "embeddings")  # embeddings warm
+    args = ["-c", str(TINY), "--quiet", "--set", "methods=[mam]", "--set", "train.epochs=4",
+            "--cache", str(cache)]
+    reference = tmp_path / "ref"
+    assert main(["train", *args, "--out", str(reference)]) == 0
+    ref = load_json(reference / "results.json")["experiments"][0]["methods"]["mam"]
+    shutil.rmtree(cache / "models")  # forget trained weights, keep embeddings and neighbours
+
+    real_epoch = trainer._train_epoch
+    calls = {"n": 0}
+
+    def dying_epoch(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_epoch(*a, **kw)
+
+    monkeypatch.setattr(trainer, "_train_epoch", dying_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", *args, "--out", str(tmp_path / "resumed")])
+    assert list((cache / "checkpoints").glob("*.safetensors"))
+    monkeypatch.setattr(trainer, "_train_epoch", real_epoch)
+    assert main(["train", *args, "--out", str(tmp_path / "resumed")]) == 0
+    got = load_json(tmp_path / "resumed" / "results.json")["experiments"][0]["methods"]["mam"]
+    assert got == ref
+    assert not list(cache.rglob("*.tmp"))
+
+
+def _make_folder(root: Path, corrupt: bool) -> Path:
+    """A small image folder from real Tux Paint stamps, 3 classes, with sidecar captions."""
+    picks = {"fruit": "food/fruit", "birds": "animals/birds", "flowers": "plants/flowers"}
+    for name, rel in picks.items():
+        (root / name).mkdir(parents=True)
+        for src in sorted((STAMPS / rel).glob("*.png"))[:10]:
+            shutil.copy(src, root / name / src.name)
+            txt = src.with_suffix(".txt")
+            if txt.exists():
+                shutil.copy(txt, root / name / txt.name)
+    if corrupt:
+        (root / "fruit" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+        (root / "fruit" / "empty.png").write_bytes(b"")
+    return root
+
+
+@needs_stamps
+def test_imagefolder_run_skips_bad_images_and_strict_refuses(tmp_path, ravis_cache, capsys):
+    folder = _make_folder(tmp_path / "stamps", corrupt=True)
+    base = ["run", "--dataset", f"imagefolder:{folder}", "--quiet", "--cache", str(ravis_cache),
+            "--set", "retrieval.k=8", "--set", "retrieval.vote_ks=[2,4,8]", "--set", "retrieval.k_curve=[4,8]",
+            "--set", "retrieval.rac_texts=3", "--set", "train.epochs=2", "--set", "train.batch_size=8",
+            "--set", "methods=[linear,mam,knn_vote]"]
+    assert main([*base, "--out", str(tmp_path / "run")]) == 0
+    exp = load_json(tmp_path / "run" / "results.json")["experiments"][0]
+    skipped = {Path(s[0]).name for s in exp["skipped_images"]}
+    assert {"broken.png", "empty.png"} <= skipped
+    assert sum(exp["class_counts"]) + exp["num_test"] == 30  # the 30 readable stamps
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "strict"), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err or "empty.png" in err
+
+
+def test_missing_dataset_names_the_package(tmp_path, capsys, monkeypatch):
+    from ravis.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist.load_fashion_mnist, "__defaults__", (str(tmp_path / "nowhere"),))
+    rc = main(["run", "--dataset", "fashion-mnist", "--out", str(tmp_path / "o"), "--quiet",
+               "--cache", str(tmp_path / "c")])
+    assert rc == 2
+    assert "dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_demo_preset_matches_the_issue():
+    from ravis.config import load_preset
+
+    cfg = load_preset(ROOT / "configs" / "demo.yaml")
+    names = [e.name for e in cfg.experiments]
+    assert names == ["fmnist-lt/A", "fmnist-lt/B", "fmnist-lt/C", "tuxpaint"]
+    a, b, c, tux = cfg.experiments
+    assert a.data.longtail and a.data.imbalance_ratio == 100 and a.data.max_per_class == 1000
+    assert (a.memory.source, b.memory.source, c.memory.source) == ("train", "full-train", "full-train")
+    assert c.memory.wrong_value_fraction == 0.4
+    assert tux.data.dataset == "tuxpaint" and tux.data.class_depth == 2 and tux.memory.values == "caption"
+    assert np.isclose(a.retrieval.k, 100)
