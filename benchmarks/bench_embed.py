@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     encoder = EfficientNetLite0Encoder()
     dataset = fashion_mnist_test(args.root, args.n)
     n = len(dataset)
-    pixels = np.stack([encoder.preprocess(dataset.load_image(i)) for i in range(n)])  # (N, 3, H, W)
+    pixels = np.stack([encoder.preprocess(dataset.load_image(i)) for i in range(n)])  # model inputs
     encoder.session.run(["features"], {"pixels": pixels[:args.batch_size]})  # warm-up
 
     bare, piped = [], []

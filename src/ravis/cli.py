@@ -16,10 +16,6 @@ from pathlib import Path
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
-def default_cache() -> Path:
-    return Path(os.environ.get("RAVIS_CACHE", Path.home() / ".cache" / "ravis"))
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=None,
                    help="cache folder for models, embeddings, neighbours (default $RAVIS_CACHE or ~/.cache/ravis)")

@@ -10,9 +10,9 @@ import numpy as np
 
 
 def _cache(args) -> Path:
-    from .cli import default_cache
+    from .io import default_cache_dir
 
-    return Path(args.cache or default_cache())
+    return Path(args.cache or default_cache_dir())
 
 
 def _run_config(args):

@@ -13,6 +13,11 @@ from typing import Iterator
 import numpy as np
 
 
+def default_cache_dir() -> Path:
+    """Where ravis caches models, embeddings, neighbours: $RAVIS_CACHE or ~/.cache/ravis."""
+    return Path(os.environ.get("RAVIS_CACHE", Path.home() / ".cache" / "ravis"))
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; renames it onto ``path`` only on success.

@@ -23,6 +23,7 @@ from .experiment.methods import build_model
 from .experiment.prepare import prepare
 from .experiment.run import experiment_dir
 from .index import create_index
+from .io import default_cache_dir
 from .memory.store import Memory
 from .retrieval import search_neighbors
 
@@ -51,8 +52,6 @@ class Predictor:
     @classmethod
     def load(cls, run_dir: Path | str, experiment: str | None = None, method: str = "mam",
              cache_dir: Path | None = None) -> "Predictor":
-        from .cli import default_cache
-
         run_dir = Path(run_dir)
         cfg = load_config(run_dir)
         names = [e.name for e in cfg.experiments]
@@ -63,7 +62,7 @@ class Predictor:
         if not weights.exists():
             raise FileNotFoundError(f"{weights}: no trained {method!r} model in this run")
         # The memory is rebuilt from the content-addressed cache the run filled (seconds).
-        prep = prepare(cfg, exp, Path(cache_dir or default_cache()), progress=False, stage="memory")
+        prep = prepare(cfg, exp, Path(cache_dir or default_cache_dir()), progress=False, stage="memory")
         model = build_model(method, exp, prep.memory.dim, prep.memory.value_dim, prep.num_classes)
         model.load_state_dict(load_file(str(weights)))
         model.eval()

@@ -23,10 +23,11 @@ class ImageEncoder(Protocol):
         """A hash of everything that changes the output: weights and preprocessing."""
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """An RGB image to the model's input array (C, H, W) float32."""
+        """An image to one input array of the model: (C, H, W) float32 for most, (H, W, 3)
+        uint8 for encoders that scale inside their graph. Same shape and dtype for every image."""
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """(B, C, H, W) float32 -> (B, dim) float32, rows of unit norm."""
+        """A batch of stacked preprocess() outputs -> (B, dim) float32, rows of unit norm."""
 
 
 @runtime_checkable

@@ -2,7 +2,8 @@
 
 Output: the 1280-d globally pooled features before the classifier, L2-normalised. Input
 preprocessing follows the weights' training (TF EfficientNet-Lite): resize to 256, centre
-crop 224, scale to [-1, 1] (mean 0.5, std 0.5 per channel). The ONNX file is cached under
+crop 224, scale to [-1, 1] (mean 0.5, std 0.5 per channel); the scaling is part of the ONNX
+graph, which takes uint8 (B, 224, 224, 3). The ONNX file is cached under
 the ravis cache directory, keyed by the weights' hash, and written atomically.
 """
 
@@ -18,16 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..io import atomic_path
+from ..io import atomic_path, default_cache_dir
 from .base import l2_normalize
-from .preprocess import resized_rgb, to_chw
-
-MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RAVIS_CACHE", Path.home() / ".cache" / "ravis"))
-
+from .preprocess import resized_rgb
 
 def _weights_path() -> Path:
     try:
@@ -52,11 +46,15 @@ def export_onnx(weights: Path, out: Path, image_size: int) -> None:
             super().__init__()
             self.net = net
 
-        def forward(self, x):
+        def forward(self, pixels):
+            # uint8 (B, H, W, 3) in: scaling and layout run inside onnxruntime, so the
+            # Python side only decodes and resizes (float preprocessing in numpy cost
+            # more CPU than a 2-core machine can spare beside the model).
+            x = pixels.permute(0, 3, 1, 2).float() * (1 / 127.5) - 1.0  # mean 0.5, std 0.5
             feats = self.net.extract_features(x).mean(dim=(2, 3))  # (B, 1280)
             return feats, self.net._fc(feats)
 
-    x = torch.zeros(1, 3, image_size, image_size)
+    x = torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8)
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about constant folding
         torch.onnx.export(Pooled(net).eval(), (x,), str(tmp), input_names=["pixels"],
@@ -80,7 +78,7 @@ class EfficientNetLite0Encoder:
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
         self._fingerprint = f"efficientnet_lite0-{digest}-{image_size}-crop0.875-bicubic-tf"
         self.onnx_path = (Path(cache_dir or default_cache_dir()) / "models"
-                          / f"efficientnet_lite0-{digest}-{image_size}.onnx")
+                          / f"efficientnet_lite0-{digest}-{image_size}-u8.onnx")
         if not self.onnx_path.exists():
             export_onnx(weights, self.onnx_path, image_size)
         opts = ort.SessionOptions()
@@ -92,11 +90,12 @@ class EfficientNetLite0Encoder:
         return self._fingerprint
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        return to_chw(resized_rgb(image, self.image_size), MEAN, STD)
+        """(224, 224, 3) uint8; the graph scales it."""
+        return np.asarray(resized_rgb(image, self.image_size), dtype=np.uint8)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return l2_normalize(self.run(pixels)[0])
 
     def run(self, pixels: np.ndarray) -> list[np.ndarray]:
         """The raw session outputs: [features (B, 1280), ImageNet logits (B, 1000)]."""
-        return self.session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})
+        return self.session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.uint8)})

@@ -213,7 +213,7 @@ def _prepare(encoder: ImageEncoder, dataset: ImageDataset, items: range, strict:
             skipped.append((dataset.ids[i], f"cannot decode: {e}"))
             continue
         if buf is None:  # filled in place: saves the copy np.stack would make
-            buf = np.empty((len(items),) + np.shape(x), np.float32)
+            buf = np.empty((len(items),) + np.shape(x), np.asarray(x).dtype)
         elif np.shape(x) != buf.shape[1:]:  # assignment would silently broadcast
             raise ValueError(f"{dataset.ids[i]}: {encoder.name} preprocess gave shape "
                              f"{np.shape(x)}, other images in its batch {buf.shape[1:]}")

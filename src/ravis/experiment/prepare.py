@@ -19,6 +19,7 @@ from ..data import (ImageDataset, Splits, load_dataset, longtail_indices, strati
 from ..encoders import create_image_encoder, create_text_encoder
 from ..encoders.embed import embed_images, is_embedded
 from ..index import create_index
+from ..io import stable_hash
 from ..memory.build import build_memory, with_wrong_values
 from ..memory.store import Memory
 from ..retrieval import cached_neighbors
@@ -139,7 +140,9 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
     t = time.perf_counter()
     index = create_index(exp.retrieval.index, memory.dim)
     index.add(memory.keys)
-    key = memory.fingerprint
+    # Neighbours depend on the keys and ids only: memories that differ in their values
+    # (B and its noisy copy C) share them.
+    key = stable_hash(memory.keys, memory.ids)
     k = min(exp.retrieval.k, len(memory) - 1)
     train_D, train_I = cached_neighbors(cache_dir / "neighbors", index, train.z, k, "train",
                                         memory_key=key, query_ids=list(train.dataset.ids),
