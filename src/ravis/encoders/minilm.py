@@ -39,7 +39,7 @@ class MiniLMEncoder:
     name = "minilm"
     dim = 384
 
-    def __init__(self, batch_size: int = 128, num_threads: int | None = None):
+    def __init__(self, batch_size: int = 32, num_threads: int | None = None):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
