@@ -148,7 +148,7 @@ class RetrievalConfig:
     """Neighbour search and the non-parametric reference."""
 
     k: int = 100  # neighbours per query
-    index: str = "exact"  # index spec (ravis.index.create_index)
+    index: str = "faiss-flat"  # index spec (ravis.index.create_index): faiss-flat or exact (torch)
     vote_ks: list[int] = field(default_factory=lambda: [10, 20, 50, 100])  # kNN-vote k values; the best is reported
     vote_temperature: float = 0.07  # DINO's
     rac_texts: int = 10  # RAC-style: how many nearest neighbours' texts are concatenated
