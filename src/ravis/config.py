@@ -260,6 +260,10 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
         node[last] = value
 
 
+#: Config sections that belong to each experiment; a preset may give them once for all.
+STAGE_KEYS = ("data", "memory", "retrieval", "train", "mam", "methods")
+
+
 def _parse_value(raw: str):
     """YAML scalar parsing, plus the floats YAML 1.1 leaves as strings ("3e-3")."""
     value = yaml.safe_load(raw)
@@ -276,23 +280,24 @@ def resolve(tree: dict, overrides: list[str] = ()) -> RunConfig:
     dotted overrides (``train.lr=1e-3`` applies to every experiment; ``experiments.0.x=...``
     to one)."""
     tree = copy.deepcopy(tree)
-    shared = {k: tree.pop(k) for k in ("data", "memory", "retrieval", "train", "mam", "methods") if k in tree}
+    shared = {k: tree.pop(k) for k in STAGE_KEYS if k in tree}
     recipe_over = [o for o in overrides if o.startswith("recipe=")]
     recipe = yaml.safe_load(recipe_over[-1].split("=", 1)[1]) if recipe_over else tree.get("recipe", "ravis")
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
     shared = _deep_merge(RECIPES[recipe], shared)
+    tree["experiments"] = [_deep_merge(shared, e) for e in tree.get("experiments", [])]
+    # Overrides come last, so they win over the preset's experiments too.
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
         value = _parse_value(raw)
-        head = key.split(".", 1)[0]
-        if head in ("data", "memory", "retrieval", "train", "mam", "methods"):
-            _set_dotted(shared, key, value)
+        if key.split(".", 1)[0] in STAGE_KEYS:
+            for exp in tree["experiments"]:
+                _set_dotted(exp, key, value)
         else:
             _set_dotted(tree, key, value)
-    tree["experiments"] = [_deep_merge(shared, e) for e in tree.get("experiments", [])]
     return _build(RunConfig, tree, "config")
 
 
