@@ -116,3 +116,20 @@ def test_registry_forward_backward(name):
 def test_unknown_fusion():
     with pytest.raises(ValueError, match="unknown fusion"):
         create_fusion("nope", D, DV)
+
+
+def test_knn_vote_matches_its_formula():
+    import numpy as np
+
+    from ravis.fusion import knn_vote
+
+    D = np.array([[0.9, 0.8, 0.1], [0.5, 0.4, 0.3]], dtype=np.float32)
+    labels = np.array([[1, 0, 0], [2, -1, 2]])
+    scores = knn_vote(D, labels, num_classes=3, k=2, temperature=0.1)
+    expected = np.zeros((2, 3))
+    expected[0, 1] += np.exp(9.0)
+    expected[0, 0] += np.exp(8.0)
+    expected[1, 2] += np.exp(5.0)  # the unlabelled neighbour does not vote
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="exceeds"):
+        knn_vote(D, labels, 3, k=4)
