@@ -19,6 +19,7 @@ from ..fusion import RetrievalClassifier, create_fusion, knn_vote
 from ..io import atomic_path, stable_hash
 from ..training.data import MemoryTensors, QuerySet
 from ..training.loss import log_prior
+from ..training.checkpoint import remove_checkpoint
 from ..training.trainer import balanced_accuracy, fit, predict
 from .prepare import Prepared
 
@@ -153,8 +154,7 @@ def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau,
     with atomic_path(final) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
                   metadata={"details": json.dumps(details)})
-    if ckpt.exists():
-        ckpt.unlink()
+    remove_checkpoint(ckpt)  # the final weights supersede it
     details["cached"] = False
     return details
 

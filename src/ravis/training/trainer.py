@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import MemoryTensors, QuerySet
 from .loss import lace_loss
 from .schedule import warmup_cosine
@@ -147,5 +147,4 @@ def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(accs)) if accs else 0.0
 
 
-__all__ = ["FitResult", "balanced_accuracy", "epochs_for", "fit", "parameter_groups", "predict",
-           "remove_checkpoint"]
+__all__ = ["FitResult", "balanced_accuracy", "epochs_for", "fit", "parameter_groups", "predict"]
