@@ -140,9 +140,9 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
     t = time.perf_counter()
     index = create_index(exp.retrieval.index, memory.dim)
     index.add(memory.keys)
-    # Neighbours depend on the keys and ids only: memories that differ in their values
-    # (B and its noisy copy C) share them.
-    key = stable_hash(memory.keys, memory.ids)
+    # Neighbours depend on the keys, ids and index only: memories that differ in their
+    # values (B and its noisy copy C) share them.
+    key = stable_hash(memory.keys, memory.ids, exp.retrieval.index)
     k = min(exp.retrieval.k, len(memory) - 1)
     train_D, train_I = cached_neighbors(cache_dir / "neighbors", index, train.z, k, "train",
                                         memory_key=key, query_ids=list(train.dataset.ids),
