@@ -90,7 +90,7 @@ def cmd_knn(args) -> int:
 
 def cmd_eval(args) -> int:
     """Recomputes every metric from the saved test logits and redraws the plots."""
-    from .evaluation.metrics import per_class_accuracy, shot_accuracy
+    from .evaluation.metrics import prediction_metrics
     from .evaluation.report import format_table, plot_shots
     from .experiment import experiment_dir
     from .io import load_json, save_json
@@ -101,11 +101,9 @@ def cmd_eval(args) -> int:
         with np.load(folder / "predictions.npz", allow_pickle=False) as f:
             labels = f["labels"]
             for name in entry["methods"]:
-                pred = f[f"logits_{name}"].argmax(1)
-                counts = np.asarray(entry["class_counts"])
-                entry["methods"][name].update(shot_accuracy(pred, labels, counts))
-                entry["per_class"][name] = [None if np.isnan(v) else float(v) for v in
-                                            per_class_accuracy(pred, labels, len(counts))]
+                metrics, entry["per_class"][name] = prediction_metrics(
+                    f[f"logits_{name}"].argmax(1), labels, entry["class_counts"])
+                entry["methods"][name].update(metrics)
         plot_shots(entry, folder / "shots.png")
         print(format_table(entry))
         print()

@@ -26,3 +26,11 @@ def shot_accuracy(pred: np.ndarray, labels: np.ndarray, train_counts: np.ndarray
         mask = buckets[labels] == name
         out[name] = float(correct[mask].mean()) if mask.any() else None
     return out
+
+
+def prediction_metrics(pred: np.ndarray, labels: np.ndarray, train_counts) -> tuple[dict, list]:
+    """(shot_accuracy, per-class accuracy as a JSON list with None for absent classes)."""
+    counts = np.asarray(train_counts)
+    per_class = per_class_accuracy(pred, labels, len(counts))
+    return (shot_accuracy(pred, labels, counts),
+            [None if np.isnan(v) else float(v) for v in per_class])

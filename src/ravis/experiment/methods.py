@@ -9,18 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..config import ExperimentConfig, TrainConfig
 from ..encoders import create_text_encoder
 from ..encoders.embed import embed_texts
-from ..evaluation.metrics import per_class_accuracy, shot_accuracy
-from ..fusion import RetrievalClassifier, create_fusion, knn_vote
-from ..io import atomic_path, stable_hash
+from ..evaluation.metrics import prediction_metrics
+from ..fusion import FUSIONS, RetrievalClassifier, create_fusion, knn_vote
+from ..io import stable_hash
 from ..training.data import MemoryTensors, QuerySet
 from ..training.loss import log_prior
-from ..training.checkpoint import remove_checkpoint
-from ..training.trainer import balanced_accuracy, fit, predict
+from ..training.checkpoint import remove_checkpoint, save_weights
+from ..training.trainer import fit, predict
 from .prepare import Prepared
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def train_method(method: str, prep: Prepared, cache_dir: Path, text_encoder: str
                 if cfg.val_fraction > 0 else np.zeros(len(train), dtype=bool))
     fit_set, val = train.subset(np.flatnonzero(~val_mask)), train.subset(np.flatnonzero(val_mask))
     counts = np.bincount(fit_set.labels.numpy(), minlength=prep.num_classes)
-    reads_memory = method in ("mean_knn", "mam", "rac")
+    reads_memory = bool(getattr(FUSIONS[method], "reads", ("keys", "values")))
     train_tau, posthoc_tau = cfg.for_method(reads_memory)
     taus = cfg.tau_grid if train_tau == "auto" else [float(train_tau)]
     mam_cfg = asdict(exp.mam) if method == "mam" else None
@@ -117,12 +117,11 @@ def train_method(method: str, prep: Prepared, cache_dir: Path, text_encoder: str
     _, tau, model, details = best
     logits, attn = predict(model, test, memory)
     logits = logits - posthoc_tau * log_prior(counts).numpy()
-    pred = logits.argmax(1)
     labels = prep.test.dataset.labels
-    result = MethodResult(
-        metrics=shot_accuracy(pred, labels, prep.class_counts),
-        per_class=_nan_to_none(per_class_accuracy(pred, labels, prep.num_classes)),
-        details={"tau": tau, "posthoc_tau": posthoc_tau, **details}, logits=logits, attention=attn)
+    metrics, per_class = prediction_metrics(logits.argmax(1), labels, prep.class_counts)
+    result = MethodResult(metrics=metrics, per_class=per_class,
+                          details={"tau": tau, "posthoc_tau": posthoc_tau, **details},
+                          logits=logits, attention=attn)
     if method in ("mean_knn", "mam"):
         curve = accuracy_vs_k(model, test, memory, [k for k in exp.retrieval.k_curve if k < test.neighbors.shape[1]],
                               labels, posthoc_tau * log_prior(counts).numpy())
@@ -148,12 +147,9 @@ def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau,
                  log=(lambda s: log_fn(f"{name}: {s}")) if log_fn else None)
     details = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                "steps": result.steps, "history": result.history}
-    if len(val):
-        details["val_balanced_acc"] = balanced_accuracy(
-            predict(model, val, memory)[0].argmax(1), val.labels.numpy())
-    with atomic_path(final) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata={"details": json.dumps(details)})
+    if result.best_epoch is not None:  # the kept weights are that epoch's
+        details["val_balanced_acc"] = result.history[result.best_epoch - 1]["val_balanced_acc"]
+    save_weights(model, final, {"details": json.dumps(details)})
     remove_checkpoint(ckpt)  # the final weights supersede it
     details["cached"] = False
     return details
@@ -184,12 +180,9 @@ def vote_result(prep: Prepared) -> MethodResult:
     best_k = max(by_k, key=lambda k: (by_k[k][0] == labels).mean())
     pred, scores = by_k[best_k]
     curve = {int(k): float((by_k[k][0] == labels).mean()) for k in by_k}
-    return MethodResult(metrics=shot_accuracy(pred, labels, prep.class_counts),
-                        per_class=_nan_to_none(per_class_accuracy(pred, labels, prep.num_classes)),
+    metrics, per_class = prediction_metrics(pred, labels, prep.class_counts)
+    return MethodResult(metrics=metrics, per_class=per_class,
                         details={"k": best_k, "accuracy_vs_k": curve,
                                  "note": f"best k on the test set: {best_k}"},
                         logits=scores)
 
-
-def _nan_to_none(a: np.ndarray) -> list:
-    return [None if np.isnan(v) else float(v) for v in a]

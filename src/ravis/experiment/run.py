@@ -21,11 +21,11 @@ from typing import Callable
 
 import numpy as np
 import yaml
-from safetensors.torch import save_file
 
 from ..config import RunConfig, to_dict
 from ..evaluation.report import format_table, plot_accuracy_vs_k, plot_shots
 from ..io import atomic_path, save_json
+from ..training.checkpoint import save_weights
 from .methods import MethodResult, train_method, vote_result
 from .prepare import Prepared, prepare
 
@@ -79,8 +79,7 @@ def run_methods(cfg: RunConfig, prep: Prepared, out: Path, cache_dir: Path, *, r
             model, methods[method] = train_method(
                 method, prep, cache_dir, cfg.text_encoder, checkpoint_dir=cache_dir / "checkpoints",
                 resume=resume, log_fn=lambda s: log.info(s))
-            with atomic_path(folder / f"{method}.safetensors") as tmp:
-                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            save_weights(model, folder / f"{method}.safetensors")
         times[f"method:{method}"] = time.perf_counter() - t
         m = methods[method].metrics
         echo(f"   {method:<9} top1 {100 * m['top1']:5.1f}  ({times[f'method:{method}']:.1f} s"

@@ -32,6 +32,13 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         save_file(tensors, str(tmp), metadata=meta)
 
 
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """The model's weights alone (safetensors, atomic), for a finished run."""
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
     """Restores model and optimiser in place; returns (progress, best_state or None)."""
     from safetensors import safe_open
