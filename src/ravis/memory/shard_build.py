@@ -1,0 +1,397 @@
+"""Building a sharded memory from image-text collections, in one process or on Ray.
+
+One input shard (a tar, a parquet file, a slice of a folder) becomes one memory shard:
+read rows -> decode images (bad ones skipped and counted) -> embed images in batches (keys,
+L2-normalised) and captions (values) -> write keys, values and metadata atomically -> record
+the shard in the manifest. Both engines run the same :func:`build_shard` on the same rows
+with the same batches, so they write the same bytes; the Ray engine runs one task per input
+shard and the driver records each as it finishes. A task whose worker dies is retried; its
+files are renamed into place only when complete, so a crash never leaves half a shard in
+the manifest. A rerun skips the shards whose files are in the manifest with matching
+checksums and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from ..data.dataset import BadImageError
+from ..encoders.base import l2_normalize
+from ..encoders.embed import _check_rows, _in_order
+from .sharded import (DTYPES, FORMAT, ShardedMemory, check_shard_files, load_manifest,
+                      meta_table, save_manifest, write_shard)
+from .sources import InputShard, ShardReadError, decode_image, read_rows, resolve_sources
+from .store import MemoryMismatchError
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_SIDE = 64
+RAY_MAX_RETRIES = 3  # a shard whose worker dies is rerun this many times before the build fails
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What every shard of one memory is built with (pickled to Ray workers)."""
+
+    image_encoder: str = "efficientnet_lite0"  # image encoder spec (keys)
+    text_encoder: str = "minilm"  # text encoder spec (values)
+    dtype: str = "float16"  # stored dtype of keys and values
+    thumbnails: bool = True  # store a 64 px JPEG per row in the metadata
+    strict: bool = False  # any skipped row, empty or unreadable shard is an error
+    batch_size: int = 64  # images per encoder call (fixed: batches are part of the result)
+    num_threads: int | None = None  # onnxruntime threads per encoder (None: all cores)
+    decode_workers: int = 2  # threads decoding and resizing ahead of the encoder
+    env: tuple = ()  # (name, value) pairs set in a worker before encoders load
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoders, once per process
+
+
+_ENCODERS: dict[tuple, object] = {}
+
+
+def load_encoders(settings: BuildSettings):
+    """(image encoder, text encoder), created once per process and thread count."""
+    from ..encoders import create_image_encoder, create_text_encoder
+
+    out = []
+    for kind, spec, create in (("image", settings.image_encoder, create_image_encoder),
+                               ("text", settings.text_encoder, create_text_encoder)):
+        key = (kind, spec, settings.num_threads)
+        if key not in _ENCODERS:
+            if settings.num_threads is None:
+                _ENCODERS[key] = create(spec)
+            else:
+                try:
+                    _ENCODERS[key] = create(spec, num_threads=settings.num_threads)
+                except TypeError:  # an adapter without a thread setting (torch-based ones)
+                    _ENCODERS[key] = create(spec)
+        out.append(_ENCODERS[key])
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# One shard
+
+
+def build_shard(memdir: str, name: str, shard: InputShard, settings: BuildSettings) -> dict:
+    """Builds memory shard ``name`` from ``shard``; returns its manifest entry.
+
+    An unreadable input shard returns ``{"name", "input", "error"}`` instead (raises with
+    ``strict``). Runs in the driver (local engine) or in a Ray worker.
+    """
+    os.environ.update(dict(settings.env))
+    try:
+        read = read_rows(shard, settings.strict)
+    except ShardReadError as e:
+        if settings.strict:
+            raise
+        return {"name": name, "input": shard.input, "error": str(e)}
+    image_encoder, text_encoder = load_encoders(settings)
+    rows, skipped = read.rows, read.skipped
+    keys, valid, thumbs = _embed_images(rows, image_encoder, shard.input, settings)
+    skipped["bad_image"] += int((~valid).sum())
+    kept = [r for r, ok in zip(rows, valid) if ok]
+    values = _embed_texts([r.text for r in kept], text_encoder, shard.input)
+    dtype = np.dtype(settings.dtype)
+    meta = meta_table(ids=[f"{name}/{r.key}" for r in kept], texts=[r.text for r in kept],
+                      sources=[shard.collection] * len(kept), labels=[r.label for r in kept],
+                      thumbnails=[t for t, ok in zip(thumbs, valid) if ok],
+                      jsons=[r.json for r in kept])
+    files = write_shard(Path(memdir), name, keys.astype(dtype), values.astype(dtype), meta)
+    return {"name": name, "input": shard.input, "rows": len(kept),
+            "skipped": {k: v for k, v in sorted(skipped.items()) if v}, "files": files}
+
+
+def _prepare(rows, encoder, where: str, settings: BuildSettings):
+    """(pixels or None, thumbnail or None, error or None) per row, on a decoding thread."""
+    out = []
+    for row in rows:
+        try:
+            image = decode_image(row.image, f"{where}: {row.key}")
+            pixels = encoder.preprocess(image)
+        except (BadImageError, OSError) as e:
+            if settings.strict:
+                raise BadImageError(f"{where}: {row.key}: {e}") from e
+            log.info("skipping %s: %s", row.key, e)
+            out.append((None, None, str(e)))
+            continue
+        out.append((pixels, _thumbnail(image) if settings.thumbnails else None, None))
+    return out
+
+
+def _embed_images(rows, encoder, where: str, settings: BuildSettings):
+    """((n, dim) float32 unit keys of the decodable rows, (len(rows),) valid, thumbnails)."""
+    dim, b = int(encoder.dim), settings.batch_size
+    chunks = [rows[i:i + b] for i in range(0, len(rows), b)]
+    prepared = _in_order(lambda chunk: _prepare(chunk, encoder, where, settings), chunks,
+                         settings.decode_workers, depth=settings.decode_workers + 2)
+    parts, valid, thumbs = [], [], []
+    with contextlib.closing(prepared):
+        for chunk, results in zip(chunks, prepared):
+            ok = [k for k, (pixels, _, _) in enumerate(results) if pixels is not None]
+            if ok:
+                pixels = np.stack([results[k][0] for k in ok])
+                out = _check_rows(encoder.encode_pixels(pixels), len(ok), dim, encoder.name,
+                                  lambda k: f"{where}: image {chunk[ok[k]].key}")
+                parts.append(l2_normalize(out))
+            valid += [p is not None for p, _, _ in results]
+            thumbs += [t for _, t, _ in results]
+    keys = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)  # (n, dim)
+    return keys, np.array(valid, dtype=bool), thumbs
+
+
+def _embed_texts(texts: list[str], encoder, where: str) -> np.ndarray:
+    dim = int(encoder.dim)
+    if not texts:
+        return np.zeros((0, dim), np.float32)
+    return _check_rows(encoder.encode_texts(texts), len(texts), dim, encoder.name,
+                       lambda k: f"{where}: caption {texts[k][:80]!r}")
+
+
+def _thumbnail(image: Image.Image) -> bytes:
+    """A JPEG whose longer side is at most THUMBNAIL_SIDE pixels."""
+    w, h = image.size
+    scale = min(1.0, THUMBNAIL_SIDE / max(w, h))
+    small = image.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                         Image.BICUBIC, reducing_gap=2.0) if scale < 1 else image
+    buf = io.BytesIO()
+    small.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest of a build
+
+
+def _new_manifest(specs, settings: BuildSettings, image_encoder, text_encoder,
+                  class_names) -> dict:
+    return {"format": FORMAT, "key_encoder": image_encoder.fingerprint(),
+            "value_encoder": text_encoder.fingerprint(), "dim": int(image_encoder.dim),
+            "value_dim": int(text_encoder.dim), "dtype": settings.dtype, "count": 0,
+            "class_names": list(class_names), "skipped": {},
+            "build": {"key_encoder_spec": settings.image_encoder,
+                      "value_encoder_spec": settings.text_encoder,
+                      "batch_size": settings.batch_size, "thumbnails": settings.thumbnails},
+            "sources": list(specs), "shards": [], "failed_shards": []}
+
+
+def _check_compatible(memdir: Path, old: dict, new: dict) -> None:
+    """Refuses to mix shards made with other encoders, dims, dtype or batching."""
+    for field in ("key_encoder", "value_encoder", "dim", "value_dim", "dtype", "build"):
+        if old.get(field) != new[field]:
+            raise MemoryMismatchError(
+                f"{memdir / 'manifest.json'}: the memory has {field} {old.get(field)!r}, this "
+                f"build would make {new[field]!r}; use another folder or the same settings")
+
+
+def _record(manifest: dict, result: dict) -> None:
+    """Puts a shard's result into the manifest (replacing an earlier entry of the name)."""
+    name = result["name"]
+    manifest["shards"] = [s for s in manifest["shards"] if s["name"] != name]
+    manifest["failed_shards"] = [s for s in manifest["failed_shards"]
+                                 if s["name"] != name and s["input"] != result["input"]]
+    (manifest["failed_shards"] if "error" in result else manifest["shards"]).append(result)
+    totals: dict[str, int] = {}
+    for s in manifest["shards"]:
+        for reason, n in s["skipped"].items():
+            totals[reason] = totals.get(reason, 0) + n
+    manifest["skipped"] = dict(sorted(totals.items()))
+
+
+def _is_done(memdir: Path, manifest: dict, name: str, shard: InputShard) -> bool:
+    entry = next((s for s in manifest["shards"] if s["name"] == name), None)
+    if entry is None or entry["input"] != shard.input:
+        return False
+    problems = check_shard_files(memdir, manifest, entry, checksums=True)
+    if problems:
+        log.warning("rebuilding shard %s: %s", name, problems[0])
+    return not problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines
+
+
+def _run(memdir: Path, manifest: dict, jobs, settings: BuildSettings, engine: str,
+         ray_address, progress: bool, builder: Callable) -> None:
+    """Builds the jobs (name, input shard) not already done, recording each as it ends."""
+    todo = [(name, shard) for name, shard in jobs if not _is_done(memdir, manifest, name, shard)]
+    existing = [s["name"] for s in manifest["shards"]]
+    if todo and (memdir / "index").exists() and existing and any(
+            name not in existing and name < max(existing) for name, _ in todo):
+        raise MemoryMismatchError(
+            f"{memdir}: building shards {[n for n, _ in todo]} would renumber the rows that "
+            f"{memdir / 'index'} refers to; remove the index and build it again afterwards")
+    save_manifest(memdir, manifest)
+    t0, rows = time.perf_counter(), 0
+    with _progress_bar(len(jobs), len(jobs) - len(todo), progress and bool(todo)) as bar:
+        def done(result: dict) -> None:
+            nonlocal rows
+            _record(manifest, result)
+            save_manifest(memdir, manifest)
+            rows += result.get("rows", 0)
+            bar.set_postfix_str(f"{rows} rows, {rows / (time.perf_counter() - t0):.1f} rows/s")
+            bar.update(1)
+
+        if engine == "local":
+            for name, shard in todo:
+                done(builder(str(memdir), name, shard, settings))
+        elif engine == "ray":
+            _run_ray(memdir, todo, settings, ray_address, builder, done)
+        else:
+            raise ValueError(f"unknown engine {engine!r}; choose local or ray")
+    _remove_temporaries(memdir / "shards")
+    for failed in manifest["failed_shards"]:
+        log.warning("input shard %s failed: %s", failed["input"], failed["error"])
+
+
+def _run_ray(memdir: Path, todo, settings: BuildSettings, address, builder, done) -> None:
+    """One Ray task per shard; results are recorded in the order tasks finish."""
+    import ray
+
+    own = not ray.is_initialized()
+    if own:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    task_settings = replace(settings, num_threads=settings.num_threads or 1, decode_workers=1,
+                            env=settings.env + _worker_env())
+    task = ray.remote(num_cpus=task_settings.num_threads, max_retries=RAY_MAX_RETRIES)(builder)
+    refs = {task.remote(str(memdir), name, shard, task_settings): name for name, shard in todo}
+    try:
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            for ref in ready:
+                refs.pop(ref)
+                done(ray.get(ref))
+    finally:
+        for ref in refs:  # after a failure: do not leave tasks writing into MEMDIR
+            ray.cancel(ref, force=True)
+        if own:
+            ray.shutdown()
+
+
+def _worker_env() -> tuple:
+    """The driver's ravis settings that workers need (model cache, offline hub)."""
+    return tuple((k, os.environ[k]) for k in ("RAVIS_CACHE", "HF_HUB_OFFLINE") if k in os.environ)
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Temporary files of writers that were killed (the build is over: none is live)."""
+    for path in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="memory shards", unit="shard",
+                file=sys.stderr, disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def build_sharded_memory(source_spec: str | list[str], out: Path | str,
+                         image_encoder_spec: str = "efficientnet_lite0",
+                         text_encoder_spec: str = "minilm", dtype: str = "float16",
+                         engine: str = "local", ray_address: str | None = None,
+                         strict: bool = False, thumbnails: bool = True, progress: bool = True,
+                         *, rows_per_shard: int = 10000, batch_size: int = 64,
+                         shard_builder: Callable = build_shard) -> ShardedMemory:
+    """Builds (or resumes building) the sharded memory ``out`` from ``source_spec``.
+
+    Args:
+        source_spec: one spec or a list (see :mod:`ravis.memory.sources`).
+        engine: "local" (this process) or "ray" (one task per input shard; ``ray.init
+            (address=ray_address)`` unless Ray is already initialised). Input paths and
+            ``out`` must be on a file system every Ray node sees.
+        strict: a skipped row, an empty or an unreadable input shard raises instead.
+        rows_per_shard: shard size for folder sources.
+        shard_builder: the function that builds one shard (tests wrap it to inject faults).
+
+    Returns:
+        The memory, opened (headers checked).
+    """
+    out = Path(out).resolve()
+    specs = [source_spec] if isinstance(source_spec, str) else list(source_spec)
+    shards, class_names = resolve_sources(specs, rows_per_shard)
+    settings = BuildSettings(image_encoder_spec, text_encoder_spec, dtype, thumbnails, strict,
+                             batch_size)
+    manifest = _new_manifest(specs, settings, *load_encoders(settings), class_names)
+    if (out / "manifest.json").exists():
+        old = load_manifest(out)
+        _check_compatible(out, old, manifest)
+        if old["sources"][:len(specs)] != specs:
+            raise MemoryMismatchError(
+                f"{out}: holds a memory built from {old['sources']}, not {specs}; use "
+                "`ravis memory add` to append sources, or another folder")
+        manifest = old
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    jobs = [(f"{i:05d}", shard) for i, shard in enumerate(shards)]
+    _run(out, manifest, jobs, settings, engine, ray_address, progress, shard_builder)
+    return ShardedMemory.open(out)
+
+
+def add_shards(memdir: Path | str, source_spec: str | list[str], *, engine: str = "local",
+               ray_address: str | None = None, strict: bool = False, progress: bool = True,
+               rows_per_shard: int = 10000, shard_builder: Callable = build_shard) -> list[str]:
+    """Appends the input shards of ``source_spec`` to an existing memory as new shards.
+
+    Names continue the numbering; inputs the memory already holds are not added twice
+    (so an interrupted add resumes). New folder classes are appended to class_names. If
+    ``memdir/index`` exists, the new shards are added to it afterwards.
+
+    Returns:
+        The names of this call's shards (new, or already present from an earlier try).
+
+    Raises:
+        MemoryMismatchError: the encoders would now give other embeddings (other weights).
+    """
+    memdir = Path(memdir).resolve()
+    manifest = load_manifest(memdir)
+    specs = [source_spec] if isinstance(source_spec, str) else list(source_spec)
+    shards, class_names = resolve_sources(specs, rows_per_shard, manifest["class_names"])
+    build = manifest["build"]
+    settings = BuildSettings(build["key_encoder_spec"], build["value_encoder_spec"],
+                             manifest["dtype"], build["thumbnails"], strict, build["batch_size"])
+    _check_compatible(memdir, manifest,
+                      _new_manifest(specs, settings, *load_encoders(settings), class_names))
+    known = {s["input"]: s["name"] for s in manifest["shards"]}
+    taken = [int(s["name"]) for s in manifest["shards"] + manifest["failed_shards"]]
+    next_id = max(taken, default=-1) + 1
+    jobs = []
+    for shard in shards:
+        if shard.input not in known:
+            known[shard.input] = f"{next_id:05d}"
+            next_id += 1
+        jobs.append((known[shard.input], shard))
+    manifest["class_names"] = class_names
+    manifest["sources"] += [s for s in specs if s not in manifest["sources"]]
+    _run(memdir, manifest, jobs, settings, engine, ray_address, progress, shard_builder)
+    built = {s["name"] for s in manifest["shards"]}
+    names = [name for name, _ in jobs if name in built]
+    if (memdir / "index").exists():
+        from ravis.index.build import add_shards_to_index
+
+        add_shards_to_index(memdir, names)
+    return names
