@@ -1,7 +1,7 @@
 """``ravis <verb>``: a thin command line over :mod:`ravis.experiment`.
 
 Verbs: demo, run (whole pipeline); embed, index, knn, train, eval, predict (one stage each,
-cached and resumable). ``main(argv)`` is callable from tests.
+cached and resumable); memory build|add|verify (sharded web-scale memories). ``main(argv)`` is callable from tests.
 """
 
 from __future__ import annotations
@@ -77,7 +77,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="mam", help="trained method to use (default mam)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--cache", type=Path, default=None)
+
+    _memory_verbs(sub)
     return parser
+
+
+def _memory_verbs(sub) -> None:
+    """``ravis memory <build|add|verify>``: sharded web-scale memories (ravis.memory_commands)."""
+    memory = sub.add_parser("memory", help="build, extend and check sharded image-text memories")
+    verbs = memory.add_subparsers(dest="memory_verb", required=True)
+
+    def sources(p):
+        p.add_argument("--source", dest="sources", action="append", required=True, metavar="SPEC",
+                       help="wds:PATTERN (tar shards, braces allowed), parquet:PATTERN[:IMAGE_COL"
+                            "[:CAPTION_COL]], imagefolder:PATH, tuxpaint[:ROOT] (repeatable)")
+        p.add_argument("--rows-per-shard", type=int, default=10000,
+                       help="shard size for folder sources (a tar or parquet file is one shard)")
+        p.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="this process, or one Ray task per input shard")
+        p.add_argument("--ray-address", default=None,
+                       help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+        p.add_argument("--strict", action="store_true",
+                       help="a skipped row, an empty or unreadable shard is an error")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--cache", type=Path, default=None, help="model cache folder")
+
+    p = verbs.add_parser("build", help="embed image-text collections into a sharded memory (resumes)")
+    sources(p)
+    p.add_argument("--out", type=Path, required=True, help="the memory folder (MEMDIR)")
+    p.add_argument("--encoder", default="efficientnet_lite0", help="image encoder spec (keys)")
+    p.add_argument("--text-encoder", default="minilm", help="text encoder spec (values)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--no-thumbnails", action="store_true", help="no 64 px thumbnails in the metadata")
+
+    p = verbs.add_parser("add", help="append shards from new sources to a memory (and its index)")
+    p.add_argument("memdir", type=Path)
+    sources(p)
+
+    p = verbs.add_parser("verify", help="re-check a memory's checksums, shapes and row counts")
+    p.add_argument("memdir", type=Path)
 
 
 def load_run_config(args):

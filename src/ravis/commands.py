@@ -130,3 +130,9 @@ def cmd_predict(args) -> int:
             print(f"    weight {n['weight']:.3f}  sim {n['similarity']:.3f}  rank {n['rank']:>3}  "
                   f"{n['text']!r}  [{n['memory_id']}]")
     return 0
+
+
+def cmd_memory(args) -> int:
+    from . import memory_commands
+
+    return getattr(memory_commands, f"cmd_{args.memory_verb}")(args)
