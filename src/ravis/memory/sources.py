@@ -255,8 +255,18 @@ def _tar_groups(path: str):
                 group = {}
             key = k
             group[ext] = tar.extractfile(member).read()
+        if mode == "r:" and not _ends_with_zero_block(path, tar.offset):
+            # tarfile takes a file cut at (or inside) a member header for the archive's end.
+            raise tarfile.ReadError(f"no end-of-archive block at byte {tar.offset}: truncated")
     if group:
         yield key, group
+
+
+def _ends_with_zero_block(path: str, offset: int) -> bool:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        block = f.read(tarfile.BLOCKSIZE)
+    return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
 
 
 def _read_tar(path: str, strict: bool) -> ShardRows:
