@@ -25,7 +25,7 @@ def _summary(memory, seconds: float, built_rows: int | None = None) -> str:
     if m.get("skipped"):
         lines.append("  skipped rows: " + ", ".join(f"{k} {v}" for k, v in m["skipped"].items()))
     for failed in m.get("failed_shards", []):
-        lines.append(f"  failed shard {failed['input']}: {failed['error']}")
+        lines.append(f"  failed shard: {failed['error']}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,235 @@
+"""Building sharded memories with the real default encoders: contents against the encoders
+run directly, the Ray engine against the local one byte for byte (with a worker killed
+mid-shard), resume after an interruption, appending, and the CLI."""
+
+import os
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ravis.cli import main
+from ravis.memory import MemoryMismatchError
+from ravis.memory.shard_build import add_shards, build_shard, build_sharded_memory
+from ravis.memory.sharded import ShardedMemory, shard_file
+from ravis.memory.sources import SourceError
+
+FAULTS = {"bad_image": 2, "duplicate_key": 1, "missing_caption": 2}
+
+
+def sources(wds_dir, parquet_dir):
+    return [f"wds:{wds_dir}/{{00000..00004}}.tar", f"parquet:{parquet_dir}/*.parquet"]
+
+
+def all_bytes(memdir: Path) -> dict[str, bytes]:
+    """Every file of a memory by relative path (temporary files would show up too)."""
+    return {p.relative_to(memdir).as_posix(): p.read_bytes()
+            for p in sorted(memdir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, wds_dir, parquet_dir, ravis_cache):
+    """An uninterrupted local build of the fixture collections."""
+    out = tmp_path_factory.mktemp("ref") / "mem"
+    build_sharded_memory(sources(wds_dir, parquet_dir), out, progress=False)
+    return out
+
+
+def test_build_contents(reference, wds_dir):
+    mem = ShardedMemory.open(reference, verify=True)
+    m = mem.manifest
+    assert mem.shard_names == ["00000", "00001", "00002", "00004", "00005", "00006"]
+    assert mem.shard_rows == [6, 4, 0, 6, 3, 4] and mem.count == 23
+    assert m["skipped"] == FAULTS and m["shards"][1]["skipped"] == {
+        "bad_image": 2, "duplicate_key": 1, "missing_caption": 1}
+    assert [f["input"] for f in m["failed_shards"]] == [str(wds_dir / "00003.tar")]
+    assert "00003.tar: cannot read tar shard" in m["failed_shards"][0]["error"]
+    assert (mem.dim, mem.value_dim, mem.dtype) == (1280, 384, np.float16)
+    assert not [p for p in (reference / "shards").iterdir() if p.name.endswith(".tmp")]
+    memory = mem.to_memory()
+    assert len(set(memory.ids)) == 23 and memory.ids[6] == "00001/10000"
+    assert memory.texts[6] == "a picture number 10" and set(memory.labels) == {-1}
+    np.testing.assert_allclose(np.linalg.norm(memory.keys, axis=1), 1, atol=2e-3)
+    thumb = mem.meta(0).column("thumbnail")[0].as_py()
+    assert Image.open(__import__("io").BytesIO(thumb)).size == (64, 48)  # 96x72, longer side 64
+
+
+def test_keys_and_values_are_the_encoders_outputs(reference, wds_dir):
+    """Against the encoders called directly on the same images and captions."""
+    from ravis.encoders import create_image_encoder, create_text_encoder
+    from ravis.memory.sources import decode_image, read_rows, resolve_sources
+
+    mem = ShardedMemory.open(reference)
+    rows = read_rows(resolve_sources(str(wds_dir / "00000.tar"))[0][0]).rows
+    image_encoder = create_image_encoder("efficientnet_lite0")
+    pixels = np.stack([image_encoder.preprocess(decode_image(r.image, r.key)) for r in rows])
+    want_keys = image_encoder.encode_pixels(pixels)
+    want_values = create_text_encoder("minilm").encode_texts([r.text for r in rows])
+    np.testing.assert_allclose(mem.keys(0).astype(np.float32), want_keys, atol=1e-3)
+    np.testing.assert_allclose(mem.values(0).astype(np.float32), want_values, atol=1e-3)
+    assert mem.manifest["key_encoder"] == image_encoder.fingerprint()
+
+
+def test_strict_build_names_the_problem(tmp_path, wds_dir, ravis_cache):
+    with pytest.raises(SourceError, match=r"00001\.tar: sample '10002': missing caption"):
+        build_sharded_memory(f"wds:{wds_dir}/00001.tar", tmp_path / "m", strict=True,
+                             progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume
+
+
+class Interrupt(BaseException):
+    """Stands in for a kill: not an Exception, so nothing on the way catches it."""
+
+
+def test_resume_after_interruption_gives_the_same_bytes(tmp_path, reference, wds_dir,
+                                                        parquet_dir):
+    out = tmp_path / "mem"
+    built = []
+
+    def dies_in_shard_4(memdir, name, shard, settings):
+        if name == "00004":  # half a shard on disk, as a kill between two renames leaves
+            Path(memdir, shard_file(name, "keys")).write_bytes(b"\x93NUMPY half")
+            Path(memdir, "shards", f".{name}.values.npy.x.tmp").write_bytes(b"half")
+            raise Interrupt
+        built.append(name)
+        return build_shard(memdir, name, shard, settings)
+
+    with pytest.raises(Interrupt):
+        build_sharded_memory(sources(wds_dir, parquet_dir), out, progress=False,
+                             shard_builder=dies_in_shard_4)
+    assert built == ["00000", "00001", "00002", "00003"]
+    assert ShardedMemory.open(out).shard_names == ["00000", "00001", "00002"]  # usable so far
+
+    built.clear()
+
+    def counting(memdir, name, shard, settings):
+        built.append(name)
+        return build_shard(memdir, name, shard, settings)
+
+    build_sharded_memory(sources(wds_dir, parquet_dir), out, progress=False,
+                         shard_builder=counting)
+    assert built == ["00003", "00004", "00005", "00006"]  # the failed one is retried
+    assert all_bytes(out) == all_bytes(reference)
+
+    # A finished shard damaged on disk is rebuilt by the next run; intact ones are not.
+    path = out / shard_file("00001", "values")
+    path.write_bytes(path.read_bytes()[:-2] + b"\x00\x00")
+    built.clear()
+    build_sharded_memory(sources(wds_dir, parquet_dir), out, progress=False,
+                         shard_builder=counting)
+    assert built == ["00001", "00003"]
+    assert all_bytes(out) == all_bytes(reference)
+
+
+def test_build_refuses_another_memory_in_the_folder(reference, wds_dir, tmp_path):
+    with pytest.raises(MemoryMismatchError, match="dtype"):
+        build_sharded_memory(f"wds:{wds_dir}/00000.tar", reference, dtype="float32",
+                             progress=False)
+    with pytest.raises(MemoryMismatchError, match="memory add"):
+        build_sharded_memory(f"wds:{wds_dir}/00004.tar", reference, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The fault-injecting builder below lives in this test module, which Ray workers
+    # cannot import: ship it by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray
+    ray.shutdown()
+
+
+def crash_once_builder(marker: str):
+    """A shard builder whose worker dies in the middle of shard 00001, once."""
+    def build(memdir, name, shard, settings):
+        if name == "00001" and os.path.exists(marker):
+            os.remove(marker)
+            Path(memdir, shard_file(name, "keys")).write_bytes(b"half a shard")
+            Path(memdir, "shards", f".{name}.values.npy.y.tmp").write_bytes(b"half")
+            os._exit(1)  # the worker process dies; Ray retries the task
+        return build_shard(memdir, name, shard, settings)
+    return build
+
+
+def test_ray_engine_writes_the_same_bytes(local_ray, tmp_path, reference, wds_dir,
+                                          parquet_dir):
+    marker = tmp_path / "crash-once"
+    marker.write_text("")
+    out = tmp_path / "mem"
+    build_sharded_memory(sources(wds_dir, parquet_dir), out, engine="ray", progress=False,
+                         shard_builder=crash_once_builder(str(marker)))
+    assert not marker.exists()  # the crash did happen
+    assert all_bytes(out) == all_bytes(reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# Appending, folder sources, CLI
+
+
+def test_add_appends_shards_and_updates_an_index(tmp_path, reference, wds_dir, parquet_dir,
+                                                 monkeypatch):
+    out = tmp_path / "mem"
+    build_sharded_memory(f"wds:{wds_dir}/{{00000..00002}}.tar", out, progress=False)
+    names = add_shards(out, [f"wds:{wds_dir}/00004.tar"], progress=False)
+    assert names == ["00003"]
+    (out / "index").mkdir()  # from now on the index hears of new shards
+    calls = []
+    fake = types.ModuleType("ravis.index.build")
+    fake.add_shards_to_index = lambda memdir, new: calls.append((Path(memdir), new))
+    monkeypatch.setitem(sys.modules, "ravis.index.build", fake)
+    names = add_shards(out, [f"parquet:{parquet_dir}/*.parquet", f"wds:{wds_dir}/00004.tar"],
+                       progress=False)
+    assert names == ["00004", "00005", "00003"]  # the tar already added keeps its shard
+    assert calls == [(out.resolve(), names)]
+    mem = ShardedMemory.open(out, verify=True)
+    assert mem.shard_rows == [6, 4, 0, 6, 3, 4]
+    ref = ShardedMemory.open(reference)
+    for i in range(6):  # same rows as the one-go build, in shards named by arrival
+        np.testing.assert_array_equal(mem.keys(i), ref.keys(i))
+        np.testing.assert_array_equal(mem.values(i), ref.values(i))
+
+
+def test_folder_source_labels(tmp_path, ravis_cache):
+    from conftest import make_image
+
+    root = tmp_path / "folder"
+    for cls, n in (("cat", 3), ("dog", 2)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            (root / cls / f"{i}.png").write_bytes(make_image(10 * i + n, "PNG"))
+    mem = build_sharded_memory(f"imagefolder:{root}", tmp_path / "m", dtype="float32",
+                               thumbnails=False, rows_per_shard=2, progress=False)
+    assert mem.shard_rows == [2, 2, 1] and mem.class_names == ["cat", "dog"]
+    memory = mem.to_memory()
+    assert memory.labels.tolist() == [0, 0, 0, 1, 1] and memory.texts[3] == "a photo of a dog"
+    assert mem.meta(0).column("thumbnail").null_count == 2 and mem.dtype == np.float32
+
+
+def test_cli_build_verify_add(tmp_path, wds_dir, parquet_dir, ravis_cache, capsys):
+    out = tmp_path / "mem"
+    assert main(["memory", "build", "--source", f"wds:{wds_dir}/{{00000..00003}}.tar",
+                 "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "10 rows in 3 shards" in text and "failed shard" in text and "00003.tar" in text
+    assert main(["memory", "add", str(out), "--source", str(parquet_dir / "paths.parquet"),
+                 "--quiet"]) == 0
+    assert "added shards 00004" in capsys.readouterr().out
+    assert main(["memory", "verify", str(out)]) == 0
+    assert "OK, 14 rows in 4 shards" in capsys.readouterr().out
+    path = out / shard_file("00004", "keys")
+    data = bytearray(path.read_bytes())
+    data[200] ^= 1
+    path.write_bytes(bytes(data))
+    assert main(["memory", "verify", str(out)]) == 2
+    assert "00004.keys.npy: checksum mismatch" in capsys.readouterr().err
