@@ -233,3 +233,9 @@ def test_cli_build_verify_add(tmp_path, wds_dir, parquet_dir, ravis_cache, capsy
     path.write_bytes(bytes(data))
     assert main(["memory", "verify", str(out)]) == 2
     assert "00004.keys.npy: checksum mismatch" in capsys.readouterr().err
+
+
+def test_ray_strict_error_is_the_task_error(local_ray, tmp_path, wds_dir):
+    with pytest.raises(SourceError, match=r"^\S*00001\.tar: sample '10002': missing caption$"):
+        build_sharded_memory(f"wds:{wds_dir}/{{00000,00001}}.tar", tmp_path / "m",
+                             engine="ray", strict=True, progress=False)

@@ -72,6 +72,8 @@ def test_verify_catches_a_corrupted_shard(memdir):
         ShardedMemory.open(memdir).verify()
     with pytest.raises(MemoryMismatchError, match=r"00002\.values\.npy"):
         ShardedMemory.open(memdir, verify=True)
+    with pytest.raises(MemoryMismatchError, match=r"00002\.values\.npy"):
+        ShardedMemory.open(memdir).to_memory()  # an experiment never loads a damaged shard
 
 
 def _rewrite(memdir, name, kind, array):

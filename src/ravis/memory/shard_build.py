@@ -280,7 +280,11 @@ def _run_ray(memdir: Path, todo, settings: BuildSettings, address, builder, done
             ready, _ = ray.wait(list(refs), num_returns=1)
             for ref in ready:
                 refs.pop(ref)
-                done(ray.get(ref))
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:  # the task's own error, unwrapped
+                    raise (e.cause if isinstance(e.cause, Exception) else e) from None
+                done(result)
     finally:
         for ref in refs:  # after a failure: do not leave tasks writing into MEMDIR
             ray.cancel(ref, force=True)

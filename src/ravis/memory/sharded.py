@@ -265,8 +265,14 @@ class ShardedMemory:
         i = int(np.searchsorted(self.offsets, row, side="right") - 1)
         return i, row - int(self.offsets[i])
 
-    def to_memory(self) -> Memory:
-        """All shards as the core's in-RAM :class:`~ravis.memory.store.Memory` (float32)."""
+    def to_memory(self, verify: bool = True) -> Memory:
+        """All shards as the core's in-RAM :class:`~ravis.memory.store.Memory` (float32).
+
+        ``verify`` (default) checks every file's checksum first: loading reads every byte
+        anyway, and a damaged shard must not reach an experiment.
+        """
+        if verify:
+            self.verify()
         metas = [self.meta(i, ["id", "text", "source", "label"]).to_pydict()
                  for i in range(len(self.shard_rows))]
         n = len(self.shard_rows)
