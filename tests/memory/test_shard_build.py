@@ -3,6 +3,8 @@ run directly, the Ray engine against the local one byte for byte (with a worker 
 mid-shard), resume after an interruption, appending, and the CLI."""
 
 import os
+import signal
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -83,30 +85,35 @@ def test_strict_build_names_the_problem(tmp_path, wds_dir, ravis_cache):
 # Resume
 
 
-class Interrupt(BaseException):
-    """Stands in for a kill: not an Exception, so nothing on the way catches it."""
+KILLED_BUILD = """
+import os, signal, sys
+import ravis.memory.sharded as sharded
+from ravis.memory.shard_build import build_sharded_memory
+
+save_npy = sharded.save_npy
+
+def dies_writing_shard_4_values(path, array):
+    if path.name == "00004.values.npy":  # keys of shard 4 are in place, values half written
+        (path.parent / ".00004.values.npy.killed.tmp").write_bytes(b"\\x93NUMPY half")
+        os.kill(os.getpid(), signal.SIGKILL)
+    save_npy(path, array)
+
+sharded.save_npy = dies_writing_shard_4_values
+build_sharded_memory(sys.argv[2:], sys.argv[1], progress=False)
+"""
 
 
-def test_resume_after_interruption_gives_the_same_bytes(tmp_path, reference, wds_dir,
-                                                        parquet_dir):
+def test_resume_after_a_kill_gives_the_same_bytes(tmp_path, reference, wds_dir, parquet_dir,
+                                                  ravis_cache):
     out = tmp_path / "mem"
+    proc = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(out),
+                           *sources(wds_dir, parquet_dir)], capture_output=True, text=True,
+                          env={**os.environ, "RAVIS_CACHE": str(ravis_cache)}, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (out / shard_file("00004", "keys")).exists()  # half a shard on disk...
+    assert ShardedMemory.open(out).shard_names == ["00000", "00001", "00002"]  # ...not in it
+
     built = []
-
-    def dies_in_shard_4(memdir, name, shard, settings):
-        if name == "00004":  # half a shard on disk, as a kill between two renames leaves
-            Path(memdir, shard_file(name, "keys")).write_bytes(b"\x93NUMPY half")
-            Path(memdir, "shards", f".{name}.values.npy.x.tmp").write_bytes(b"half")
-            raise Interrupt
-        built.append(name)
-        return build_shard(memdir, name, shard, settings)
-
-    with pytest.raises(Interrupt):
-        build_sharded_memory(sources(wds_dir, parquet_dir), out, progress=False,
-                             shard_builder=dies_in_shard_4)
-    assert built == ["00000", "00001", "00002", "00003"]
-    assert ShardedMemory.open(out).shard_names == ["00000", "00001", "00002"]  # usable so far
-
-    built.clear()
 
     def counting(memdir, name, shard, settings):
         built.append(name)
@@ -115,7 +122,7 @@ def test_resume_after_interruption_gives_the_same_bytes(tmp_path, reference, wds
     build_sharded_memory(sources(wds_dir, parquet_dir), out, progress=False,
                          shard_builder=counting)
     assert built == ["00003", "00004", "00005", "00006"]  # the failed one is retried
-    assert all_bytes(out) == all_bytes(reference)
+    assert all_bytes(out) == all_bytes(reference)  # no temporary file left either
 
     # A finished shard damaged on disk is rebuilt by the next run; intact ones are not.
     path = out / shard_file("00001", "values")
