@@ -246,3 +246,16 @@ def test_ray_strict_error_is_the_task_error(local_ray, tmp_path, wds_dir):
     with pytest.raises(SourceError, match=r"^\S*00001\.tar: sample '10002': missing caption$"):
         build_sharded_memory(f"wds:{wds_dir}/{{00000,00001}}.tar", tmp_path / "m",
                              engine="ray", strict=True, progress=False)
+
+
+def test_second_writer_is_refused(tmp_path, wds_dir):
+    import fcntl
+
+    from ravis.memory.shard_build import MemoryBusyError
+
+    out = tmp_path / "m"
+    out.mkdir()
+    with open(out / ".lock", "w") as f:  # a build in progress holds the lock
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(MemoryBusyError, match="another"):
+            build_sharded_memory(f"wds:{wds_dir}/00000.tar", out, progress=False)

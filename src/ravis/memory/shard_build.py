@@ -311,6 +311,26 @@ def _progress_bar(total: int, initial: int, enabled: bool):
                 file=sys.stderr, disable=not enabled, dynamic_ncols=True, smoothing=0.1)
 
 
+class MemoryBusyError(ValueError):
+    """Another build or add is writing the same memory folder."""
+
+
+@contextlib.contextmanager
+def _exclusive(memdir: Path):
+    """Holds MEMDIR/.lock: two writers would each rewrite the manifest without the other's
+    shards. The lock dies with its process, so a killed build never blocks the rerun."""
+    import fcntl
+
+    memdir.mkdir(parents=True, exist_ok=True)
+    with open(memdir / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MemoryBusyError(f"{memdir}: another `ravis memory build` or `add` is "
+                                  "writing this memory") from None
+        yield
+
+
 # ---------------------------------------------------------------------------------------------
 # Public entry points
 
@@ -342,17 +362,18 @@ def build_sharded_memory(source_spec: str | list[str], out: Path | str,
     settings = BuildSettings(image_encoder_spec, text_encoder_spec, dtype, thumbnails, strict,
                              batch_size)
     manifest = _new_manifest(specs, settings, *load_encoders(settings), class_names)
-    if (out / "manifest.json").exists():
-        old = load_manifest(out)
-        _check_compatible(out, old, manifest)
-        if old["sources"][:len(specs)] != specs:
-            raise MemoryMismatchError(
-                f"{out}: holds a memory built from {old['sources']}, not {specs}; use "
-                "`ravis memory add` to append sources, or another folder")
-        manifest = old
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    jobs = [(f"{i:05d}", shard) for i, shard in enumerate(shards)]
-    _run(out, manifest, jobs, settings, engine, ray_address, progress, shard_builder)
+    with _exclusive(out):
+        if (out / "manifest.json").exists():
+            old = load_manifest(out)
+            _check_compatible(out, old, manifest)
+            if old["sources"][:len(specs)] != specs:
+                raise MemoryMismatchError(
+                    f"{out}: holds a memory built from {old['sources']}, not {specs}; use "
+                    "`ravis memory add` to append sources, or another folder")
+            manifest = old
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+        jobs = [(f"{i:05d}", shard) for i, shard in enumerate(shards)]
+        _run(out, manifest, jobs, settings, engine, ray_address, progress, shard_builder)
     return ShardedMemory.open(out)
 
 
@@ -372,6 +393,14 @@ def add_shards(memdir: Path | str, source_spec: str | list[str], *, engine: str 
         MemoryMismatchError: the encoders would now give other embeddings (other weights).
     """
     memdir = Path(memdir).resolve()
+    load_manifest(memdir)  # a clear error before the lock file is made
+    with _exclusive(memdir):
+        return _add(memdir, source_spec, engine, ray_address, strict, progress, rows_per_shard,
+                    shard_builder)
+
+
+def _add(memdir: Path, source_spec, engine, ray_address, strict, progress, rows_per_shard,
+         shard_builder) -> list[str]:
     manifest = load_manifest(memdir)
     specs = [source_spec] if isinstance(source_spec, str) else list(source_spec)
     shards, class_names = resolve_sources(specs, rows_per_shard, manifest["class_names"])
