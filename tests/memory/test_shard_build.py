@@ -192,13 +192,15 @@ def test_add_appends_shards_and_updates_an_index(tmp_path, reference, wds_dir, p
     assert names == ["00003"]
     (out / "index").mkdir()  # from now on the index hears of new shards
     calls = []
-    fake = types.ModuleType("ravis.index.build")
-    fake.add_shards_to_index = lambda memdir, new: calls.append((Path(memdir), new))
-    monkeypatch.setitem(sys.modules, "ravis.index.build", fake)
+    fake = types.ModuleType("ravis.memory.indexing")
+    fake.has_index = lambda memdir: True
+    fake.add_shards_to_index = lambda memdir, new, progress: calls.append((Path(memdir), new))
+    monkeypatch.setitem(sys.modules, "ravis.memory.indexing", fake)
+    monkeypatch.setattr("ravis.memory.indexing", fake, raising=False)
     names = add_shards(out, [f"parquet:{parquet_dir}/*.parquet", f"wds:{wds_dir}/00004.tar"],
                        progress=False)
     assert names == ["00004", "00005", "00003"]  # the tar already added keeps its shard
-    assert calls == [(out.resolve(), names)]
+    assert calls == [(out.resolve(), ["00004", "00005"])]  # only rows new to the index
     mem = ShardedMemory.open(out, verify=True)
     assert mem.shard_rows == [6, 4, 0, 6, 3, 4]
     ref = ShardedMemory.open(reference)

@@ -384,7 +384,8 @@ def add_shards(memdir: Path | str, source_spec: str | list[str], *, engine: str 
 
     Names continue the numbering; inputs the memory already holds are not added twice
     (so an interrupted add resumes). New folder classes are appended to class_names. If
-    ``memdir/index`` exists, the new shards are added to it afterwards.
+    the memory has an index, the shards new in this call are added to it afterwards
+    (:func:`ravis.memory.indexing.add_shards_to_index`).
 
     Returns:
         The names of this call's shards (new, or already present from an earlier try).
@@ -420,11 +421,13 @@ def _add(memdir: Path, source_spec, engine, ray_address, strict, progress, rows_
         jobs.append((known[shard.input], shard))
     manifest["class_names"] = class_names
     manifest["sources"] += [s for s in specs if s not in manifest["sources"]]
+    before = {s["name"] for s in manifest["shards"]}
     _run(memdir, manifest, jobs, settings, engine, ray_address, progress, shard_builder)
     built = {s["name"] for s in manifest["shards"]}
-    names = [name for name, _ in jobs if name in built]
     if (memdir / "index").exists():
-        from ravis.index.build import add_shards_to_index
+        from . import indexing
 
-        add_shards_to_index(memdir, names)
-    return names
+        new = sorted(built - before)  # numbered after every existing shard: rows appended
+        if new and indexing.has_index(memdir):
+            indexing.add_shards_to_index(memdir, new, progress=progress)
+    return [name for name, _ in jobs if name in built]
