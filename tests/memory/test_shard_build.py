@@ -261,3 +261,29 @@ def test_second_writer_is_refused(tmp_path, wds_dir):
         fcntl.flock(f, fcntl.LOCK_EX)
         with pytest.raises(MemoryBusyError, match="another"):
             build_sharded_memory(f"wds:{wds_dir}/00000.tar", out, progress=False)
+
+
+def test_rows_an_index_refers_to_never_move(tmp_path, wds_dir):
+    d = tmp_path / "tars"
+    d.mkdir()
+    for name in ("00000", "00003", "00004"):
+        (d / f"{name}.tar").write_bytes((wds_dir / f"{name}.tar").read_bytes())
+    out, spec = tmp_path / "m", f"wds:{d}/*.tar"
+    build_sharded_memory(spec, out, progress=False)
+    assert ShardedMemory.open(out).shard_names == ["00000", "00002"]  # 00003.tar failed
+    (out / "index").mkdir()
+    # Redoing a damaged shard from its own input keeps every row id: done.
+    path = out / shard_file("00000", "keys")
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    (d / "00003.tar").write_bytes((wds_dir / "00000.tar").read_bytes())  # readable now
+    build_sharded_memory(spec, out, progress=False)
+    mem = ShardedMemory.open(out, verify=True)
+    # ...but the failed shard, readable now, would slide the rows of 00002: held back.
+    assert mem.shard_names == ["00000", "00002"] and len(mem.manifest["failed_shards"]) == 1
+    (d / "00001.tar").write_bytes((wds_dir / "00000.tar").read_bytes())  # the glob grows
+    with pytest.raises(MemoryMismatchError, match=r"\['00002'\] now come from other"):
+        build_sharded_memory(spec, out, progress=False)
+    (d / "00001.tar").unlink()
+    (out / "index").rmdir()  # without an index, the failed shard is retried
+    assert build_sharded_memory(spec, out, progress=False).shard_names == [
+        "00000", "00001", "00002"]

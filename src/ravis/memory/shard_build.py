@@ -235,12 +235,7 @@ def _run(memdir: Path, manifest: dict, jobs, settings: BuildSettings, engine: st
          ray_address, progress: bool, builder: Callable) -> None:
     """Builds the jobs (name, input shard) not already done, recording each as it ends."""
     todo = [(name, shard) for name, shard in jobs if not _is_done(memdir, manifest, name, shard)]
-    existing = [s["name"] for s in manifest["shards"]]
-    if todo and (memdir / "index").exists() and existing and any(
-            name not in existing and name < max(existing) for name, _ in todo):
-        raise MemoryMismatchError(
-            f"{memdir}: building shards {[n for n, _ in todo]} would renumber the rows that "
-            f"{memdir / 'index'} refers to; remove the index and build it again afterwards")
+    todo = _keep_index_rows(memdir, manifest, todo)
     save_manifest(memdir, manifest)
     t0, rows = time.perf_counter(), 0
     with _progress_bar(len(jobs), len(jobs) - len(todo), progress and bool(todo)) as bar:
@@ -262,6 +257,30 @@ def _run(memdir: Path, manifest: dict, jobs, settings: BuildSettings, engine: st
     _remove_temporaries(memdir / "shards")
     for failed in manifest["failed_shards"]:
         log.warning("input shard %s failed: %s", failed["input"], failed["error"])
+
+
+def _keep_index_rows(memdir: Path, manifest: dict, todo: list) -> list:
+    """The shards that can be built without moving rows an existing index refers to.
+
+    Redoing a damaged shard from its own input keeps every row id. A new shard numbered
+    before the last one (an input that failed before and might read now) would shift the
+    rows after it, so it waits until the index is removed; a shard whose input changed is
+    an error.
+    """
+    if not (memdir / "index").exists():
+        return todo
+    inputs = {s["name"]: s["input"] for s in manifest["shards"]}
+    last = max(inputs, default="")
+    changed = [n for n, shard in todo if n in inputs and inputs[n] != shard.input]
+    if changed:
+        raise MemoryMismatchError(
+            f"{memdir}: shards {changed} now come from other inputs, which would renumber the "
+            f"rows {memdir / 'index'} refers to; remove the index and build it again afterwards")
+    held = [n for n, _ in todo if n not in inputs and n < last]
+    if held:
+        log.warning("%s: not retrying shards %s: they would renumber the rows the index refers "
+                    "to; remove %s and rerun to include them", memdir, held, memdir / "index")
+    return [(n, shard) for n, shard in todo if n not in held]
 
 
 def _run_ray(memdir: Path, todo, settings: BuildSettings, address, builder, done) -> None:
