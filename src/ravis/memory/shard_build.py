@@ -203,27 +203,52 @@ def _check_compatible(memdir: Path, old: dict, new: dict) -> None:
                 f"build would make {new[field]!r}; use another folder or the same settings")
 
 
-def _record(manifest: dict, result: dict) -> None:
-    """Puts a shard's result into the manifest (replacing an earlier entry of the name)."""
-    name = result["name"]
-    manifest["shards"] = [s for s in manifest["shards"] if s["name"] != name]
-    manifest["failed_shards"] = [s for s in manifest["failed_shards"]
-                                 if s["name"] != name and s["input"] != result["input"]]
-    (manifest["failed_shards"] if "error" in result else manifest["shards"]).append(result)
-    totals: dict[str, int] = {}
-    for s in manifest["shards"]:
-        for reason, n in s["skipped"].items():
-            totals[reason] = totals.get(reason, 0) + n
-    manifest["skipped"] = dict(sorted(totals.items()))
+class _ManifestWriter:
+    """Records shard results into the manifest and saves it after each one, unless saving
+    would take over ~5% of the time (a manifest of tens of thousands of shards is megabytes):
+    then saves are spaced out, and a crash costs the few shards finished since the last."""
+
+    CHEAP_SAVE = 0.05  # seconds: a save this quick is always made
+
+    def __init__(self, memdir: Path, manifest: dict):
+        self.memdir, self.manifest = memdir, manifest
+        self.shards = {s["name"]: s for s in manifest["shards"]}
+        self.failed = {s["name"]: s for s in manifest["failed_shards"]}
+        self.saved_at, self.save_seconds = time.perf_counter(), 0.0
+
+    def record(self, result: dict) -> None:
+        name = result["name"]
+        self.shards.pop(name, None)
+        self.failed.pop(name, None)
+        if "error" in result:
+            self.failed[name] = result
+        else:
+            self.shards[name] = result
+            self.failed = {n: f for n, f in self.failed.items() if f["input"] != result["input"]}
+        since = time.perf_counter() - self.saved_at
+        if self.save_seconds < self.CHEAP_SAVE or since >= 20 * self.save_seconds:
+            self.save()
+
+    def save(self) -> None:
+        t0 = time.perf_counter()
+        m = self.manifest
+        m["shards"], m["failed_shards"] = list(self.shards.values()), list(self.failed.values())
+        totals: dict[str, int] = {}
+        for s in m["shards"]:
+            for reason, n in s["skipped"].items():
+                totals[reason] = totals.get(reason, 0) + n
+        m["skipped"] = dict(sorted(totals.items()))
+        save_manifest(self.memdir, m)
+        self.saved_at = time.perf_counter()
+        self.save_seconds = self.saved_at - t0
 
 
-def _is_done(memdir: Path, manifest: dict, name: str, shard: InputShard) -> bool:
-    entry = next((s for s in manifest["shards"] if s["name"] == name), None)
+def _is_done(memdir: Path, manifest: dict, entry: dict | None, shard: InputShard) -> bool:
     if entry is None or entry["input"] != shard.input:
         return False
     problems = check_shard_files(memdir, manifest, entry, checksums=True)
     if problems:
-        log.warning("rebuilding shard %s: %s", name, problems[0])
+        log.warning("rebuilding shard %s: %s", entry["name"], problems[0])
     return not problems
 
 
@@ -234,26 +259,31 @@ def _is_done(memdir: Path, manifest: dict, name: str, shard: InputShard) -> bool
 def _run(memdir: Path, manifest: dict, jobs, settings: BuildSettings, engine: str,
          ray_address, progress: bool, builder: Callable) -> None:
     """Builds the jobs (name, input shard) not already done, recording each as it ends."""
-    todo = [(name, shard) for name, shard in jobs if not _is_done(memdir, manifest, name, shard)]
+    if engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {engine!r}; choose local or ray")
+    entries = {s["name"]: s for s in manifest["shards"]}
+    todo = [(name, shard) for name, shard in jobs
+            if not _is_done(memdir, manifest, entries.get(name), shard)]
     todo = _keep_index_rows(memdir, manifest, todo)
-    save_manifest(memdir, manifest)
+    writer = _ManifestWriter(memdir, manifest)
+    writer.save()
     t0, rows = time.perf_counter(), 0
     with _progress_bar(len(jobs), len(jobs) - len(todo), progress and bool(todo)) as bar:
         def done(result: dict) -> None:
             nonlocal rows
-            _record(manifest, result)
-            save_manifest(memdir, manifest)
+            writer.record(result)
             rows += result.get("rows", 0)
             bar.set_postfix_str(f"{rows} rows, {rows / (time.perf_counter() - t0):.1f} rows/s")
             bar.update(1)
 
-        if engine == "local":
-            for name, shard in todo:
-                done(builder(str(memdir), name, shard, settings))
-        elif engine == "ray":
-            _run_ray(memdir, todo, settings, ray_address, builder, done)
-        else:
-            raise ValueError(f"unknown engine {engine!r}; choose local or ray")
+        try:
+            if engine == "local":
+                for name, shard in todo:
+                    done(builder(str(memdir), name, shard, settings))
+            else:
+                _run_ray(memdir, todo, settings, ray_address, builder, done)
+        finally:  # what finished before a failure or an interrupt is kept
+            writer.save()
     _remove_temporaries(memdir / "shards")
     for failed in manifest["failed_shards"]:
         log.warning("input shard %s failed: %s", failed["input"], failed["error"])
