@@ -14,6 +14,8 @@ want_test=0
 need=()
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 [ -d /usr/share/tuxpaint/stamps ] || need+=(tuxpaint-stamps-default)
+# The web page's end-to-end test drives Debian's chromium (never a browser download).
+if [ $want_test -eq 1 ] && [ ! -x /usr/bin/chromium ]; then need+=(chromium chromium-driver); fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq

@@ -27,3 +27,16 @@ def ravis_cache(tmp_path_factory):
         os.environ.pop("RAVIS_CACHE", None)
     else:
         os.environ["RAVIS_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, ravis_cache):
+    """One trained tiny run (configs/tiny.yaml) shared by the serve and report tests."""
+    from pathlib import Path
+
+    from ravis.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    tiny = Path(__file__).parents[1] / "configs" / "tiny.yaml"
+    assert main(["run", "-c", str(tiny), "--out", str(out), "--quiet", "--cache", str(ravis_cache)]) == 0
+    return out

@@ -1,7 +1,8 @@
 """``ravis <verb>``: a thin command line over :mod:`ravis.experiment`.
 
 Verbs: demo, run (whole pipeline); embed, index, knn, train, eval, predict (one stage each,
-cached and resumable); memory build|add|verify (sharded web-scale memories). ``main(argv)`` is callable from tests.
+cached and resumable); serve (prediction API and web page), report (HTML); memory
+build|add|verify (sharded web-scale memories). ``main(argv)`` is callable from tests.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="re-evaluate a finished run: tables, metrics, plots")
     p.add_argument("run_dir", type=Path)
+    _serving_verbs(sub)
 
     p = sub.add_parser("predict", help="top-5 classes and the 10 most-attended neighbours of images")
     p.add_argument("images", nargs="+", type=Path)
@@ -76,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="which experiment of the run (default: the first)")
     p.add_argument("--method", default="mam", help="trained method to use (default mam)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--neighbors", type=int, default=10,
+                   help="most-attended neighbours to show (0: all k)")
     p.add_argument("--cache", type=Path, default=None)
 
     _memory_verbs(sub)
@@ -135,6 +139,24 @@ def load_run_config(args):
                              "data": {"dataset": args.dataset, "class_depth": args.class_depth},
                              "memory": {"source": "train", "values": "caption"}}]}
     return resolve(tree, overrides)
+
+
+def _serving_verbs(sub) -> None:
+    """``ravis serve`` (prediction API and web page) and ``ravis report`` (HTML report)."""
+    p = sub.add_parser("serve", help="serve a trained run: POST /predict, a web page, /metrics")
+    p.add_argument("run_dir", type=Path, help="a finished run folder")
+    p.add_argument("--experiment", help="which experiment of the run (default: the first)")
+    p.add_argument("--method", default="mam", help="trained method to serve (default mam)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted image file (MB)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="largest accepted image (width x height); more is refused as a decompression bomb")
+    p.add_argument("--cache", type=Path, default=None, help="cache folder (only for runs without a saved memory)")
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a finished run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="HTML file (default RUN_DIR/report.html)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,11 @@ def _run_config(args):
 
 
 def cmd_demo(args) -> int:
-    return _run_pipeline(args, resume=True)
+    rc = _run_pipeline(args, resume=True)
+    from .report import write_report
+
+    print(f"report: {write_report(args.out)}")
+    return rc
 
 
 def cmd_run(args) -> int:
@@ -111,13 +115,33 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .predictor import Predictor
+    from .serve import serve
+
+    predictor = Predictor.load(args.run_dir, args.experiment, args.method, args.cache)
+    print(f"serving {args.run_dir} ({predictor.experiment.name}, {args.method}, memory of "
+          f"{len(predictor.memory)}) on http://{args.host}:{args.port}/", flush=True)
+    serve(predictor, args.host, args.port, max_bytes=int(args.max_upload_mb * 1024 * 1024),
+          max_pixels=args.max_pixels)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.run_dir, args.out)
+    print(f"report: {path}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .data import open_image
     from .predictor import Predictor
 
     predictor = Predictor.load(args.run_dir, args.experiment, args.method, args.cache)
     images = [open_image(p) for p in args.images]
-    outputs = predictor.predict(images)
+    outputs = predictor.predict(images, top_neighbors=args.neighbors or None)
     if args.json:
         print(json.dumps([{"image": str(p), **o} for p, o in zip(args.images, outputs)], indent=2))
         return 0
@@ -127,7 +151,8 @@ def cmd_predict(args) -> int:
             print(f"  {c['probability']:6.1%}  {c['class']}")
         print("  neighbours by attention (rank: retrieval rank):")
         for n in out["neighbors"]:
-            print(f"    weight {n['weight']:.3f}  sim {n['similarity']:.3f}  rank {n['rank']:>3}  "
+            weight = "  -  " if n["weight"] is None else f"{n['weight']:.3f}"
+            print(f"    weight {weight}  sim {n['similarity']:.3f}  rank {n['rank']:>3}  "
                   f"{n['text']!r}  [{n['memory_id']}]")
     return 0
 

@@ -8,8 +8,11 @@ Run folder layout (``--out DIR``):
     <experiment>/               one folder per experiment (name with "/" -> "-")
         <method>.safetensors    trained weights (no pickle)
         predictions.npz         test logits per method (allow_pickle=False)
-        memory.json             where the experiment's memory lives in the cache
+        test_ids.json           ids of the test images, in the rows of predictions.npz
         shots.png, accuracy_vs_k.png
+        memory/, thumbnails.parquet, test_thumbnails.parquet, serving.json
+                                what serving needs without the cache (see run_folder.py)
+    report.html, report/*.png   written by ``ravis report`` (and by the demo)
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..io import atomic_path, save_json
 from ..training.checkpoint import save_weights
 from .methods import MethodResult, train_method, vote_result
 from .prepare import Prepared, prepare
+from .run_folder import save_for_serving
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,9 @@ def run_methods(cfg: RunConfig, prep: Prepared, out: Path, cache_dir: Path, *, r
              f"{', cached' if methods[method].details.get('cached') else ''})")
     entry = summarise(prep, cfg, methods)
     _write_experiment_outputs(folder, prep, entry, methods)
+    t = time.perf_counter()
+    save_for_serving(folder, out, prep, methods, cache_dir)
+    times["run_folder"] = time.perf_counter() - t
     return entry, times
 
 

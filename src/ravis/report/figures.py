@@ -1,0 +1,93 @@
+"""The report's figures that the per-experiment plots do not already draw (PNG, matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..evaluation.report import METHOD_LABELS
+from ..io import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def attention_by_rank(attention: np.ndarray) -> np.ndarray:
+    """(k,) mean last-layer attention weight at each retrieval rank over the test set.
+
+    Args:
+        attention: (N, L, k) attention of every test query (the run's predictions.npz).
+    """
+    return np.asarray(attention[:, -1, :], dtype=np.float64).mean(0)
+
+
+def plot_attention_by_rank(curves: dict[str, np.ndarray], path: Path) -> None:
+    """Mean last-layer attention weight versus retrieval rank, one line per experiment, with
+    the uniform weight 1/k for reference (a flat line would mean the ranking is ignored)."""
+    plt = _pyplot()
+    fig, (ax, cum) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, curve in curves.items():
+        ranks = np.arange(1, len(curve) + 1)
+        line, = ax.plot(ranks, curve, label=name)
+        ax.axhline(1.0 / len(curve), color=line.get_color(), linestyle=":", linewidth=0.8)
+        cum.plot(ranks, np.cumsum(curve), label=name, color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("retrieval rank (1 = most similar)")
+    ax.set_ylabel("mean attention weight (last layer)")
+    ax.set_title("attention mass versus retrieval rank (dotted: uniform 1/k)")
+    ax.legend(fontsize=8)
+    cum.set_xscale("log")
+    cum.set_xlabel("retrieval rank")
+    cum.set_ylabel("cumulative attention mass")
+    cum.set_ylim(0, 1.02)
+    cum.set_title("share of attention on the top ranks")
+    cum.grid(alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def memory_size_groups(entries: list[dict]) -> dict[str, list[dict]]:
+    """Experiments on the same test set (dataset and test size) with at least two memory
+    sizes: the runs where accuracy versus memory size can be drawn."""
+    groups: dict[str, list[dict]] = {}
+    for e in entries:
+        groups.setdefault(f"{e['dataset']} (test {e['num_test']})", []).append(e)
+    return {k: v for k, v in groups.items() if len({e["memory_size"] for e in v}) >= 2}
+
+
+def plot_memory_size(group: str, entries: list[dict], path: Path) -> None:
+    """Top-1 accuracy of each memory-reading method versus memory size, points labelled by
+    experiment (memories of one size may differ in their values, e.g. noisy text)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    methods = [m for m in entries[0]["methods"] if m in ("mean_knn", "mam", "rac", "knn_vote")]
+    for method in methods:
+        pts = sorted((e["memory_size"], 100 * e["methods"][method]["top1"], e["name"])
+                     for e in entries if e["methods"].get(method, {}).get("top1") is not None)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=METHOD_LABELS.get(method, method))
+    for e in entries:
+        top = max(v["top1"] for v in e["methods"].values() if v.get("top1") is not None)
+        ax.annotate(e["name"], (e["memory_size"], 100 * top), textcoords="offset points",
+                    xytext=(4, 6), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("memory size (entries)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"accuracy versus memory size: {group}")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+__all__ = ["attention_by_rank", "memory_size_groups", "plot_attention_by_rank", "plot_memory_size"]

@@ -1,0 +1,37 @@
+"""Serving a trained run: prediction API, web page and Prometheus metrics (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from .app import create_app
+from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ApiError
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(predictor, host: str = "127.0.0.1", port: int = 8000, *, max_bytes: int = DEFAULT_MAX_BYTES,
+          max_pixels: int = DEFAULT_MAX_PIXELS, log_level: str = "info") -> None:
+    """Runs the server until interrupted. Binds to loopback unless ``host`` says otherwise."""
+    import uvicorn
+
+    if not is_loopback(host):
+        log.warning("serving on %s: reachable from other machines", host)
+    from PIL import Image
+
+    predictor.predict([Image.new("RGB", (64, 64), "white")])  # warm-up: the first call pays for setup
+    app = create_app(predictor, max_bytes=max_bytes, max_pixels=max_pixels)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+__all__ = ["ApiError", "create_app", "is_loopback", "serve"]

@@ -1,0 +1,92 @@
+"""Turning an untrusted upload into a decoded image, or a clear 4xx error.
+
+Every refusal is an :class:`ApiError` with an HTTP status, a short machine-readable ``kind``
+(also the label of the ``ravis_errors_total`` metric) and a message naming the problem.
+Like :func:`ravis.data.open_image`, decoding is strict: truncated files are refused (not
+grey-filled), and the pixel count is read from the header and checked before decoding, so a
+small file that claims a gigapixel image costs nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import struct
+
+from PIL import Image
+
+from ..data.images import _no_truncated_loads
+from ..encoders.preprocess import to_rgb
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024  # 10 MB
+DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: any camera photo; far below what would exhaust RAM
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
+                  Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+class ApiError(Exception):
+    """A request the server refuses: status, kind, message."""
+
+    def __init__(self, status: int, kind: str, message: str):
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+    def body(self) -> dict:
+        return {"error": {"kind": self.kind, "message": self.message, "status": self.status}}
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Fully decodes image bytes to RGB (transparency flattened on white).
+
+    Raises:
+        ApiError: 400 empty_upload / not_an_image / truncated_image, 413 too_many_pixels.
+    """
+    if not data:
+        raise ApiError(400, "empty_upload", f"{name}: the upload is empty (0 bytes)")
+    fmt = None
+    try:
+        with _no_truncated_loads(), Image.open(io.BytesIO(data)) as im:
+            w, h = im.size  # from the header: a bomb is refused before any decoding
+            if w * h > max_pixels:
+                raise ApiError(413, "too_many_pixels",
+                               f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
+                               "(possible decompression bomb)")
+            fmt = im.format
+            im.load()
+            return to_rgb(im)
+    except ApiError:
+        raise
+    except Image.UnidentifiedImageError as e:
+        raise ApiError(400, "not_an_image", f"{name}: not an image PIL can read ({len(data)} bytes)") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ApiError(413, "too_many_pixels", f"{name}: {e}") from e
+    except _DECODE_ERRORS as e:
+        raise ApiError(400, "truncated_image",
+                       f"{name}: the {fmt or 'image'} data is truncated or corrupt "
+                       f"({type(e).__name__}: {e})") from e
+
+
+def image_from_json(body: bytes) -> tuple[bytes, str]:
+    """(image bytes, name) from a JSON body ``{"image": "<base64>", "name": "..."}``; a
+    ``data:image/...;base64,`` prefix is accepted."""
+    try:
+        obj = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, "bad_json", f"the request body is not valid JSON ({e})") from e
+    if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
+        raise ApiError(400, "missing_image", 'JSON body needs "image": a base64 string of the file')
+    text = obj["image"]
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ApiError(400, "bad_base64", f'"image" is not valid base64 ({e})') from e
+    name = obj.get("name") if isinstance(obj.get("name"), str) else "upload"
+    return data, name[:200]
+
+
+__all__ = ["ApiError", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "decode_image", "image_from_json"]

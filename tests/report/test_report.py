@@ -1,0 +1,72 @@
+"""The HTML report: self-contained, numbers from results.json, figures and gallery present."""
+
+import base64
+import re
+
+import numpy as np
+
+from ravis.cli import main
+from ravis.io import load_json
+from ravis.report import write_report
+from ravis.report.figures import attention_by_rank, memory_size_groups, plot_memory_size
+from ravis.report.gallery import pick_examples
+
+
+def test_report_is_self_contained_and_matches_results(tiny_run, tmp_path):
+    out = write_report(tiny_run, tmp_path / "r" / "report.html")
+    text = out.read_text()
+    srcs = re.findall(r'src="([^"]*)"', text)
+    assert srcs and all(s.startswith("data:image/") for s in srcs)
+    assert "http://" not in text and "https://" not in text
+    # every PNG written beside the page is embedded in it, byte for byte
+    pngs = sorted((tmp_path / "r" / "report").glob("*.png"))
+    assert {p.name for p in pngs} >= {"attention-by-rank.png", "tiny-fmnist-shots.png",
+                                      "tiny-fmnist-accuracy-vs-k.png"}
+    for p in pngs:
+        assert base64.b64encode(p.read_bytes()).decode() in text
+    entry = load_json(tiny_run / "results.json")["experiments"][0]
+    for name, m in entry["methods"].items():
+        assert f"{100 * m['top1']:.1f}" in text
+    # the Figure-4 gallery: query thumbnails and neighbour tiles with weights
+    assert text.count('class="example') >= 2
+    assert text.count('class="tile"') >= 8 * text.count('class="example')
+    assert "true: " in text and "predicted: " in text and "w 0." in text
+
+
+def test_report_verb_default_location(tiny_run, capsys):
+    assert main(["report", str(tiny_run)]) == 0
+    assert (tiny_run / "report.html").exists()
+    assert str(tiny_run / "report.html") in capsys.readouterr().out
+
+
+def test_attention_by_rank_is_the_mean_last_layer_weight():
+    rng = np.random.default_rng(0)
+    attn = rng.random((7, 2, 5)).astype(np.float16)
+    attn /= attn.sum(-1, keepdims=True)
+    expect = [np.mean([float(attn[i, 1, r]) for i in range(7)]) for r in range(5)]
+    assert np.allclose(attention_by_rank(attn), expect)
+
+
+def test_pick_examples_fills_each_cell():
+    counts = np.array([200, 50, 5])  # one many-, one mid-, one few-shot class
+    labels = np.repeat([0, 1, 2], 10)
+    pred = labels.copy()
+    pred[[0, 1, 2, 10, 20, 21]] = [1, 1, 1, 0, 0, 0]  # wrong: three many, one mid, two few
+    rows = pick_examples(labels, pred, counts, per_cell=2)
+    cells = [(int(labels[r]), bool(pred[r] == labels[r])) for r in rows]
+    assert sorted(cells) == sorted([(0, True)] * 2 + [(0, False)] * 2 + [(1, True)] * 2 + [(1, False)]
+                                   + [(2, True)] * 2 + [(2, False)] * 2)
+    assert rows == pick_examples(labels, pred, counts, per_cell=2)  # seeded
+
+
+def test_memory_size_plot_only_where_sizes_differ(tmp_path):
+    def entry(name, size, dataset="fmnist", top1=0.5):
+        return {"name": name, "dataset": dataset, "num_test": 100, "memory_size": size,
+                "methods": {"mam": {"top1": top1}, "knn_vote": {"top1": top1 - 0.1}, "linear": {"top1": 0.3}}}
+
+    entries = [entry("A", 2000), entry("B", 60000, top1=0.8), entry("C", 60000, top1=0.7),
+               entry("tux", 500, dataset="tuxpaint")]
+    groups = memory_size_groups(entries)
+    assert list(groups) == ["fmnist (test 100)"] and [e["name"] for e in groups["fmnist (test 100)"]] == ["A", "B", "C"]
+    plot_memory_size("fmnist", groups["fmnist (test 100)"], tmp_path / "m.png")
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"

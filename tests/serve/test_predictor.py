@@ -1,0 +1,139 @@
+"""The Predictor against the run's own evaluation, and the run folder it loads from."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ravis
+from ravis.data import load_fashion_mnist
+from ravis.experiment import run_folder
+from ravis.experiment.thumbnails import ThumbnailStore, make_thumbnail, write_thumbnails
+from ravis.memory.store import Memory
+
+N = 40  # test images compared
+
+
+def _test_images(run, n=N):
+    ids = json.loads((run / "tiny-fmnist" / "test_ids.json").read_text())[:n]
+    test = load_fashion_mnist().test
+    return [test.load_image(int(i.rsplit("/", 1)[1])) for i in ids]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run):
+    return ravis.load(tiny_run)
+
+
+def test_predictions_equal_the_evaluated_ones(tiny_run, predictor):
+    """Served probabilities, neighbours and attention are those the run scored on its test set."""
+    out = predictor.predict(_test_images(tiny_run))
+    with np.load(tiny_run / "tiny-fmnist" / "predictions.npz") as f:
+        logits, I, attn = f["logits_mam"][:N], f["neighbors"][:N], f["attention_mam"][:N, -1]
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    memory_ids = predictor.memory.ids
+    for b, o in enumerate(out):
+        top = [c["index"] for c in o["top5"]]
+        assert top == list(np.argsort(-probs[b])[:5])
+        assert np.allclose([c["probability"] for c in o["top5"]], probs[b, top], atol=1e-4)
+        by_rank = sorted(o["neighbors"], key=lambda n: n["rank"])
+        assert [n["memory_id"] for n in by_rank] == [memory_ids[i] for i in I[b]]
+        assert np.allclose([n["weight"] for n in by_rank], attn[b], atol=2e-3)  # saved as float16
+
+
+def test_output_structure(tiny_run, predictor):
+    o = predictor.predict(_test_images(tiny_run, 1), top_neighbors=None)[0]
+    assert o["prediction"] == o["top5"][0]["class"] and len(o["top5"]) == 5
+    assert len(o["neighbors"]) == o["k"] == 20
+    weights = [n["weight"] for n in o["neighbors"]]
+    assert weights == sorted(weights, reverse=True)
+    assert sorted(n["rank"] for n in o["neighbors"]) == list(range(1, 21))
+    assert abs(sum(weights) - 1) < 1e-4
+    n = o["neighbors"][0]
+    assert n["weights"][-1] == n["weight"] and len(n["weights"]) == predictor.model.fusion.num_layers
+    assert n["source"] == "fashion-mnist-train" and n["label"] == n["text"] and n["has_thumbnail"]
+    assert set(o["timings_ms"]) == {"encode", "search", "fuse"}
+    json.dumps(o)  # plain JSON types only
+    assert len(predictor.predict(_test_images(tiny_run, 1), top_neighbors=10)[0]["neighbors"]) == 10
+
+
+def test_methods_without_attention(tiny_run):
+    img = _test_images(tiny_run, 1)
+    mean = ravis.load(tiny_run, method="mean_knn").predict(img)[0]
+    assert [n["weight"] for n in mean["neighbors"]] == pytest.approx([1 / 20] * 20)
+    linear = ravis.load(tiny_run, method="linear").predict(img)[0]
+    assert all(n["weight"] is None for n in linear["neighbors"])
+    with pytest.raises(ValueError, match="rac"):
+        ravis.load(tiny_run, method="rac")
+
+
+def test_run_folder_needs_no_cache(tiny_run, monkeypatch):
+    """The saved memory is loaded; nothing is rebuilt from the cache."""
+    import sys
+
+    prepare_module = sys.modules["ravis.experiment.prepare"]  # the module, not the function
+    def no_prepare(*a, **kw):
+        raise AssertionError("the predictor rebuilt the memory from the cache")
+
+    monkeypatch.setattr(prepare_module, "prepare", no_prepare)
+    p = ravis.load(tiny_run)
+    assert len(p.memory) == json.loads((tiny_run / "tiny-fmnist" / "serving.json").read_text())["memory_size"]
+
+
+def test_old_run_folder_falls_back_to_the_cache(tiny_run, predictor, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old, ignore=shutil.ignore_patterns("memory", "serving.json", "*.parquet"))
+    p = ravis.load(old)
+    img = _test_images(tiny_run, 3)
+    got, want = p.predict(img), predictor.predict(img)
+    assert [o["neighbors"][0]["memory_id"] for o in got] == [o["neighbors"][0]["memory_id"] for o in want]
+    assert not p.thumbnails.get(got[0]["neighbors"][0]["memory_id"])
+
+
+def test_serving_json_names_everything(tiny_run):
+    info = json.loads((tiny_run / "tiny-fmnist" / "serving.json").read_text())
+    assert info["k"] == 20 and len(info["class_names"]) == 10
+    assert set(info["logit_adjustment"]) == {"linear", "mlp", "mean_knn", "mam", "rac"}
+    memory = Memory.load(tiny_run / "tiny-fmnist" / "memory")
+    assert memory.fingerprint == info["memory_fingerprint"]
+    store = ThumbnailStore.open(tiny_run / "tiny-fmnist" / "thumbnails.parquet")
+    assert len(store) == len(memory) and all(i in store for i in memory.ids)
+
+
+def test_thumbnails_round_trip_and_cache(tmp_path):
+    data = load_fashion_mnist().test.subset(np.arange(12))
+    cache = tmp_path / "cache"
+    a = write_thumbnails(tmp_path / "a.parquet", data, [3, 5, 7], cache_dir=cache)
+    b = write_thumbnails(tmp_path / "b.parquet", data, [3, 5, 7], cache_dir=cache)
+    assert a.read_bytes() == b.read_bytes()
+    store = ThumbnailStore.open(a)
+    assert len(store) == 3 and store.get(data.ids[0]) is None
+    raw, mime = store.get(data.ids[5])
+    assert mime == "image/png"
+    import io
+
+    im = Image.open(io.BytesIO(raw))
+    assert im.size == (28, 28)
+    assert np.array_equal(np.asarray(im), np.asarray(data.load_image(5)))  # lossless for grey
+
+
+def test_make_thumbnail_bounds_and_flattens():
+    rgba = Image.new("RGBA", (400, 200), (255, 0, 0, 0))  # fully transparent red
+    import io
+
+    im = Image.open(io.BytesIO(make_thumbnail(rgba)))
+    assert im.format == "JPEG" and max(im.size) == 96
+    assert np.asarray(im).min() > 240  # flattened on white, not red
+
+
+def test_identical_memory_arrays_are_hard_linked(tiny_run, tmp_path):
+    memory = Memory.load(tiny_run / "tiny-fmnist" / "memory")
+    for name in ("x", "y"):
+        run_folder.save_memory(memory, tmp_path / name / "memory", tmp_path, memory.fingerprint)
+    assert os.path.samefile(tmp_path / "x" / "memory" / "keys.npy", tmp_path / "y" / "memory" / "keys.npy")
+    again = Memory.load(tmp_path / "y" / "memory")
+    assert again.fingerprint == memory.fingerprint
