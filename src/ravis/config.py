@@ -124,16 +124,26 @@ class DataConfig:
 class MemoryConfig:
     """What the memory holds."""
 
-    source: str = "train"  # "train": the (long-tailed) training split; "full-train": the whole training split; or a saved memory folder
+    # "train": the (long-tailed) training split; "full-train": the whole training split; a saved
+    # memory folder; a sharded memory (ravis memory build); or a list of these, concatenated
+    # in order (the paper's "All" memory), each entry keeping its source name
+    source: str | list[str] = "train"
     values: str = "label_prompt"  # label_prompt | caption | image
     prompt: str = "a photo of a {label}"  # label prompt for images without a caption
     value_encoder: str | None = None  # image encoder spec for values="image"
     wrong_value_fraction: float = 0.0  # replace this fraction of values with a wrong class's prompt
     wrong_value_seed: int = 0
 
+    @property
+    def sources(self) -> list[str]:
+        return list(self.source) if isinstance(self.source, (list, tuple)) else [self.source]
+
     def __post_init__(self):
         from .memory.build import VALUE_KINDS
 
+        _check(bool(self.sources) and all(isinstance(x, str) and x for x in self.sources),
+               f"memory.source must be a name/path or a non-empty list of them, got {self.source!r}")
+        _check(len(set(self.sources)) == len(self.sources), f"memory.source lists an entry twice: {self.source!r}")
         _check(self.values in VALUE_KINDS, f"memory.values must be one of {VALUE_KINDS}, got {self.values!r}")
         _check("{label}" in self.prompt, "memory.prompt must contain '{label}'")
         _check(0 <= self.wrong_value_fraction < 1, "memory.wrong_value_fraction must be in [0, 1)")

@@ -19,8 +19,12 @@ from ..data import (ImageDataset, Splits, load_dataset, longtail_indices, strati
 from ..encoders import create_image_encoder, create_text_encoder
 from ..encoders.embed import embed_images, is_embedded
 from ..index import create_index
-from ..io import stable_hash
+from ..index.multi import MultiIndex
+from ..io import load_json, stable_hash
 from ..memory.build import build_memory, with_wrong_values
+from ..memory.compose import compose
+from ..memory.indexing import has_index, open_memory_index
+from ..memory.sharded import FORMAT as SHARDED_FORMAT, ShardedMemory
 from ..memory.store import Memory
 from ..retrieval import cached_neighbors
 
@@ -93,7 +97,7 @@ def training_rows(cfg: DataConfig, full_train: ImageDataset) -> np.ndarray:
 
 def needs_whole_split(run: RunConfig, exp: ExperimentConfig) -> bool:
     """Whether any experiment of the run on the same data uses the whole training split."""
-    return any(e.data == exp.data and e.memory.source == "full-train" for e in run.experiments)
+    return any(e.data == exp.data and "full-train" in e.memory.sources for e in run.experiments)
 
 
 def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
@@ -138,11 +142,11 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
         return Prepared(exp, train, test_split, memory, None, None, None, None, counts, skipped, timings)
 
     t = time.perf_counter()
-    index = create_index(exp.retrieval.index, memory.dim)
-    index.add(memory.keys)
+    index = memory_index(exp, memory)
     # Neighbours depend on the keys, ids and index only: memories that differ in their
     # values (B and its noisy copy C) share them.
-    key = stable_hash(memory.keys, memory.ids, exp.retrieval.index)
+    key = stable_hash(memory.keys, memory.ids, exp.retrieval.index if not isinstance(index, MultiIndex)
+                      else [index.spec, [getattr(p, "search_params", {}) for p in index.parts]])
     k = min(exp.retrieval.k, len(memory) - 1)
     train_D, train_I = cached_neighbors(cache_dir / "neighbors", index, train.z, k, "train",
                                         memory_key=key, query_ids=list(train.dataset.ids),
@@ -154,16 +158,54 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
                     skipped, timings)
 
 
+def is_sharded_memory(path: str) -> bool:
+    manifest = Path(path) / "manifest.json"
+    return manifest.is_file() and load_json(manifest).get("format") == SHARDED_FORMAT
+
+
+def memory_index(exp: ExperimentConfig, memory: Memory):
+    """The index the experiment searches: one ``retrieval.index`` over the whole memory, or,
+    when a part of a composed memory is a sharded memory with a built index, that index for
+    its part and ``retrieval.index`` for each other part, merged exactly (MultiIndex)."""
+    parts = memory.parts or [("", len(memory))]
+    if not any(is_sharded_memory(spec) and has_index(spec) for spec, _ in parts):
+        index = create_index(exp.retrieval.index, memory.dim)
+        index.add(memory.keys)
+        return index
+    indexes, start = [], 0
+    for spec, rows in parts:
+        if is_sharded_memory(spec) and has_index(spec):
+            indexes.append(open_memory_index(spec))
+        else:
+            part = create_index(exp.retrieval.index, memory.dim)
+            part.add(memory.keys[start:start + rows])
+            indexes.append(part)
+        start += rows
+    return MultiIndex(indexes)
+
+
 def make_memory(run: RunConfig, exp: ExperimentConfig, encoder, full_train: ImageDataset,
                 full_z: np.ndarray, full_valid: np.ndarray, train_rows: np.ndarray,
                 cache_dir: Path) -> Memory:
-    """The experiment's memory: its training set, the full training split, or a saved one."""
+    """The experiment's memory: its training set, the full training split, a saved or sharded
+    memory, or several of these composed in order."""
+    class_names = list(full_train.class_names)
+    parts = [(spec, memory_part(run, exp, spec, encoder, full_train, full_z, full_valid, train_rows,
+                                cache_dir)) for spec in exp.memory.sources]
+    return compose(parts, class_names)
+
+
+def memory_part(run: RunConfig, exp: ExperimentConfig, spec: str, encoder, full_train: ImageDataset,
+                full_z: np.ndarray, full_valid: np.ndarray, train_rows: np.ndarray,
+                cache_dir: Path) -> Memory:
     mcfg = exp.memory
-    if mcfg.source not in ("train", "full-train"):
-        memory = Memory.load(mcfg.source)
+    if spec not in ("train", "full-train"):
+        if not Path(spec).is_dir():
+            raise FileNotFoundError(f"memory.source {spec!r}: no such memory folder")
+        memory = ShardedMemory.open(spec).to_memory() if is_sharded_memory(spec) else Memory.load(spec)
         memory.check_query_encoder(encoder.fingerprint(), encoder.dim)
         return memory
-    rows = train_rows if mcfg.source == "train" else np.flatnonzero(full_valid)
+    rows = train_rows if spec == "train" else np.flatnonzero(full_valid)
     dataset = full_train.subset(rows)
     text_encoder = create_text_encoder(run.text_encoder)
     image_values, value_fp = None, None

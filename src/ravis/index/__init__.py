@@ -17,7 +17,8 @@ from pathlib import Path
 
 from .base import Index, read_meta
 from .exact import ExactIndex
-from .faiss_index import FaissFlatIndex
+from .faiss_index import FaissFlatIndex, FaissIndex
+from .scann_index import ScannIndex
 
 #: Backend name -> class. A class provides ``from_spec(d, options)`` and ``load(path)``.
 INDEXES: dict[str, type] = {}
@@ -46,13 +47,16 @@ def create_index(spec: str, d: int) -> Index:
     return cls.from_spec(d, options)
 
 
-def load_index(path: Path | str) -> Index:
-    """Reads an index saved by ``Index.save``; its sidecar names the backend."""
+def load_index(path: Path | str, **options) -> Index:
+    """Reads an index saved by ``Index.save``; its sidecar names the backend. ``options``
+    (such as ``mmap=True``) go to backends that take them."""
     cls, _ = _backend(read_meta(path)["spec"])
-    return cls.load(path)
+    return cls.load(path, **options)
 
 
 register_index("exact", ExactIndex)
 register_index("faiss-flat", FaissFlatIndex)
+register_index("faiss", FaissIndex)
+register_index("scann", ScannIndex)  # imports scann only when used
 
-__all__ = ["Index", "ExactIndex", "FaissFlatIndex", "INDEXES", "create_index", "load_index", "register_index"]
+__all__ = ["Index", "ExactIndex", "FaissFlatIndex", "FaissIndex", "ScannIndex", "INDEXES", "create_index", "load_index", "register_index"]

@@ -34,6 +34,8 @@ class Memory:
     key_encoder: str  # fingerprint of the encoder that made the keys
     value_encoder: str  # fingerprint of the encoder that made the values
     class_names: list[str] = field(default_factory=list)
+    # (source spec, rows) of each part when the memory is composed of several (in order)
+    parts: list[tuple[str, int]] = field(default_factory=list)
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.int64)

@@ -1,0 +1,320 @@
+"""Building a memory's index shard by shard: choose, train, add, merge on disk, tune, save.
+
+    index = build_index(key_shards, "MEMDIR/index", budget="16G", target_recall=0.95)
+
+Steps, each leaving a file so that a killed build resumes where it stopped and finishes
+with the same index (the sample is seeded and every file is written then renamed):
+
+    plan.json            the chosen factory string, sample seed, shard sizes
+    trained.faiss        the quantizers (IVF, SQ, OPQ, PQ) trained on a sample     [IVF]
+    blocks/NNNNN.faiss   one shard's vectors encoded into the trained index         [IVF]
+    index.faiss          the index; IVF blocks are merged into on-disk inverted
+    index.ivfdata        lists (index.ivfdata, memory-mapped when searched)        [IVF]
+    tune/                the held-out queries and their exact neighbours
+    index.json           written last: spec, search parameters, how they were tuned
+
+Flat and HNSW indexes are built in RAM (they are only chosen when they fit the budget).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import numpy as np
+
+from ..io import atomic_path, load_json, load_npy, save_json, save_npy
+from .base import META_NAME
+from .choose import IndexChoice, choose_index, nlist_for, parse_bytes
+from .faiss_index import INDEX_NAME, IVFDATA_NAME, FaissIndex
+from .multi import exact_search
+from .tune import drop_self, measure, tune
+
+log = logging.getLogger(__name__)
+
+ADD_BATCH = 65_536
+IVF_FAMILIES = ("ivf-flat", "ivf-sq8", "ivf-pq")
+
+
+class KeyShards:
+    """Key shards (arrays, memory maps or ``.npy`` paths) addressed by global row."""
+
+    def __init__(self, shards: Sequence, names: Sequence[str] | None = None):
+        self.sources = list(shards)
+        self.arrays = [np.load(s, mmap_mode="r") if isinstance(s, (str, os.PathLike)) else s
+                       for s in self.sources]
+        self.names = list(names) if names is not None else [f"{i:05d}" for i in range(len(self.arrays))]
+        dims = {a.shape[1] for a in self.arrays}
+        if len(dims) != 1 or any(a.ndim != 2 for a in self.arrays):
+            raise ValueError(f"key shards disagree on dimension: "
+                             f"{ {n: a.shape for n, a in zip(self.names, self.arrays)} }")
+        self.d = dims.pop()
+        self.rows = [len(a) for a in self.arrays]
+        self.offsets = np.concatenate([[0], np.cumsum(self.rows)]).astype(np.int64)
+        self.n = int(self.offsets[-1])
+
+    def __call__(self, ids) -> np.ndarray:
+        """float32 rows for global ids, in the order given (reads sorted, per shard)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.d), dtype=np.float32)
+        which = np.searchsorted(self.offsets, ids, side="right") - 1
+        for s in np.unique(which):
+            pos = np.flatnonzero(which == s)
+            local = ids[pos] - self.offsets[s]
+            order = np.argsort(local)
+            out[pos[order]] = self.arrays[s][local[order]]
+        return out
+
+
+def sample_rows(n: int, train_rows: int, num_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (training rows, tuning query rows), sorted, from a seeded draw."""
+    num_queries = min(num_queries, max(2, n // 10))
+    train_rows = min(train_rows, n - num_queries)
+    draw = np.random.default_rng(seed).choice(n, size=train_rows + num_queries, replace=False)
+    return np.sort(draw[num_queries:]), np.sort(draw[:num_queries])
+
+
+def build_index(shards: Sequence, out: Path | str, *, budget: int | str = "16G",
+                target_recall: float = 0.95, k: int = 100, backend: str = "faiss",
+                factory: str | None = None, names: Sequence[str] | None = None,
+                num_queries: int = 1000, seed: int = 0, engine: str = "local",
+                progress: bool = True):
+    """Builds, tunes and saves the index of ``shards`` into the folder ``out``; returns it
+    loaded (memory-mapped where it was merged on disk). See the module doc for the steps."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = KeyShards(shards, names)
+    if keys.n < 2:
+        raise ValueError("an index needs at least 2 vectors")
+    plan = _plan(keys, out, parse_bytes(budget), backend, factory, target_recall, k, seed)
+    choice = IndexChoice(**plan["choice"])
+    train_ids, query_ids = sample_rows(keys.n, max(choice.train_rows, 1), num_queries, seed)
+    t0 = time.perf_counter()
+    if (out / META_NAME).exists():
+        (out / META_NAME).unlink()  # the index is being rebuilt: mark it incomplete first
+    if backend == "scann":
+        index = _build_scann(keys, out, progress)
+    elif choice.family in IVF_FAMILIES:
+        index = _build_ivf(keys, out, choice, train_ids, engine, progress)
+    else:
+        index = _build_in_ram(keys, choice, progress)
+    build_s = time.perf_counter() - t0
+    index.vectors = keys  # exact vectors for reconstruct (duplicate exclusion)
+    tuning = _tune(index, keys, out, choice, query_ids, k, target_recall)
+    index.info = {"choice": choice.to_dict(), "budget_bytes": plan["budget"], "tuning": tuning,
+                  "build_seconds": round(build_s, 1), "shards": keys.names, "rows": keys.rows}
+    index.save(out)
+    index.info["bytes_on_disk"] = _folder_bytes(out)
+    index.save_meta(out)  # index.json last: the folder now holds a finished index
+    log.info("index %s: %s, recall@%d %.3f", out, index.spec, k, tuning["recall_heldout"])
+    return index
+
+
+def _plan(keys: KeyShards, out: Path, budget: int, backend: str, factory: str | None,
+          target: float, k: int, seed: int) -> dict:
+    if backend not in ("faiss", "scann"):
+        raise ValueError(f"unknown index backend {backend!r}; choose faiss or scann")
+    if backend == "scann":
+        leaves = max(1, min(int(np.sqrt(keys.n)), keys.n // 50 or 1))
+        choice = IndexChoice("scann", "scann", leaves, 0, min(keys.n, 250_000), "ScaNN asked for")
+    elif factory:
+        family = ("flat" if factory == "Flat" else "hnsw" if factory.startswith("HNSW") else
+                  "ivf-pq" if "PQ" in factory else "ivf-sq8" if "SQ" in factory else "ivf-flat")
+        nlist = int(factory.split("IVF")[1].split(",")[0].split("_")[0]) if "IVF" in factory else 0
+        choice = IndexChoice(factory, family, nlist, 0, min(keys.n, 50 * nlist) if nlist else 0,
+                             "factory string given")
+    else:
+        choice = choose_index(keys.n, keys.d, budget)
+    plan = {"n": keys.n, "d": keys.d, "rows": keys.rows, "budget": budget, "backend": backend,
+            "choice": choice.to_dict(), "seed": seed, "target_recall": target, "k": k}
+    path = out / "plan.json"
+    if path.exists():
+        old = load_json(path)
+        if old != plan:  # different inputs: earlier partial work does not belong to this build
+            log.info("%s: inputs changed, discarding the partial build", out)
+            for name in ("trained.faiss", "blocks", "tune"):
+                shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else \
+                    (out / name).unlink(missing_ok=True)
+    save_json(path, plan)
+    return plan
+
+
+def _batches(array: np.ndarray, offset: int):
+    for r0 in range(0, len(array), ADD_BATCH):
+        yield np.arange(offset + r0, offset + min(r0 + ADD_BATCH, len(array))), \
+            np.ascontiguousarray(array[r0:r0 + ADD_BATCH], dtype=np.float32)
+
+
+def _bar(total: int, desc: str, progress: bool, unit: str = "shard"):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
+
+
+def _build_in_ram(keys: KeyShards, choice: IndexChoice, progress: bool) -> FaissIndex:
+    index = FaissIndex(keys.d, choice.factory)
+    with _bar(keys.n, f"adding to {choice.factory}", progress, "vec") as bar:
+        for array, offset in zip(keys.arrays, keys.offsets):
+            for ids, x in _batches(array, offset):
+                index.add(x)
+                bar.update(len(ids))
+    return index
+
+
+def _train(keys: KeyShards, out: Path, choice: IndexChoice, train_ids: np.ndarray) -> Path:
+    path = out / "trained.faiss"
+    if not path.exists():
+        index = faiss.index_factory(keys.d, choice.factory, faiss.METRIC_INNER_PRODUCT)
+        t = time.perf_counter()
+        index.train(keys(train_ids))
+        log.info("trained %s on %d vectors in %.1f s", choice.factory, len(train_ids), time.perf_counter() - t)
+        with atomic_path(path) as tmp:
+            faiss.write_index(index, str(tmp))
+    return path
+
+
+def add_block(trained: str, shard, offset: int, block: str) -> str:
+    """Encodes one shard into a copy of the trained index and writes it to ``block``
+    (a top-level function, so that Ray can run it on another node)."""
+    index = faiss.read_index(str(trained))
+    array = np.load(shard, mmap_mode="r") if isinstance(shard, (str, os.PathLike)) else shard
+    for ids, x in _batches(array, offset):
+        index.add_with_ids(x, ids)
+    with atomic_path(Path(block)) as tmp:
+        faiss.write_index(index, str(tmp))
+    return str(block)
+
+
+def _add_blocks(keys: KeyShards, out: Path, trained: Path, engine: str, progress: bool) -> list[Path]:
+    blocks = [out / "blocks" / f"{name}.faiss" for name in keys.names]
+    todo = [i for i, b in enumerate(blocks) if not b.exists()]
+    (out / "blocks").mkdir(exist_ok=True)
+    with _bar(len(blocks), "encoding shards", progress) as bar:
+        bar.update(len(blocks) - len(todo))
+        if engine == "ray":
+            import ray
+
+            if any(not isinstance(keys.sources[i], (str, os.PathLike)) for i in todo):
+                raise ValueError("engine='ray' needs key shards given as .npy paths")
+            remote = ray.remote(max_retries=3)(add_block)
+            pending = [remote.remote(str(trained), str(keys.sources[i]), int(keys.offsets[i]), str(blocks[i]))
+                       for i in todo]
+            while pending:
+                done, pending = ray.wait(pending)
+                ray.get(done)
+                bar.update(len(done))
+        else:
+            for i in todo:
+                add_block(trained, keys.arrays[i], int(keys.offsets[i]), blocks[i])
+                bar.update(1)
+    return blocks
+
+
+def merge_blocks(trained: Path, blocks: Sequence[Path], out: Path) -> None:
+    """Merges encoded blocks into ``out/index.faiss`` + ``out/index.ivfdata`` (on-disk lists).
+
+    Both files are made in a temporary folder and renamed into place; ``index.json`` must be
+    removed before and written after by the caller, so a crash in between reads as unfinished.
+    """
+    from faiss.contrib.ondisk import merge_ondisk
+
+    tmp = out / "merge.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    index = faiss.read_index(str(trained))
+    merge_ondisk(index, [str(b) for b in blocks], str(tmp / IVFDATA_NAME))
+    faiss.write_index(index, str(tmp / INDEX_NAME))
+    del index
+    os.replace(tmp / IVFDATA_NAME, out / IVFDATA_NAME)
+    os.replace(tmp / INDEX_NAME, out / INDEX_NAME)
+    tmp.rmdir()
+
+
+def _build_ivf(keys: KeyShards, out: Path, choice: IndexChoice, train_ids: np.ndarray, engine: str,
+               progress: bool) -> FaissIndex:
+    trained = _train(keys, out, choice, train_ids)
+    blocks = _add_blocks(keys, out, trained, engine, progress)
+    merge_blocks(trained, blocks, out)
+    index = faiss.read_index(str(out / INDEX_NAME), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    return FaissIndex(keys.d, choice.factory, index=index)
+
+
+def _build_scann(keys: KeyShards, out: Path, progress: bool):
+    from .scann_index import ScannIndex
+
+    index = ScannIndex(keys.d)
+    for array in keys.arrays:  # ScaNN needs the whole dataset in RAM as float32
+        index.add(np.asarray(array, dtype=np.float32))
+    index.build()
+    return index
+
+
+def _tune(index, keys: KeyShards, out: Path, choice: IndexChoice, query_ids: np.ndarray, k: int,
+          target: float) -> dict:
+    queries = keys(query_ids)
+    k = min(k, keys.n - 1)
+    gt_path = out / "tune" / "gt.npy"
+    gt = load_npy(gt_path) if gt_path.exists() else None
+    if gt is None or gt.shape != (len(queries), k):
+        _, I = exact_search(keys.arrays, queries, k + 1)
+        gt = drop_self(I, query_ids, k)
+        save_npy(out / "tune" / "query_rows.npy", query_ids)
+        save_npy(gt_path, gt)
+    if choice.family == "flat":
+        recall, qps = measure(index, queries, query_ids, gt, k)
+        return {"target_recall": target, "k": k, "params": {}, "reached": True,
+                "recall_heldout": round(recall, 4), "qps_heldout": round(qps, 1)}
+    nlist = choice.nlist or (index.num_leaves if choice.family == "scann" else 0)
+    # PQ codes alone rarely reach a high recall@100; exact rescoring from the key shards does.
+    reranks = (1, 2, 4, 8) if choice.family == "ivf-pq" else (1,)
+    return tune(index, choice.family, nlist, queries, query_ids, gt, k, target, reranks)
+
+
+def _folder_bytes(folder: Path) -> dict:
+    sizes = {}
+    for name in (INDEX_NAME, IVFDATA_NAME):
+        if (folder / name).exists():
+            sizes[name] = (folder / name).stat().st_size
+    if (folder / "scann").is_dir():
+        sizes["scann"] = sum(f.stat().st_size for f in (folder / "scann").iterdir())
+    return sizes
+
+
+def add_to_index(folder: Path | str, shards: Sequence, names: Sequence[str], offset: int,
+                 progress: bool = True):
+    """Appends shards (global rows from ``offset``) to a built index without retraining:
+    IVF indexes encode the new shards into blocks and re-merge the on-disk lists; Flat and
+    HNSW indexes add in RAM and are saved again. ScaNN cannot append (rebuild it)."""
+    folder = Path(folder)
+    meta = load_json(folder / META_NAME)
+    if not meta["spec"].startswith("faiss:"):
+        raise ValueError(f"{folder}: a {meta['spec']} index cannot append; rebuild it with ravis memory index")
+    index = FaissIndex.load(folder)
+    if index.ntotal != offset:
+        raise ValueError(f"{folder}: index holds {index.ntotal} vectors but the new shards start at row {offset}")
+    family = index.info.get("choice", {}).get("family", "")
+    new = KeyShards(shards, names)
+    if family in IVF_FAMILIES:
+        new.offsets = new.offsets + offset
+        old_blocks = sorted((folder / "blocks").glob("*.faiss"))
+        trained = folder / "trained.faiss"
+        blocks = _add_blocks(new, folder, trained, "local", progress)
+        del index
+        (folder / META_NAME).unlink()
+        merge_blocks(trained, old_blocks + [b for b in blocks if b not in old_blocks], folder)
+        index = FaissIndex(meta["d"], meta["spec"].partition(":")[2],
+                           index=faiss.read_index(str(folder / INDEX_NAME), faiss.IO_FLAG_ONDISK_SAME_DIR))
+        index.set_search_params(**meta.get("search_params", {}))
+    else:
+        for array in new.arrays:
+            index.add(np.asarray(array, dtype=np.float32))
+    index.info = {**meta.get("info", {}), "appended": meta.get("info", {}).get("appended", []) + list(names)}
+    index.save(folder)
+    index.info["bytes_on_disk"] = _folder_bytes(folder)
+    index.save_meta(folder)
+    return index

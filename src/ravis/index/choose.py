@@ -1,0 +1,103 @@
+"""Which index a memory gets, from its size, its dimension and a RAM budget (as autofaiss does).
+
+The rule, in order of preference; the first family whose resident size fits 85% of the budget
+wins (the rest is headroom for queries, faiss's buffers and the Python process):
+
+    n <= 100k                 Flat              exact; a scan of 100k vectors takes ~ms
+    n <= 1M                   HNSW32,Flat       fastest at high recall, but no on-disk merge
+    float vectors fit         IVF{nlist},Flat   exact distances inside the probed lists
+    1 byte per dim fits       IVF{nlist},SQ8    8-bit scalar quantization, ~IVF-Flat recall
+    otherwise                 OPQ{m}_{D},IVF{nlist}[_HNSW32],PQ{m}
+                              with the largest m (bytes per vector) that fits; an HNSW coarse
+                              quantizer once nlist >= 4096, where a flat one dominates search time
+
+nlist is the power of two at or below 4 sqrt(n) (faiss's advice is 4-16 sqrt(n); the lower end
+keeps k-means training affordable on small machines), and the quantizers train on 50 vectors
+per list (faiss warns below 39).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+EXACT_MAX = 100_000
+HNSW_MAX = 1_000_000
+HNSW_M = 32
+FILL = 0.85  # fraction of the budget the index may occupy
+PQ_BYTES = (256, 192, 128, 96, 64, 48, 32, 24, 16, 8)
+TRAIN_PER_LIST = 50
+ID_BYTES = 8  # each IVF entry stores its int64 id
+
+
+def parse_bytes(text: str | int) -> int:
+    """'16G', '512M', '2.5GB', '1e9' or an int -> bytes (powers of 1024 for K/M/G/T)."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)i?B?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"cannot read a size from {text!r}; write e.g. 16G, 512M or 1e9")
+    scale = 1024 ** " KMGT".index(m.group(2).upper() or " ")
+    return int(float(m.group(1)) * scale)
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    factory: str  # faiss factory string
+    family: str  # flat | hnsw | ivf-flat | ivf-sq8 | ivf-pq
+    nlist: int  # inverted lists (0 for flat and hnsw)
+    resident_bytes: int  # estimated RAM while searching
+    train_rows: int  # vectors the quantizers train on (0: no training)
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def nlist_for(n: int) -> int:
+    return max(16, 2 ** int(math.floor(math.log2(max(1.0, 4 * math.sqrt(n))))))
+
+
+def choose_index(n: int, d: int, budget: int | str) -> IndexChoice:
+    """The index family and factory string for n vectors of dimension d within ``budget``.
+
+    Raises:
+        ValueError: even the smallest product-quantized index does not fit the budget.
+    """
+    budget = parse_bytes(budget)
+    room = FILL * budget
+    gib = f"{budget / 2**30:.3g} GiB"
+    flat = n * 4 * d
+    if n <= EXACT_MAX and flat <= room:
+        return IndexChoice("Flat", "flat", 0, flat, 0, f"{n:,} vectors: exact search is fast enough")
+    hnsw = n * (4 * d + HNSW_M * 2 * 4 * 1.1)  # vectors + level-0 links (+10% upper levels)
+    if n <= HNSW_MAX and hnsw <= room:
+        return IndexChoice(f"HNSW{HNSW_M},Flat", "hnsw", 0, int(hnsw), 0,
+                           f"{n:,} vectors with HNSW links ({hnsw / 2**30:.2f} GiB) fit {gib}")
+    nlist = nlist_for(n)
+    train = min(n, TRAIN_PER_LIST * nlist)
+    centroids = nlist * d * 4
+    ivf_flat = n * (4 * d + ID_BYTES) + centroids
+    if ivf_flat <= room:
+        return IndexChoice(f"IVF{nlist},Flat", "ivf-flat", nlist, ivf_flat, train,
+                           f"float vectors ({ivf_flat / 2**30:.2f} GiB) fit {gib}")
+    sq8 = n * (d + ID_BYTES) + centroids
+    if sq8 <= room:
+        return IndexChoice(f"IVF{nlist},SQ8", "ivf-sq8", nlist, sq8, train,
+                           f"float vectors ({ivf_flat / 2**30:.2f} GiB) exceed {gib}; 8-bit "
+                           f"codes ({sq8 / 2**30:.2f} GiB) fit")
+    coarse = f"IVF{nlist}_HNSW{HNSW_M}" if nlist >= 4096 else f"IVF{nlist}"
+    for m in PQ_BYTES:
+        if m > d:
+            continue
+        dim_out = min(d - d % m, 4 * m)  # OPQ rotates and reduces to 4 dims per sub-quantizer
+        size = n * (m + ID_BYTES) + nlist * dim_out * 4 + d * dim_out * 4
+        if size <= room:
+            return IndexChoice(f"OPQ{m}_{dim_out},{coarse},PQ{m}", "ivf-pq", nlist, size,
+                               max(train, min(n, 256 * 64)),
+                               f"8-bit codes ({sq8 / 2**30:.2f} GiB) exceed {gib}; PQ{m} "
+                               f"({size / 2**30:.2f} GiB) fits")
+    need = n * (8 + ID_BYTES) / FILL
+    raise ValueError(f"{n:,} vectors of dimension {d} do not fit {gib}, even as 8-byte PQ codes "
+                     f"(needs about {need / 2**30:.2f} GiB); raise --budget or shard the memory")
