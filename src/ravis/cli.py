@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _memory_verbs(sub) -> None:
-    """``ravis memory <build|add|verify>``: sharded web-scale memories (ravis.memory_commands)."""
+    """``ravis memory <build|add|verify|index|search>``: sharded web-scale memories
+    (ravis.memory_commands)."""
     memory = sub.add_parser("memory", help="build, extend and check sharded image-text memories")
     verbs = memory.add_subparsers(dest="memory_verb", required=True)
 
@@ -120,6 +121,27 @@ def _memory_verbs(sub) -> None:
 
     p = verbs.add_parser("verify", help="re-check a memory's checksums, shapes and row counts")
     p.add_argument("memdir", type=Path)
+
+    p = verbs.add_parser("index", help="choose, build and tune the memory's k-NN index for a RAM budget")
+    p.add_argument("memdir", type=Path)
+    p.add_argument("--budget", default="16G", help="RAM the index may use while searching (e.g. 16G)")
+    p.add_argument("--target-recall", type=float, default=0.95, help="recall@k the search parameters must reach")
+    p.add_argument("--k", type=int, default=100, help="neighbours per query the recall is measured at")
+    p.add_argument("--backend", choices=["faiss", "scann"], default="faiss")
+    p.add_argument("--factory", default=None, help="a faiss factory string instead of the budget's choice")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="encode the shards into the index here, or one Ray task per shard")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = verbs.add_parser("search", help="the memory entries nearest to images (uses the built index)")
+    p.add_argument("memdir", type=Path)
+    p.add_argument("images", nargs="*", type=Path, help="query images")
+    p.add_argument("--queries", type=Path, help="instead of images: a .npy of (n, d) query embeddings")
+    p.add_argument("--encoder", default="efficientnet_lite0", help="the image encoder that made the keys")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--exact", action="store_true", help="exact search over the key shards instead of the index")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--cache", type=Path, default=None, help="model cache folder")
 
 
 def load_run_config(args):

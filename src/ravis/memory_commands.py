@@ -10,6 +10,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 
 def _use_cache(args) -> None:
     """--cache reaches the encoders (and Ray workers) through RAVIS_CACHE."""
@@ -83,3 +85,79 @@ def cmd_verify(args) -> int:
     print(f"{args.memdir}: OK, {memory.count} rows in {len(memory.shard_names)} shards, "
           f"{files} files checked ({time.perf_counter() - t0:.1f} s)")
     return 0
+
+
+def cmd_index(args) -> int:
+    from .memory.indexing import index_memory
+
+    t0 = time.perf_counter()
+    index = index_memory(args.memdir, budget=args.budget, target_recall=args.target_recall, k=args.k,
+                         backend=args.backend, factory=args.factory, engine=args.engine,
+                         progress=not args.quiet)
+    info, tuning = index.info, index.info["tuning"]
+    print(f"{args.memdir}/index: {index.spec} over {index.ntotal} vectors "
+          f"({info['choice']['reason']}), built in {time.perf_counter() - t0:.1f} s")
+    print(f"  search parameters {tuning['params'] or '(exact)'}: recall@{tuning['k']} "
+          f"{tuning['recall_heldout']:.3f} on held-out memory rows (target {tuning['target_recall']}), "
+          f"{tuning['qps_heldout']:,.0f} queries/s; {sum(info['bytes_on_disk'].values()) / 2**20:,.1f} MiB on disk")
+    if not tuning["reached"]:
+        print("  warning: the target recall was not reached; the most accurate setting is kept", file=sys.stderr)
+    return 0
+
+
+def cmd_search(args) -> int:
+    import json
+
+
+    from .index.multi import exact_search
+    from .memory.indexing import key_paths, open_memory_index
+    from .memory.sharded import ShardedMemory
+    from .memory.store import MemoryMismatchError
+
+    _use_cache(args)
+    memory = ShardedMemory.open(args.memdir)
+    if args.queries is not None:
+        queries, names = np.load(args.queries, allow_pickle=False).astype(np.float32), None
+        if queries.ndim != 2 or queries.shape[1] != memory.dim:
+            raise ValueError(f"{args.queries}: queries are {queries.shape}, the memory's keys are {memory.dim}-d")
+        names = [f"query {i}" for i in range(len(queries))]
+    elif args.images:
+        from .data.images import open_image
+        from .encoders import create_image_encoder
+
+        encoder = create_image_encoder(args.encoder)
+        if encoder.fingerprint() != memory.key_encoder or encoder.dim != memory.dim:
+            raise MemoryMismatchError(f"{args.memdir}: keys were made by {memory.key_encoder!r}, "
+                                      f"not by {args.encoder!r}; pass --encoder")
+        queries = encoder.encode_pixels(np.stack([encoder.preprocess(open_image(p)) for p in args.images]))
+        names = [str(p) for p in args.images]
+    else:
+        raise ValueError("give query images or --queries FILE.npy")
+    if args.exact:
+        D, I = exact_search([np.load(p, mmap_mode="r") for p in key_paths(memory)], queries, args.k)
+    else:
+        D, I = open_memory_index(args.memdir).search(queries, args.k)
+    rows = entries(memory, np.unique(I[I >= 0]))
+    results = [{"query": name, "neighbors": [{"rank": r + 1, "row": int(i), "score": float(d), **rows[int(i)]}
+                                             for r, (d, i) in enumerate(zip(Dq, Iq)) if i >= 0]}
+               for name, Dq, Iq in zip(names, D, I)]
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    for res in results:
+        print(res["query"])
+        for n in res["neighbors"]:
+            print(f"  {n['rank']:>3}  {n['score']:.3f}  {n['id']}  [{n['source']}]  {n['text'][:80]!r}")
+    return 0
+
+
+def entries(memory, rows) -> dict[int, dict]:
+    """id, text and source of global memory rows, read from the shards' metadata."""
+    out = {}
+    shard_of = np.searchsorted(memory.offsets, rows, side="right") - 1
+    for s in np.unique(shard_of):
+        meta = memory.meta(int(s), ["id", "text", "source"]).to_pydict()
+        for row in rows[shard_of == s]:
+            local = int(row - memory.offsets[s])
+            out[int(row)] = {"id": meta["id"][local], "text": meta["text"][local], "source": meta["source"][local]}
+    return out
