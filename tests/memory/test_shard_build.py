@@ -210,7 +210,7 @@ def test_add_appends_shards_and_updates_an_index(tmp_path, reference, wds_dir, p
 
 
 def test_folder_source_labels(tmp_path, ravis_cache):
-    from conftest import make_image
+    from shard_data import make_image
 
     root = tmp_path / "folder"
     for cls, n in (("cat", 3), ("dog", 2)):

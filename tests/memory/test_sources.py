@@ -5,7 +5,7 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import good_sample, make_image, write_tar
+from shard_data import good_sample, make_image, write_tar
 
 from ravis.data import BadImageError
 from ravis.memory.sources import (InputShard, ShardReadError, SourceError, decode_image,
@@ -80,7 +80,7 @@ def test_repeated_member_is_a_duplicate_sample(tmp_path):
 
 def test_nested_keys_and_missing_image(tmp_path):
     with tarfile.open(tmp_path / "t.tar", "w") as tar:
-        from conftest import add_member
+        from shard_data import add_member
         add_member(tar, "dir/x.jpg", make_image(1))
         add_member(tar, "dir/x.txt", b"nested")
         add_member(tar, "y.json", b"{}")
