@@ -143,7 +143,7 @@ def run_one(method: str, args) -> dict:
         curve = []
         reranks = (1, 4) if family == "ivf-pq" else (1,)
         for r in reranks:
-            for params in ladder(family, nlist, k):
+            for params in ladder(family, nlist, k, "_HNSW" in info["choice"]["factory"]):
                 if r > 1:
                     params = {**params, "rerank": r}
                 index.set_search_params(**params)

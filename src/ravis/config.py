@@ -158,7 +158,11 @@ class RetrievalConfig:
     """Neighbour search and the non-parametric reference."""
 
     k: int = 100  # neighbours per query
-    index: str = "faiss-flat"  # index spec (ravis.index.create_index): faiss-flat or exact (torch)
+    # faiss-flat or exact (torch): exact search; auto (chosen for `budget`), faiss:<factory> or
+    # scann: approximate, trained and tuned to `target_recall`@k on the memory, cached
+    index: str = "faiss-flat"
+    budget: str = "16G"  # RAM the index may use (index=auto)
+    target_recall: float = 0.95  # recall@k an approximate index is tuned to
     vote_ks: list[int] = field(default_factory=lambda: [10, 20, 50, 100])  # kNN-vote k values; the best is reported
     vote_temperature: float = 0.07  # DINO's
     rac_texts: int = 10  # RAC-style: how many nearest neighbours' texts are concatenated
@@ -166,6 +170,7 @@ class RetrievalConfig:
 
     def __post_init__(self):
         _check(self.k >= 1, "retrieval.k must be >= 1")
+        _check(0 < self.target_recall <= 1, "retrieval.target_recall must lie in (0, 1]")
         _check(all(1 <= v <= self.k for v in self.vote_ks), "retrieval.vote_ks must lie in [1, k]")
         _check(1 <= self.rac_texts <= self.k, "retrieval.rac_texts must lie in [1, k]")
         _check(all(1 <= v <= self.k for v in self.k_curve), "retrieval.k_curve must lie in [1, k]")

@@ -62,8 +62,8 @@ def test_choice_follows_budget(n, d, budget, family):
     choice = choose_index(n, d, budget)
     assert choice.family == family
     assert choice.resident_bytes <= 0.85 * parse_bytes(budget)
-    if family == "ivf-pq" and choice.nlist >= 4096:
-        assert "_HNSW32" in choice.factory  # HNSW coarse quantizer beyond
+    if family.startswith("ivf"):
+        assert ("_HNSW32," in choice.factory) == (choice.nlist >= 4096)  # HNSW coarse quantizer beyond
 
 
 def test_pq_size_shrinks_with_budget():
@@ -213,3 +213,10 @@ def test_scann_backend_tunes_saves_and_restores(shards, queries, tmp_path):
 def test_unknown_factory_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="faiss cannot build"):
         FaissIndex.from_spec(32, "IVFbogus")
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_merged_index_searches_when_mapped(ivf, queries, mmap):
+    out, built = ivf
+    D, I = load_index(out, mmap=mmap).search(queries, 20)
+    np.testing.assert_array_equal(I, built.search(queries, 20)[1])

@@ -93,3 +93,38 @@ def test_open_memory_index_attaches_exact_vectors(memdir):
     memory = ShardedMemory.open(memdir)
     keys = np.concatenate([np.load(p) for p in key_paths(memory)]).astype(np.float32)
     np.testing.assert_array_equal(index.reconstruct(np.array([0, len(keys) - 1])), keys[[0, -1]])
+
+
+def test_experiment_with_a_tuned_approximate_index(ravis_cache):
+    cfg = load_preset(TINY, ["retrieval.index=faiss:IVF8,Flat", "retrieval.target_recall=0.9"])
+    exp = cfg.experiments[0]
+    prep = prepare(cfg, exp, ravis_cache, progress=False)
+    index = memory_index(exp, prep.memory, ravis_cache)
+    assert index.spec == "faiss:IVF8,Flat" and index.search_params["nprobe"] >= 1
+    assert index.info["tuning"]["reached"]
+    _, gt = exact_search([prep.memory.keys], prep.test.z, 20)
+    from ravis.index.tune import recall_at_k
+
+    assert recall_at_k(prep.test_I, gt, 20) >= 0.85  # the experiment's neighbours came from it
+    again = memory_index(exp, prep.memory, ravis_cache)  # cached: loaded with its parameters
+    assert again.search_params == index.search_params
+
+
+def test_memory_add_extends_an_ivf_index_without_retraining(wds_dir, tmp_path, ravis_cache, capsys):
+    memdir = tmp_path / "growing"
+    assert main(["memory", "build", "--source", f"wds:{wds_dir}/{{00000,00004}}.tar", "--out", str(memdir),
+                 "--quiet", "--cache", str(ravis_cache)]) == 0
+    assert main(["memory", "index", str(memdir), "--factory", "IVF2,Flat", "--k", "3", "--quiet"]) == 0
+    trained = (memdir / "index" / "trained.faiss").read_bytes()
+    before = open_memory_index(memdir).ntotal
+    assert main(["memory", "add", str(memdir), "--source", f"wds:{wds_dir}/00001.tar", "--quiet",
+                 "--cache", str(ravis_cache)]) == 0
+    memory = ShardedMemory.open(memdir)
+    index = open_memory_index(memdir)
+    assert index.ntotal == memory.count > before
+    assert (memdir / "index" / "trained.faiss").read_bytes() == trained  # not retrained
+    assert index.search_params == {"nprobe": index.info["tuning"]["params"]["nprobe"]}
+    new_keys = np.asarray(memory.keys(len(memory.shard_names) - 1), dtype=np.float32)
+    index.set_search_params(nprobe=2)  # all lists: exact, so each new row must find itself
+    _, I = index.search(new_keys, 1)
+    np.testing.assert_array_equal(I[:, 0], np.arange(before, memory.count))

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ConfigError, DataConfig, ExperimentConfig, RunConfig, unset_variables
+from ..config import ConfigError, DataConfig, ExperimentConfig, RetrievalConfig, RunConfig, unset_variables
 from ..data import (ImageDataset, Splits, load_dataset, longtail_indices, stratified_split)
 from ..encoders import create_image_encoder, create_text_encoder
 from ..encoders.embed import embed_images, is_embedded
-from ..index import create_index
+from ..index import create_index, load_index
+from ..index.build import KeyShards, build_index
 from ..index.multi import MultiIndex
 from ..io import load_json, stable_hash
 from ..memory.build import build_memory, with_wrong_values
@@ -142,11 +143,10 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
         return Prepared(exp, train, test_split, memory, None, None, None, None, counts, skipped, timings)
 
     t = time.perf_counter()
-    index = memory_index(exp, memory)
+    index = memory_index(exp, memory, cache_dir)
     # Neighbours depend on the keys, ids and index only: memories that differ in their
     # values (B and its noisy copy C) share them.
-    key = stable_hash(memory.keys, memory.ids, exp.retrieval.index if not isinstance(index, MultiIndex)
-                      else [index.spec, [getattr(p, "search_params", {}) for p in index.parts]])
+    key = stable_hash(memory.keys, memory.ids, exp.retrieval.index, index_signature(index))
     k = min(exp.retrieval.k, len(memory) - 1)
     train_D, train_I = cached_neighbors(cache_dir / "neighbors", index, train.z, k, "train",
                                         memory_key=key, query_ids=list(train.dataset.ids),
@@ -163,25 +163,50 @@ def is_sharded_memory(path: str) -> bool:
     return manifest.is_file() and load_json(manifest).get("format") == SHARDED_FORMAT
 
 
-def memory_index(exp: ExperimentConfig, memory: Memory):
+def memory_index(exp: ExperimentConfig, memory: Memory, cache_dir: Path | None = None):
     """The index the experiment searches: one ``retrieval.index`` over the whole memory, or,
     when a part of a composed memory is a sharded memory with a built index, that index for
     its part and ``retrieval.index`` for each other part, merged exactly (MultiIndex)."""
     parts = memory.parts or [("", len(memory))]
     if not any(is_sharded_memory(spec) and has_index(spec) for spec, _ in parts):
-        index = create_index(exp.retrieval.index, memory.dim)
-        index.add(memory.keys)
-        return index
+        return keys_index(exp.retrieval, memory.keys, cache_dir)
     indexes, start = [], 0
     for spec, rows in parts:
         if is_sharded_memory(spec) and has_index(spec):
             indexes.append(open_memory_index(spec))
         else:
-            part = create_index(exp.retrieval.index, memory.dim)
-            part.add(memory.keys[start:start + rows])
-            indexes.append(part)
+            indexes.append(keys_index(exp.retrieval, memory.keys[start:start + rows], cache_dir))
         start += rows
     return MultiIndex(indexes)
+
+
+def index_signature(index) -> list:
+    """What determines an index's answers besides its vectors: specs and search parameters."""
+    parts = index.parts if isinstance(index, MultiIndex) else [index]
+    return [[p.spec, dict(sorted(getattr(p, "search_params", {}).items()))] for p in parts]
+
+
+def is_approximate(spec: str) -> bool:
+    return spec in ("auto", "scann") or (spec.startswith("faiss:") and spec != "faiss:Flat")
+
+
+def keys_index(r: RetrievalConfig, keys: np.ndarray, cache_dir: Path | None):
+    """An index over ``keys``: exact ones are filled in RAM; approximate ones are built,
+    tuned to ``r.target_recall`` and saved under ``cache_dir/indexes`` (reused next time)."""
+    if not is_approximate(r.index):
+        index = create_index(r.index, keys.shape[1])
+        index.add(keys)
+        return index
+    if cache_dir is None:
+        raise ValueError(f"retrieval.index={r.index!r} needs a cache folder to build its index in")
+    folder = Path(cache_dir) / "indexes" / stable_hash(keys, r.index, r.budget, r.target_recall, r.k)
+    if (folder / "index.json").exists():
+        index = load_index(folder)
+        index.vectors = KeyShards([keys])
+        return index
+    return build_index([keys], folder, budget=r.budget, target_recall=r.target_recall,
+                       k=min(r.k, len(keys) - 1), backend="scann" if r.index == "scann" else "faiss",
+                       factory=r.index.partition(":")[2] or None, progress=False)
 
 
 def make_memory(run: RunConfig, exp: ExperimentConfig, encoder, full_train: ImageDataset,

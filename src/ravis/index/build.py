@@ -272,7 +272,8 @@ def _tune(index, keys: KeyShards, out: Path, choice: IndexChoice, query_ids: np.
     nlist = choice.nlist or (index.num_leaves if choice.family == "scann" else 0)
     # PQ codes alone rarely reach a high recall@100; exact rescoring from the key shards does.
     reranks = (1, 2, 4, 8) if choice.family == "ivf-pq" else (1,)
-    return tune(index, choice.family, nlist, queries, query_ids, gt, k, target, reranks)
+    return tune(index, choice.family, nlist, queries, query_ids, gt, k, target, reranks,
+                hnsw_coarse="_HNSW" in choice.factory)
 
 
 def _folder_bytes(folder: Path) -> dict:

@@ -3,13 +3,16 @@
 The rule, in order of preference; the first family whose resident size fits 85% of the budget
 wins (the rest is headroom for queries, faiss's buffers and the Python process):
 
-    n <= 100k                 Flat              exact; a scan of 100k vectors takes ~ms
-    n <= 1M                   HNSW32,Flat       fastest at high recall, but no on-disk merge
-    float vectors fit         IVF{nlist},Flat   exact distances inside the probed lists
-    1 byte per dim fits       IVF{nlist},SQ8    8-bit scalar quantization, ~IVF-Flat recall
+    n <= 100k                 Flat                  exact; a scan of 100k vectors takes ~ms
+    n <= 1M                   HNSW32,Flat           fastest at high recall, but no on-disk merge
+    float vectors fit         IVF{nlist}[_HNSW32],Flat   exact distances in the probed lists
+    1 byte per dim fits       IVF{nlist}[_HNSW32],SQ8    8-bit scalar quantization
     otherwise                 OPQ{m}_{D},IVF{nlist}[_HNSW32],PQ{m}
-                              with the largest m (bytes per vector) that fits; an HNSW coarse
-                              quantizer once nlist >= 4096, where a flat one dominates search time
+                              with the largest m (bytes per vector) that fits
+
+The coarse quantizer is an HNSW graph over the centroids once nlist >= 4096: assigning each of
+n vectors to its list by a flat scan of the centroids costs n * nlist * d flops, which at 10^7
+vectors would take longer than everything else in the build.
 
 nlist is the power of two at or below 4 sqrt(n) (faiss's advice is 4-16 sqrt(n); the lower end
 keeps k-means training affordable on small machines), and the quantizers train on 50 vectors
@@ -77,17 +80,17 @@ def choose_index(n: int, d: int, budget: int | str) -> IndexChoice:
                            f"{n:,} vectors with HNSW links ({hnsw / 2**30:.2f} GiB) fit {gib}")
     nlist = nlist_for(n)
     train = min(n, TRAIN_PER_LIST * nlist)
-    centroids = nlist * d * 4
+    coarse = f"IVF{nlist}_HNSW{HNSW_M}" if nlist >= 4096 else f"IVF{nlist}"
+    centroids = nlist * (d * 4 + (HNSW_M * 2 * 4 if nlist >= 4096 else 0))
     ivf_flat = n * (4 * d + ID_BYTES) + centroids
     if ivf_flat <= room:
-        return IndexChoice(f"IVF{nlist},Flat", "ivf-flat", nlist, ivf_flat, train,
+        return IndexChoice(f"{coarse},Flat", "ivf-flat", nlist, ivf_flat, train,
                            f"float vectors ({ivf_flat / 2**30:.2f} GiB) fit {gib}")
     sq8 = n * (d + ID_BYTES) + centroids
     if sq8 <= room:
-        return IndexChoice(f"IVF{nlist},SQ8", "ivf-sq8", nlist, sq8, train,
+        return IndexChoice(f"{coarse},SQ8", "ivf-sq8", nlist, sq8, train,
                            f"float vectors ({ivf_flat / 2**30:.2f} GiB) exceed {gib}; 8-bit "
                            f"codes ({sq8 / 2**30:.2f} GiB) fit")
-    coarse = f"IVF{nlist}_HNSW{HNSW_M}" if nlist >= 4096 else f"IVF{nlist}"
     for m in PQ_BYTES:
         if m > d:
             continue

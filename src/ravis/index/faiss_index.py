@@ -197,8 +197,8 @@ class FaissIndex:
         path = Path(path)
         meta = read_meta(path)
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR
-        if mmap:
-            flags |= faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+        if mmap and not (path / IVFDATA_NAME).exists():  # on-disk lists are mapped already;
+            flags |= faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY  # mapping them twice crashes
         file = path / INDEX_NAME
         if not file.is_file():
             raise FileNotFoundError(f"{file}: missing (the index folder is incomplete)")

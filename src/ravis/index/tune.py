@@ -29,15 +29,16 @@ def drop_self(I: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(I, order, axis=1)
 
 
-def ladder(family: str, nlist: int, k: int) -> list[dict]:
-    """Candidate settings for a family, cheapest first."""
+def ladder(family: str, nlist: int, k: int, hnsw_coarse: bool = False) -> list[dict]:
+    """Candidate settings for a family, cheapest first (``hnsw_coarse``: the IVF coarse
+    quantizer is an HNSW graph, whose efSearch must grow with nprobe)."""
     if family in ("ivf-flat", "ivf-sq8", "ivf-pq"):
         steps = sorted({p for p in [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384,
                                    512, 768, 1024, 1536, 2048] if p <= nlist} | {nlist})
         out = []
         for p in steps:
             params = {"nprobe": p}
-            if nlist >= 4096:  # an HNSW coarse quantizer must reach the nprobe lists
+            if hnsw_coarse:  # the HNSW coarse quantizer must reach the nprobe lists
                 params["quantizer_efSearch"] = max(64, 2 * p)
             out.append(params)
         return out
@@ -70,7 +71,8 @@ def _climb(index, steps, tq, tid, tgt, k, target, trace) -> tuple[dict, float, f
 
 
 def tune(index, family: str, nlist: int, queries: np.ndarray, self_ids: np.ndarray,
-         gt: np.ndarray, k: int, target: float, reranks: tuple[int, ...] = (1,)) -> dict:
+         gt: np.ndarray, k: int, target: float, reranks: tuple[int, ...] = (1,),
+         hnsw_coarse: bool = False) -> dict:
     """Sets the cheapest ladder step whose recall on the tuning half reaches ``target``
     (the last step if none does) and reports it with the held-out half's recall and speed.
 
@@ -85,7 +87,7 @@ def tune(index, family: str, nlist: int, queries: np.ndarray, self_ids: np.ndarr
     hq, hid, hgt = queries[half:], self_ids[half:], gt[half:]
     trace, best = [], None
     for r in reranks:
-        steps = [{**p, "rerank": r} if r > 1 else p for p in ladder(family, nlist, k)]
+        steps = [{**p, "rerank": r} if r > 1 else p for p in ladder(family, nlist, k, hnsw_coarse)]
         params, recall, qps = _climb(index, steps, tq, tid, tgt, k, target, trace)
         score = (recall >= target, qps if recall >= target else recall)
         if best is None or score > best[0]:
