@@ -128,3 +128,28 @@ def test_memory_add_extends_an_ivf_index_without_retraining(wds_dir, tmp_path, r
     index.set_search_params(nprobe=2)  # all lists: exact, so each new row must find itself
     _, I = index.search(new_keys, 1)
     np.testing.assert_array_equal(I[:, 0], np.arange(before, memory.count))
+
+
+def test_add_interrupted_before_the_index_update_catches_up_on_rerun(wds_dir, tmp_path, ravis_cache,
+                                                                     monkeypatch):
+    from ravis.memory import indexing
+
+    memdir = tmp_path / "interrupted"
+    assert main(["memory", "build", "--source", f"wds:{wds_dir}/00000.tar", "--out", str(memdir),
+                 "--quiet", "--cache", str(ravis_cache)]) == 0
+    assert main(["memory", "index", str(memdir), "--factory", "IVF2,Flat", "--k", "3", "--quiet"]) == 0
+    real = indexing.add_shards_to_index
+
+    def die(*a, **kw):
+        raise KeyboardInterrupt("killed after the shards were written")
+
+    monkeypatch.setattr(indexing, "add_shards_to_index", die)
+    with pytest.raises(KeyboardInterrupt):
+        main(["memory", "add", str(memdir), "--source", f"wds:{wds_dir}/00004.tar", "--quiet",
+              "--cache", str(ravis_cache)])
+    with pytest.raises(ValueError, match="rerun"):
+        open_memory_index(memdir)  # the index is behind the memory and says so
+    monkeypatch.setattr(indexing, "add_shards_to_index", real)
+    assert main(["memory", "add", str(memdir), "--source", f"wds:{wds_dir}/00004.tar", "--quiet",
+                 "--cache", str(ravis_cache)]) == 0
+    assert open_memory_index(memdir).ntotal == ShardedMemory.open(memdir).count

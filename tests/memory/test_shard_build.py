@@ -194,6 +194,7 @@ def test_add_appends_shards_and_updates_an_index(tmp_path, reference, wds_dir, p
     calls = []
     fake = types.ModuleType("ravis.memory.indexing")
     fake.has_index = lambda memdir: True
+    fake.indexed_rows = lambda memdir: 16  # the rows the index held before this add
     fake.add_shards_to_index = lambda memdir, new, progress: calls.append((Path(memdir), new))
     monkeypatch.setitem(sys.modules, "ravis.memory.indexing", fake)
     monkeypatch.setattr("ravis.memory.indexing", fake, raising=False)

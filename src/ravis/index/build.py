@@ -245,12 +245,27 @@ def _build_ivf(keys: KeyShards, out: Path, choice: IndexChoice, train_ids: np.nd
 
 
 def _build_scann(keys: KeyShards, out: Path, progress: bool):
+    """ScaNN takes the whole dataset as one float32 array. It is assembled in a file-backed
+    map (page cache, not process memory), so only ScaNN's own copy is resident."""
+    from numpy.lib.format import open_memmap
+
     from .scann_index import ScannIndex
 
+    single = len(keys.arrays) == 1 and keys.arrays[0].dtype == np.float32
+    tmp = out / "scann_input.npy"
+    if single:
+        db = keys.arrays[0]
+    else:
+        db = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(keys.n, keys.d))
+        for array, offset in zip(keys.arrays, keys.offsets):
+            for r0 in range(0, len(array), ADD_BATCH):
+                db[offset + r0: offset + r0 + len(array[r0:r0 + ADD_BATCH])] = array[r0:r0 + ADD_BATCH]
+        db.flush()
     index = ScannIndex(keys.d)
-    for array in keys.arrays:  # ScaNN needs the whole dataset in RAM as float32
-        index.add(np.asarray(array, dtype=np.float32))
+    index.add(db)
     index.build()
+    del db
+    tmp.unlink(missing_ok=True)
     return index
 
 

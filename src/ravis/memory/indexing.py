@@ -49,14 +49,29 @@ def open_memory_index(memdir: Path | str, mmap: bool = True):
     return index
 
 
-def add_shards_to_index(memdir: Path | str, new_shard_names: list[str], progress: bool = True):
-    """Appends the memory's new shards to its index without retraining it."""
+def indexed_rows(memdir: Path | str) -> int:
+    """How many of the memory's rows its finished index holds."""
+    from ..io import load_json
+
+    return int(load_json(Path(memdir) / INDEX_DIR / META_NAME)["ntotal"])
+
+
+def add_shards_to_index(memdir: Path | str, new_shard_names: list[str] | None = None,
+                        progress: bool = True):
+    """Appends to the index, without retraining it, every shard past the rows it holds: the
+    shards just added, and any an interrupted ``ravis memory add`` left out."""
     memory = ShardedMemory.open(memdir)
-    names = memory.shard_names
-    missing = [n for n in new_shard_names if n not in names]
-    if missing:
-        raise ValueError(f"{memdir}: shards {missing} are not in the manifest")
-    first = names.index(new_shard_names[0])
-    paths = key_paths(memory)[first:first + len(new_shard_names)]
-    return add_to_index(memory.memdir / INDEX_DIR, paths, new_shard_names,
-                        offset=int(memory.offsets[first]), progress=progress)
+    held = indexed_rows(memdir)
+    starts = [int(o) for o in memory.offsets[:-1]]
+    if held not in starts + [memory.count]:
+        raise ValueError(f"{memdir}/index: holds {held} rows, which is not a shard boundary of the "
+                         f"memory; rebuild it with `ravis memory index {memdir}`")
+    first = starts.index(held) if held < memory.count else len(starts)
+    names = memory.shard_names[first:]
+    unexpected = set(new_shard_names or []) - set(names)
+    if unexpected:
+        raise ValueError(f"{memdir}/index: already holds shards {sorted(unexpected)}")
+    if not names:
+        return open_memory_index(memdir)
+    return add_to_index(memory.memdir / INDEX_DIR, key_paths(memory)[first:], names,
+                        offset=held, progress=progress)

@@ -477,6 +477,7 @@ def _add(memdir: Path, source_spec, engine, ray_address, strict, progress, rows_
         from . import indexing
 
         new = sorted(built - before)  # numbered after every existing shard: rows appended
-        if new and indexing.has_index(memdir):
+        # Also after an earlier add died between its shards and the index update.
+        if indexing.has_index(memdir) and indexing.indexed_rows(memdir) < ShardedMemory.open(memdir).count:
             indexing.add_shards_to_index(memdir, new, progress=progress)
     return [name for name, _ in jobs if name in built]
