@@ -8,8 +8,9 @@ best tool on small data too.
 __version__ = "0.1.0"
 
 
-def load(run_dir, experiment=None, method="mam", cache_dir=None):
-    """A :class:`ravis.predictor.Predictor` for a finished run folder."""
+def load(run_dir, experiment=None, method="mam", cache_dir=None, **options):
+    """A :class:`ravis.predictor.Predictor` for a finished run folder (``options``: index,
+    search_params); ``.predict(images)`` gives what ``POST /predict`` returns."""
     from .predictor import Predictor
 
-    return Predictor.load(run_dir, experiment, method, cache_dir)
+    return Predictor.load(run_dir, experiment, method, cache_dir, **options)

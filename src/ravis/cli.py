@@ -174,6 +174,10 @@ def _serving_verbs(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted image file (MB)")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="largest accepted image (width x height); more is refused as a decompression bomb")
+    p.add_argument("--index", default=None,
+                   help="serve with this index spec instead of the run's, e.g. faiss:IVF256,Flat")
+    p.add_argument("--search-param", dest="search_params", action="append", default=[], metavar="KEY=VALUE",
+                   help="index search parameter, e.g. nprobe=16 (repeatable)")
     p.add_argument("--cache", type=Path, default=None, help="cache folder (only for runs without a saved memory)")
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a finished run")

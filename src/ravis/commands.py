@@ -119,7 +119,14 @@ def cmd_serve(args) -> int:
     from .predictor import Predictor
     from .serve import serve
 
-    predictor = Predictor.load(args.run_dir, args.experiment, args.method, args.cache)
+    params = {}
+    for item in args.search_params:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--search-param {item!r}: expected KEY=VALUE, e.g. nprobe=16")
+        params[key] = float(value) if "." in value else int(value)
+    predictor = Predictor.load(args.run_dir, args.experiment, args.method, args.cache,
+                               index=args.index, search_params=params)
     print(f"serving {args.run_dir} ({predictor.experiment.name}, {args.method}, memory of "
           f"{len(predictor.memory)}) on http://{args.host}:{args.port}/", flush=True)
     serve(predictor, args.host, args.port, max_bytes=int(args.max_upload_mb * 1024 * 1024),

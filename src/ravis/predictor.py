@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from .config import ExperimentConfig, RunConfig, resolve
 from .encoders import create_image_encoder
 from .experiment.methods import build_model
+from .experiment.prepare import memory_index
 from .experiment.run import experiment_dir
 from .experiment.run_folder import SERVING_FILE
 from .experiment.thumbnails import ThumbnailStore
@@ -44,12 +45,17 @@ def load_config(run_dir: Path) -> RunConfig:
     return resolve(tree)
 
 
-def build_index(spec: str, keys: np.ndarray):
-    """An index of ``spec`` over the memory keys (trained on them first if it needs training)."""
+def build_index(spec: str, keys: np.ndarray, search_params: dict | None = None):
+    """An index of ``spec`` over the memory keys (trained on them first if it needs training),
+    with ``search_params`` (e.g. ``{"nprobe": 16}``) applied."""
     index = create_index(spec, keys.shape[1])
     if not getattr(index, "is_trained", True):
         index.train(keys)
     index.add(keys)
+    if search_params:
+        if not hasattr(index, "set_search_params"):
+            raise ValueError(f"index {spec!r} takes no search parameters (got {search_params})")
+        index.set_search_params(**search_params)
     return index
 
 
@@ -71,8 +77,13 @@ class Predictor:
 
     @classmethod
     def load(cls, run_dir: Path | str, experiment: str | None = None, method: str = "mam",
-             cache_dir: Path | None = None) -> "Predictor":
-        """Loads experiment ``experiment`` (default: the first) of a run folder, model ``method``."""
+             cache_dir: Path | None = None, *, index: str | None = None,
+             search_params: dict | None = None) -> "Predictor":
+        """Loads experiment ``experiment`` (default: the first) of a run folder, model ``method``.
+
+        ``index`` serves with another index spec than the run's (e.g. ``"faiss:IVF256,Flat"``
+        with ``search_params={"nprobe": 16}``: an exact scan reads every key per query).
+        """
         run_dir = Path(run_dir)
         cfg = load_config(run_dir)
         names = [e.name for e in cfg.experiments]
@@ -94,7 +105,11 @@ class Predictor:
         model = build_model(method, exp, memory.dim, memory.value_dim, len(parts["class_names"]))
         model.load_state_dict(load_file(str(weights)))
         model.eval()
-        return cls(cfg, exp, method, encoder, memory, build_index(exp.retrieval.index, memory.keys),
+        if index or search_params:
+            searcher = build_index(index or exp.retrieval.index, memory.keys, search_params)
+        else:  # the index the run searched (approximate ones come tuned from the cache)
+            searcher = memory_index(exp, memory, Path(cache_dir or default_cache_dir()))
+        return cls(cfg, exp, method, encoder, memory, searcher,
                    model, parts["class_names"], parts["k"], parts.get("adjustment"),
                    parts.get("thumbnails") or ThumbnailStore.empty())
 

@@ -137,3 +137,13 @@ def test_identical_memory_arrays_are_hard_linked(tiny_run, tmp_path):
     assert os.path.samefile(tmp_path / "x" / "memory" / "keys.npy", tmp_path / "y" / "memory" / "keys.npy")
     again = Memory.load(tmp_path / "y" / "memory")
     assert again.fingerprint == memory.fingerprint
+
+
+def test_served_index_override_probing_every_list_is_exact(tiny_run, predictor):
+    """An IVF index searched over all its lists returns the run's exact neighbours."""
+    ivf = ravis.load(tiny_run, index="faiss:IVF4,Flat", search_params={"nprobe": 4})
+    img = _test_images(tiny_run, 5)
+    for got, want in zip(ivf.predict(img), predictor.predict(img)):
+        assert [n["memory_id"] for n in got["neighbors"]] == [n["memory_id"] for n in want["neighbors"]]
+    with pytest.raises(ValueError, match="search parameters"):
+        ravis.load(tiny_run, index="faiss-flat", search_params={"nprobe": 4})

@@ -81,7 +81,10 @@ def plot_memory_size(group: str, entries: list[dict], path: Path) -> None:
         top = max(v["top1"] for v in e["methods"].values() if v.get("top1") is not None)
         ax.annotate(e["name"], (e["memory_size"], 100 * top), textcoords="offset points",
                     xytext=(4, 6), fontsize=7)
+    from matplotlib.ticker import NullFormatter
+
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log axis
     ax.set_xlabel("memory size (entries)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"accuracy versus memory size: {group}")

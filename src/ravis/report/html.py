@@ -24,7 +24,7 @@ img.fig { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 .example { display: flex; gap: 0.5em; align-items: stretch; margin: 0.6em 0; padding: 0.4em;
            border-left: 5px solid #3a3; background: #fafafa; overflow-x: auto; }
 .example.wrong { border-left-color: #c33; }
-.tile { width: 104px; flex: none; font-size: 0.75em; }
+.tile { width: 116px; flex: none; font-size: 0.75em; }
 .tile img, .tile .noimg { width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated;
                           background: #fff; border: 1px solid #ddd; display: block; }
 .tile .noimg { display: flex; align-items: center; justify-content: center; color: #999; }

@@ -29,6 +29,9 @@ def serve(predictor, host: str = "127.0.0.1", port: int = 8000, *, max_bytes: in
         log.warning("serving on %s: reachable from other machines", host)
     from PIL import Image
 
+    from .threads import tune_for_latency
+
+    tune_for_latency(predictor)
     predictor.predict([Image.new("RGB", (64, 64), "white")])  # warm-up: the first call pays for setup
     app = create_app(predictor, max_bytes=max_bytes, max_pixels=max_pixels)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
