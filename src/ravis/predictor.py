@@ -191,7 +191,11 @@ def _from_run_folder(folder: Path, method: str) -> dict:
     info = load_json(folder / SERVING_FILE)
     thumbs = folder / info.get("thumbnails", "thumbnails.parquet")
     adjustment = info.get("logit_adjustment", {}).get(method)
-    return {"memory": Memory.load(folder / info["memory"]), "class_names": list(info["class_names"]),
+    memory = Memory.load(folder / info["memory"])
+    parts = [(spec, int(rows)) for spec, rows in info.get("memory_parts", [])]
+    if parts and all(spec in ("train", "full-train") or Path(spec).is_dir() for spec, _ in parts):
+        memory.parts = parts  # so a sharded part is searched with its own index, as in the run
+    return {"memory": memory, "class_names": list(info["class_names"]),
             "k": int(info["k"]),
             "adjustment": None if adjustment is None else np.asarray(adjustment, dtype=np.float32),
             "thumbnails": ThumbnailStore.open(thumbs) if thumbs.exists() else None}

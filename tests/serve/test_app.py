@@ -174,3 +174,28 @@ def test_binds_to_loopback_by_default():
     assert args.host == "127.0.0.1" and args.port == 8000 and args.max_upload_mb == 10
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+
+
+def test_serve_verb_binds_loopback_and_tunes_threads(tiny_run, monkeypatch, capsys):
+    """``ravis serve RUN`` builds the app and hands it to uvicorn on 127.0.0.1:8000."""
+    import faiss
+    import torch
+    import uvicorn
+
+    from ravis.cli import main
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    try:
+        assert main(["serve", str(tiny_run), "--max-upload-mb", "2", "--search-param", "oops"]) == 2
+        assert "KEY=VALUE" in capsys.readouterr().err
+        assert main(["serve", str(tiny_run), "--max-upload-mb", "2"]) == 0
+        assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+    finally:
+        torch.set_num_threads(threads[0])
+        faiss.omp_set_num_threads(threads[1])
+    (app, kw), = calls
+    assert kw["host"] == "127.0.0.1" and kw["port"] == 8000
+    assert {r.path for r in app.routes} >= {"/predict", "/", "/healthz", "/metrics", "/memory/{memory_id:path}/thumbnail"}
+    assert "http://127.0.0.1:8000/" in capsys.readouterr().out

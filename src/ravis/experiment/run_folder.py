@@ -26,7 +26,7 @@ from ..memory.store import Memory
 from ..training.loss import log_prior
 from .methods import MethodResult, validation_split
 from .prepare import Prepared, load_splits
-from .thumbnails import write_thumbnails
+from .thumbnails import append_thumbnails, write_thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,30 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def sharded_thumbnails(memory: Memory) -> tuple[list[str], list[bytes]]:
+    """(memory ids, thumbnails) of the entries that come from sharded memories, which keep a
+    thumbnail per row in their metadata; ids as the composed memory names them."""
+    from ..memory.compose import source_name
+    from ..memory.sharded import ShardedMemory
+    from .prepare import is_sharded_memory
+
+    ids, images = [], []
+    for n, (spec, _) in enumerate(memory.parts):
+        if not is_sharded_memory(spec):
+            continue
+        prefix = f"{source_name(spec)}:" if n else ""  # compose prefixes every part but the first
+        sharded = ShardedMemory.open(spec)
+        for i in range(len(sharded.shard_names)):
+            meta = sharded.meta(i, columns=["id", "thumbnail"]).to_pydict()
+            for item, thumb in zip(meta["id"], meta["thumbnail"]):
+                if thumb:
+                    ids.append(prefix + item)
+                    images.append(thumb)
+    known = set(memory.ids)
+    keep = [j for j, i in enumerate(ids) if i in known]
+    return [ids[j] for j in keep], [images[j] for j in keep]
+
+
 def save_for_serving(folder: Path, run_dir: Path, prep: Prepared, methods: dict[str, MethodResult],
                      cache_dir: Path) -> None:
     """Writes the memory, thumbnails and serving.json of one experiment's folder."""
@@ -87,6 +111,9 @@ def save_for_serving(folder: Path, run_dir: Path, prep: Prepared, methods: dict[
     row_of = {item: r for r, item in enumerate(full_train.ids)}
     rows = [row_of[i] for i in memory.ids if i in row_of]  # entries with an image we can load
     write_thumbnails(folder / "thumbnails.parquet", full_train, rows, cache_dir=cache_dir)
+    sharded_ids, sharded_images = sharded_thumbnails(memory)
+    if sharded_ids:
+        append_thumbnails(folder / "thumbnails.parquet", sharded_ids, sharded_images)
     write_thumbnails(folder / "test_thumbnails.parquet", prep.test.dataset, cache_dir=cache_dir)
     save_json(folder / SERVING_FILE, {
         "format": FORMAT_VERSION,
@@ -98,6 +125,7 @@ def save_for_serving(folder: Path, run_dir: Path, prep: Prepared, methods: dict[
         "memory": "memory",
         "memory_fingerprint": fingerprint,
         "memory_size": len(memory),
+        "memory_parts": [[spec, int(rows)] for spec, rows in memory.parts],
         "thumbnails": "thumbnails.parquet",
         "test_thumbnails": "test_thumbnails.parquet",
         "logit_adjustment": {name: logit_adjustment(prep, name, r) for name, r in methods.items()

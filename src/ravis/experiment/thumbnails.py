@@ -94,6 +94,19 @@ def write_thumbnails(path: Path | str, dataset: ImageDataset, rows=None, *, size
     return path
 
 
+def append_thumbnails(path: Path | str, ids: list[str], images: list[bytes]) -> None:
+    """Adds (id, image bytes) rows to the store at ``path`` (rewritten atomically, so a hard
+    link to a cached store is left as it was)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    extra = pa.table({"id": pa.array(ids, pa.string()), "image": pa.array(images, pa.binary())})
+    table = pa.concat_tables([pq.read_table(path, columns=["id", "image"]), extra]) if path.exists() else extra
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="none")
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     """dst becomes src's content, atomically; a hard link where the filesystem allows."""
     with atomic_path(dst) as tmp:
@@ -141,4 +154,5 @@ class ThumbnailStore:
         return data, media_type(data)
 
 
-__all__ = ["THUMBNAIL_SIZE", "ThumbnailStore", "make_thumbnail", "media_type", "write_thumbnails"]
+__all__ = ["THUMBNAIL_SIZE", "ThumbnailStore", "append_thumbnails", "make_thumbnail", "media_type",
+           "write_thumbnails"]
