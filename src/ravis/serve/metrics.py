@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               disable_created_metrics, generate_latest)
+
+disable_created_metrics()  # no *_created timestamp series beside every counter and histogram
 
 STAGES = ("decode", "queue", "encode", "search", "fuse")
 # From 0.5 ms (search over a small memory) to 10 s (a long queue under load).
