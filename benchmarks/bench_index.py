@@ -143,16 +143,18 @@ def run_one(method: str, args) -> dict:
         curve = []
         reranks = (1, 4) if family == "ivf-pq" else (1,)
         for r in reranks:
+            segment = []
             for params in ladder(family, nlist, k, "_HNSW" in info["choice"]["factory"]):
-                if r > 1:
-                    params = {**params, "rerank": r}
+                if len(reranks) > 1:
+                    params = {**params, "rerank": r}  # explicit: the tuned index may hold another
                 index.set_search_params(**params)
                 I, qps = timed_search(index, queries, k)
                 point = {**params, "recall": recall_at_k(I, gt, k), "qps": qps}
                 curve.append(point)
+                segment.append(point["recall"])
                 print(f"  {method} {params}: recall {point['recall']:.4f}, {qps:,.0f} q/s", flush=True)
-                if point["recall"] >= 0.995:
-                    break
+                if point["recall"] >= 0.995 or (len(segment) > 1 and segment[-1] - segment[-2] < 5e-4):
+                    break  # at the top, or the curve has flattened (quantization caps recall)
         out["curve"] = curve
     return out
 

@@ -49,17 +49,18 @@ def test_parse_bytes():
         parse_bytes("lots")
 
 
-@pytest.mark.parametrize("n,d,budget,family", [
-    (50_000, 1280, "8G", "flat"),
-    (500_000, 384, "8G", "hnsw"),
-    (500_000, 384, "512M", "ivf-sq8"),
-    (5_000_000, 384, "16G", "ivf-flat"),
-    (10_000_000, 384, "8G", "ivf-sq8"),
-    (10_000_000, 1280, "8G", "ivf-pq"),
-    (1_000_000_000, 768, "64G", "ivf-pq"),
+@pytest.mark.parametrize("n,d,budget,target,family", [
+    (50_000, 1280, "8G", 0.95, "flat"),
+    (500_000, 384, "8G", 0.95, "ivf-sq8"),
+    (500_000, 384, "8G", 0.99, "hnsw"),
+    (500_000, 384, "512M", 0.99, "ivf-sq8"),
+    (5_000_000, 384, "16G", 0.99, "ivf-flat"),
+    (10_000_000, 384, "8G", 0.95, "ivf-sq8"),
+    (10_000_000, 1280, "8G", 0.95, "ivf-pq"),
+    (1_000_000_000, 768, "64G", 0.95, "ivf-pq"),
 ])
-def test_choice_follows_budget(n, d, budget, family):
-    choice = choose_index(n, d, budget)
+def test_choice_follows_budget(n, d, budget, target, family):
+    choice = choose_index(n, d, budget, target)
     assert choice.family == family
     assert choice.resident_bytes <= 0.85 * parse_bytes(budget)
     if family.startswith("ivf"):

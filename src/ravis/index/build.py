@@ -129,19 +129,26 @@ def _plan(keys: KeyShards, out: Path, budget: int, backend: str, factory: str | 
         choice = IndexChoice(factory, family, nlist, 0, min(keys.n, 50 * nlist) if nlist else 0,
                              "factory string given")
     else:
-        choice = choose_index(keys.n, keys.d, budget)
+        choice = choose_index(keys.n, keys.d, budget, target)
     plan = {"n": keys.n, "d": keys.d, "rows": keys.rows, "budget": budget, "backend": backend,
             "choice": choice.to_dict(), "seed": seed, "target_recall": target, "k": k}
     path = out / "plan.json"
     if path.exists():
         old = load_json(path)
-        if old != plan:  # different inputs: earlier partial work does not belong to this build
+        if _identity(old) != _identity(plan):  # earlier partial work belongs to another index
             log.info("%s: inputs changed, discarding the partial build", out)
             for name in ("trained.faiss", "blocks", "tune"):
                 shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else \
                     (out / name).unlink(missing_ok=True)
     save_json(path, plan)
     return plan
+
+
+def _identity(plan: dict) -> tuple:
+    """What the trained quantizers and encoded blocks depend on (not the budget, the target
+    recall or k: those only change the search parameters, which are tuned again anyway)."""
+    return (plan["n"], plan["d"], plan["rows"], plan["backend"], plan["choice"]["factory"],
+            plan["choice"]["train_rows"], plan["seed"])
 
 
 def _batches(array: np.ndarray, offset: int):

@@ -87,13 +87,13 @@ def tune(index, family: str, nlist: int, queries: np.ndarray, self_ids: np.ndarr
     hq, hid, hgt = queries[half:], self_ids[half:], gt[half:]
     trace, best = [], None
     for r in reranks:
-        steps = [{**p, "rerank": r} if r > 1 else p for p in ladder(family, nlist, k, hnsw_coarse)]
+        steps = [{**p, "rerank": r} if len(reranks) > 1 else p for p in ladder(family, nlist, k, hnsw_coarse)]
         params, recall, qps = _climb(index, steps, tq, tid, tgt, k, target, trace)
         score = (recall >= target, qps if recall >= target else recall)
         if best is None or score > best[0]:
             best = (score, params)
     chosen = best[1]
-    index.set_search_params(**{"rerank": 1, **chosen} if len(reranks) > 1 else chosen)
+    index.set_search_params(**chosen)
     if len(hq):
         recall, qps = measure(index, hq, hid, hgt, k)
     tuned = next(t for t in reversed(trace) if all(t.get(n) == v for n, v in chosen.items()))
