@@ -221,3 +221,20 @@ def test_merged_index_searches_when_mapped(ivf, queries, mmap):
     out, built = ivf
     D, I = load_index(out, mmap=mmap).search(queries, 20)
     np.testing.assert_array_equal(I, built.search(queries, 20)[1])
+
+
+def test_ray_engine_encodes_the_same_blocks(shards, tmp_path, ivf):
+    reference, _ = ivf
+    ray = pytest.importorskip("ray")
+    paths = []
+    for i, s in enumerate(shards):
+        paths.append(tmp_path / f"{i:05d}.npy")
+        np.save(paths[-1], s)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        build_index(paths, tmp_path / "ray", factory="IVF64,Flat", target_recall=0.9, k=20,
+                    num_queries=200, engine="ray", progress=False)
+    finally:
+        ray.shutdown()
+    for name in ["index.ivfdata"] + [f"blocks/{i:05d}.faiss" for i in range(4)]:
+        assert (tmp_path / "ray" / name).read_bytes() == (reference / name).read_bytes(), name

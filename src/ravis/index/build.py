@@ -206,6 +206,8 @@ def _add_blocks(keys: KeyShards, out: Path, trained: Path, engine: str, progress
         if engine == "ray":
             import ray
 
+            if not ray.is_initialized():
+                ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
             if any(not isinstance(keys.sources[i], (str, os.PathLike)) for i in todo):
                 raise ValueError("engine='ray' needs key shards given as .npy paths")
             remote = ray.remote(max_retries=3)(add_block)
