@@ -201,6 +201,7 @@ def test_flat_choice_is_exact(shards, queries, tmp_path):
 
 
 def test_scann_backend_tunes_saves_and_restores(shards, queries, tmp_path):
+    pytest.importorskip("scann")
     index = build_index(shards, tmp_path, backend="scann", target_recall=0.9, k=20,
                         num_queries=200, progress=False)
     tuning = index.info["tuning"]
