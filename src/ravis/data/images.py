@@ -13,6 +13,7 @@ with its path, whatever the dataset. PIL is lenient in two ways we refuse:
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import struct
 import threading
@@ -61,37 +62,40 @@ def _no_truncated_loads() -> Iterator[None]:
                 ImageFile.LOAD_TRUNCATED_IMAGES = True
 
 
-def open_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Reads and fully decodes one image file as RGB.
+def open_image(path: Path | str | bytes, max_pixels: int = MAX_PIXELS, where: str | None = None) -> Image.Image:
+    """Reads and fully decodes one image file (or its encoded bytes) as RGB.
 
     Transparent pixels are flattened onto white (see
     :func:`ravis.encoders.preprocess.to_rgb`); grey and palette images become RGB. For
     multi-frame files (GIF, TIFF) the first frame is used.
 
     Args:
-        path: the image file.
+        path: the image file, or the bytes of an encoded image.
         max_pixels: width * height above which the file is treated as a decompression bomb
             and refused before decoding. PIL's own hard limit (twice
             ``Image.MAX_IMAGE_PIXELS``) still applies if it is lower.
+        where: what error messages name (default: the path).
 
     Raises:
         BadImageError: the file is missing, empty, truncated, not an image, or too large;
-            the message starts with the path.
+            the message starts with ``where``.
     """
+    encoded = isinstance(path, (bytes, bytearray))
+    where = where or ("image bytes" if encoded else str(path))
     try:
-        if os.path.getsize(path) == 0:
-            raise BadImageError(f"{path}: empty file (0 bytes)")
-        with _no_truncated_loads(), Image.open(path) as im:
+        if (len(path) if encoded else os.path.getsize(path)) == 0:
+            raise BadImageError(f"{where}: empty {'image' if encoded else 'file'} (0 bytes)")
+        with _no_truncated_loads(), Image.open(io.BytesIO(path) if encoded else path) as im:
             # The size comes from the header, so a bomb is refused before any decoding.
             w, h = im.size
             if w * h > max_pixels:
-                raise BadImageError(f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of "
+                raise BadImageError(f"{where}: {w}x{h} = {w * h} pixels exceeds the limit of "
                                     f"{max_pixels} (possible decompression bomb)")
             im.load()
             return to_rgb(im)
     except BadImageError:
         raise
     except FileNotFoundError as e:
-        raise BadImageError(f"{path}: file not found") from e
+        raise BadImageError(f"{where}: file not found") from e
     except _DECODE_ERRORS as e:
-        raise BadImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+        raise BadImageError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e

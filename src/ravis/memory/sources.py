@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import glob
-import io
 import os
 import tarfile
 import zlib
@@ -33,8 +32,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from ..data.dataset import BadImageError
-from ..data.images import _DECODE_ERRORS, MAX_PIXELS, _no_truncated_loads
-from ..encoders.preprocess import to_rgb
+from ..data.images import MAX_PIXELS, open_image
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SKIP_REASONS = ("missing_caption", "missing_image", "bad_image", "duplicate_key")
@@ -358,29 +356,15 @@ def _pick(given: str | None, candidates, names: list[str], path: str, what: str)
 
 
 def decode_image(image: bytes | str, where: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Encoded bytes or a file path -> fully decoded RGB image, as strictly as
+    """Encoded bytes or a file path -> fully decoded RGB image, by
     :func:`ravis.data.images.open_image` (truncated files and decompression bombs refused).
 
     Raises:
         BadImageError: naming ``where``.
     """
     if isinstance(image, str):
-        from ..data.images import open_image
-
         try:
             return open_image(image, max_pixels)
         except BadImageError as e:
             raise BadImageError(f"{where}: {e}") from e
-    if not image:
-        raise BadImageError(f"{where}: empty image (0 bytes)")
-    try:
-        with _no_truncated_loads(), Image.open(io.BytesIO(image)) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise BadImageError(f"{where}: {w}x{h} pixels exceeds the limit of {max_pixels}")
-            im.load()
-            return to_rgb(im)
-    except BadImageError:
-        raise
-    except _DECODE_ERRORS as e:
-        raise BadImageError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
+    return open_image(image, max_pixels, where=where)
