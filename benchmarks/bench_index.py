@@ -89,6 +89,7 @@ def factories(n: int, d: int) -> dict[str, str]:
     coarse = f"IVF{nlist}_HNSW32" if nlist >= 4096 else f"IVF{nlist}"
     m = 64 if d <= 512 else 128
     return {"ivf-flat": f"{coarse},Flat", "ivf-sq8": f"{coarse},SQ8",
+            "ivf-fs": f"{coarse},PQ{d // 2}x4fs,Refine(SQ8)",
             "ivf-pq": f"OPQ{m}_{4 * m},{coarse},PQ{m}", "hnsw": "HNSW32,Flat"}
 
 
@@ -141,12 +142,13 @@ def run_one(method: str, args) -> dict:
         family = "scann" if method == "scann" else info["choice"]["family"]
         nlist = index.num_leaves if method == "scann" else info["choice"]["nlist"]
         curve = []
-        reranks = (1, 4) if family == "ivf-pq" else (1,)
+        reranks = (1, 4) if family == "ivf-pq" else (2, 4) if family == "ivf-fs" else (1,)
+        rerank_name = "k_factor_rf" if family == "ivf-fs" else "rerank"
         for r in reranks:
             segment = []
             for params in ladder(family, nlist, k, "_HNSW" in info["choice"]["factory"]):
                 if len(reranks) > 1:
-                    params = {**params, "rerank": r}  # explicit: the tuned index may hold another
+                    params = {**params, rerank_name: r}  # explicit: the tuned index may hold another
                 index.set_search_params(**params)
                 I, qps = timed_search(index, queries, k)
                 point = {**params, "recall": recall_at_k(I, gt, k), "qps": qps}

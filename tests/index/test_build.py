@@ -51,11 +51,12 @@ def test_parse_bytes():
 
 @pytest.mark.parametrize("n,d,budget,target,family", [
     (50_000, 1280, "8G", 0.95, "flat"),
-    (500_000, 384, "8G", 0.95, "ivf-sq8"),
+    (500_000, 384, "8G", 0.95, "ivf-fs"),
     (500_000, 384, "8G", 0.99, "hnsw"),
     (500_000, 384, "512M", 0.99, "ivf-sq8"),
     (5_000_000, 384, "16G", 0.99, "ivf-flat"),
-    (10_000_000, 384, "8G", 0.95, "ivf-sq8"),
+    (10_000_000, 384, "8G", 0.95, "ivf-fs"),
+    (10_000_000, 384, "4.5G", 0.95, "ivf-sq8"),
     (10_000_000, 1280, "8G", 0.95, "ivf-pq"),
     (1_000_000_000, 768, "64G", 0.95, "ivf-pq"),
 ])
@@ -239,3 +240,30 @@ def test_ray_engine_encodes_the_same_blocks(shards, tmp_path, ivf):
         ray.shutdown()
     for name in ["index.ivfdata"] + [f"blocks/{i:05d}.faiss" for i in range(4)]:
         assert (tmp_path / "ray" / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_fast_scan_refine_blocks_merge_to_the_one_go_index(shards, queries, tmp_path):
+    factory = "IVF16,PQ16x4fs,Refine(SQ8)"
+    index = build_index(shards, tmp_path, factory=factory, target_recall=0.9, k=20,
+                        num_queries=200, progress=False)
+    tuning = index.info["tuning"]
+    assert index.info["choice"]["family"] == "ivf-fs" and "k_factor_rf" in tuning["params"]
+    ref = faiss.read_index(str(tmp_path / "trained.faiss"))
+    ref.add(np.concatenate(shards))
+    faiss.ParameterSpace().set_index_parameters(ref, ",".join(f"{k}={v}" for k, v in tuning["params"].items()))
+    for mmap in (False, True):
+        loaded = load_index(tmp_path, mmap=mmap)
+        D, I = loaded.search(queries, 20)
+        np.testing.assert_array_equal(I, ref.search(queries, 20)[1])
+    _, gt = exact_search(shards, queries, 20)
+    assert recall_at_k(I, gt, 20) >= 0.87
+    # appending a shard merges its block into the loaded index without retraining
+    grown = add_to_index(tmp_path, [shards[0]], ["extra"], offset=12000, progress=False)
+    assert grown.ntotal == 15000
+    _, top = load_index(tmp_path).search(shards[0][:50], 2)
+    assert set(range(12000, 12050)) <= set(top.ravel())  # each appended copy is found
+
+
+def test_fast_scan_is_chosen_first_for_moderate_targets():
+    assert choose_index(5_000_000, 384, "16G", 0.95).family == "ivf-fs"
+    assert choose_index(5_000_000, 384, "16G", 0.99).family == "ivf-flat"

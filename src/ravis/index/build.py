@@ -38,7 +38,8 @@ from .tune import drop_self, measure, tune
 log = logging.getLogger(__name__)
 
 ADD_BATCH = 65_536
-IVF_FAMILIES = ("ivf-flat", "ivf-sq8", "ivf-pq")
+IVF_FAMILIES = ("ivf-flat", "ivf-sq8", "ivf-pq")  # merged into on-disk inverted lists
+RAM_MERGED = ("ivf-fs",)  # fast-scan codes (SIMD blocks) cannot go on disk: merged in RAM
 
 
 class KeyShards:
@@ -99,7 +100,7 @@ def build_index(shards: Sequence, out: Path | str, *, budget: int | str = "16G",
         (out / META_NAME).unlink()  # the index is being rebuilt: mark it incomplete first
     if backend == "scann":
         index = _build_scann(keys, out, progress)
-    elif choice.family in IVF_FAMILIES:
+    elif choice.family in IVF_FAMILIES + RAM_MERGED:
         index = _build_ivf(keys, out, choice, train_ids, engine, progress)
     else:
         index = _build_in_ram(keys, choice, progress)
@@ -124,6 +125,7 @@ def _plan(keys: KeyShards, out: Path, budget: int, backend: str, factory: str | 
         choice = IndexChoice("scann", "scann", leaves, 0, min(keys.n, 250_000), "ScaNN asked for")
     elif factory:
         family = ("flat" if factory == "Flat" else "hnsw" if factory.startswith("HNSW") else
+                  "ivf-fs" if "fs," in factory and "Refine" in factory else
                   "ivf-pq" if "PQ" in factory else "ivf-sq8" if "SQ" in factory else "ivf-flat")
         nlist = int(factory.split("IVF")[1].split(",")[0].split("_")[0]) if "IVF" in factory else 0
         choice = IndexChoice(factory, family, nlist, 0, min(keys.n, 50 * nlist) if nlist else 0,
@@ -190,8 +192,9 @@ def add_block(trained: str, shard, offset: int, block: str) -> str:
     (a top-level function, so that Ray can run it on another node)."""
     index = faiss.read_index(str(trained))
     array = np.load(shard, mmap_mode="r") if isinstance(shard, (str, os.PathLike)) else shard
+    refine = isinstance(index, faiss.IndexRefine)  # ids stay block-local; the merge shifts them
     for ids, x in _batches(array, offset):
-        index.add_with_ids(x, ids)
+        index.add(x) if refine else index.add_with_ids(x, ids)
     with atomic_path(Path(block)) as tmp:
         faiss.write_index(index, str(tmp))
     return str(block)
@@ -244,10 +247,25 @@ def merge_blocks(trained: Path, blocks: Sequence[Path], out: Path) -> None:
     tmp.rmdir()
 
 
+def merge_in_ram(trained: Path, blocks: Sequence[Path]):
+    """Fast-scan + refine blocks merged into one in-RAM index: the IVF part and the refine
+    codes are merged separately (faiss's IndexRefine has no merge of its own), each block's
+    local ids shifted by the rows before it."""
+    index = faiss.read_index(str(trained))
+    for block in blocks:
+        part = faiss.read_index(str(block))
+        index.base_index.merge_from(part.base_index, index.ntotal)
+        index.refine_index.merge_from(part.refine_index, 0)
+        index.ntotal = index.base_index.ntotal
+    return index
+
+
 def _build_ivf(keys: KeyShards, out: Path, choice: IndexChoice, train_ids: np.ndarray, engine: str,
                progress: bool) -> FaissIndex:
     trained = _train(keys, out, choice, train_ids)
     blocks = _add_blocks(keys, out, trained, engine, progress)
+    if choice.family in RAM_MERGED:
+        return FaissIndex(keys.d, choice.factory, index=merge_in_ram(trained, blocks))
     merge_blocks(trained, blocks, out)
     index = faiss.read_index(str(out / INDEX_NAME), faiss.IO_FLAG_ONDISK_SAME_DIR)
     return FaissIndex(keys.d, choice.factory, index=index)
@@ -295,9 +313,10 @@ def _tune(index, keys: KeyShards, out: Path, choice: IndexChoice, query_ids: np.
                 "recall_heldout": round(recall, 4), "qps_heldout": round(qps, 1)}
     nlist = choice.nlist or (index.num_leaves if choice.family == "scann" else 0)
     # PQ codes alone rarely reach a high recall@100; exact rescoring from the key shards does.
-    reranks = (1, 2, 4, 8) if choice.family == "ivf-pq" else (1,)
+    reranks = (1, 2, 4, 8) if choice.family == "ivf-pq" else (2, 4, 8) if choice.family in RAM_MERGED else (1,)
     return tune(index, choice.family, nlist, queries, query_ids, gt, k, target, reranks,
-                hnsw_coarse="_HNSW" in choice.factory)
+                hnsw_coarse="_HNSW" in choice.factory,
+                rerank_name="k_factor_rf" if choice.family in RAM_MERGED else "rerank")
 
 
 def _folder_bytes(folder: Path) -> dict:
@@ -324,7 +343,15 @@ def add_to_index(folder: Path | str, shards: Sequence, names: Sequence[str], off
         raise ValueError(f"{folder}: index holds {index.ntotal} vectors but the new shards start at row {offset}")
     family = index.info.get("choice", {}).get("family", "")
     new = KeyShards(shards, names)
-    if family in IVF_FAMILIES:
+    if family in RAM_MERGED:
+        new.offsets = new.offsets + offset
+        old_blocks = set((folder / "blocks").glob("*.faiss"))
+        blocks = _add_blocks(new, folder, folder / "trained.faiss", "local", progress)
+        merged = merge_in_ram(folder / "trained.faiss", [b for b in blocks if b not in old_blocks])
+        index.index.base_index.merge_from(merged.base_index, index.ntotal)
+        index.index.refine_index.merge_from(merged.refine_index, 0)
+        index.index.ntotal = index.index.base_index.ntotal
+    elif family in IVF_FAMILIES:
         new.offsets = new.offsets + offset
         old_blocks = sorted((folder / "blocks").glob("*.faiss"))
         trained = folder / "trained.faiss"

@@ -4,6 +4,9 @@ The rule, in order of preference; the first family whose resident size fits 85% 
 wins (the rest is headroom for queries, faiss's buffers and the Python process):
 
     n <= 100k                      Flat                   exact; a scan of 100k vectors takes ~ms
+    target recall <= 0.98          IVF{nlist}[_HNSW32],PQ{d/2}x4fs,Refine(SQ8)
+                                   (4-bit fast-scan codes of 2 dims each, then the best r*k
+                                   candidates rescored from 8-bit codes: ScaNN's recipe)
     target recall <= 0.98          IVF{nlist}[_HNSW32],SQ8
     n <= 1M                        HNSW32,Flat            for higher targets (SQ8 tops out ~0.99)
     float vectors fit              IVF{nlist}[_HNSW32],Flat
@@ -87,6 +90,11 @@ def choose_index(n: int, d: int, budget: int | str, target_recall: float = 0.95)
     train = min(n, TRAIN_PER_LIST * nlist)
     coarse = f"IVF{nlist}_HNSW{HNSW_M}" if nlist >= 4096 else f"IVF{nlist}"
     centroids = nlist * (d * 4 + (HNSW_M * 2 * 4 if nlist >= 4096 else 0))
+    fast = n * (d // 4 + ID_BYTES + d) + centroids  # 4-bit codes of 2 dims + 8-bit refine codes
+    if target_recall <= SQ8_MAX_TARGET and d % 2 == 0 and fast <= room:
+        return IndexChoice(f"{coarse},PQ{d // 2}x4fs,Refine(SQ8)", "ivf-fs", nlist, fast, train,
+                           f"4-bit fast-scan codes with 8-bit rescoring ({fast / 2**30:.2f} GiB) "
+                           f"fit {gib}: ScaNN's recipe, the fastest scan per query")
     sq8 = n * (d + ID_BYTES) + centroids
     if target_recall <= SQ8_MAX_TARGET and sq8 <= room:
         return IndexChoice(f"{coarse},SQ8", "ivf-sq8", nlist, sq8, train,

@@ -32,7 +32,7 @@ def drop_self(I: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
 def ladder(family: str, nlist: int, k: int, hnsw_coarse: bool = False) -> list[dict]:
     """Candidate settings for a family, cheapest first (``hnsw_coarse``: the IVF coarse
     quantizer is an HNSW graph, whose efSearch must grow with nprobe)."""
-    if family in ("ivf-flat", "ivf-sq8", "ivf-pq"):
+    if family in ("ivf-flat", "ivf-sq8", "ivf-pq", "ivf-fs"):
         steps = sorted({p for p in [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384,
                                    512, 768, 1024, 1536, 2048] if p <= nlist} | {nlist})
         out = []
@@ -72,14 +72,15 @@ def _climb(index, steps, tq, tid, tgt, k, target, trace) -> tuple[dict, float, f
 
 def tune(index, family: str, nlist: int, queries: np.ndarray, self_ids: np.ndarray,
          gt: np.ndarray, k: int, target: float, reranks: tuple[int, ...] = (1,),
-         hnsw_coarse: bool = False) -> dict:
+         hnsw_coarse: bool = False, rerank_name: str = "rerank") -> dict:
     """Sets the cheapest ladder step whose recall on the tuning half reaches ``target``
     (the last step if none does) and reports it with the held-out half's recall and speed.
 
     Args:
         gt: (nq, k) exact neighbours of ``queries`` with each query's own row removed.
-        reranks: candidate ``rerank`` factors (exact rescoring of r*k candidates); each gets
-            its own climb and the fastest setting that reaches the target wins.
+        reranks: candidate rescoring factors (r*k candidates rescored more exactly: the
+            ravis-level ``rerank`` or faiss's ``k_factor_rf``, named by ``rerank_name``);
+            each gets its own climb and the fastest setting that reaches the target wins.
     """
     k = check_k(k)
     half = max(1, len(queries) // 2)
@@ -87,7 +88,7 @@ def tune(index, family: str, nlist: int, queries: np.ndarray, self_ids: np.ndarr
     hq, hid, hgt = queries[half:], self_ids[half:], gt[half:]
     trace, best = [], None
     for r in reranks:
-        steps = [{**p, "rerank": r} if len(reranks) > 1 else p for p in ladder(family, nlist, k, hnsw_coarse)]
+        steps = [{**p, rerank_name: r} if len(reranks) > 1 else p for p in ladder(family, nlist, k, hnsw_coarse)]
         params, recall, qps = _climb(index, steps, tq, tid, tgt, k, target, trace)
         score = (recall >= target, qps if recall >= target else recall)
         if best is None or score > best[0]:
