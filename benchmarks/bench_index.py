@@ -218,15 +218,17 @@ def report(results: dict) -> None:
         e = results["exact"]
         print(f"exact: ravis {e['curve'][0]['qps']:,.0f} q/s vs bare faiss IndexFlatIP {e['bare_faiss_qps']:,.0f} q/s "
               f"= {e['ratio_vs_faiss']:.3f}x")
-    scann, ours = results.get("scann", {}), results.get("ravis", {})
-    if "curve" in scann and "tuned_point" in ours:
+    scann = results.get("scann", {})
+    for method, ours in results.items():
+        if method == "scann" or "curve" not in scann or "tuned_point" not in ours:
+            continue
         tp = ours["tuned_point"]
         ref = qps_at_recall(scann["curve"], tp["recall"])
         if ref:
-            print(f"ravis ({ours['spec']}, {tp['params']}): recall {tp['recall']:.4f} at {tp['qps']:,.0f} q/s; "
+            print(f"{method} ({ours['spec']}, {tp['params']}): recall {tp['recall']:.4f} at {tp['qps']:,.0f} q/s; "
                   f"ScaNN at that recall {ref:,.0f} q/s: ratio {tp['qps'] / ref:.2f}x")
         else:
-            print(f"ravis recall {tp['recall']:.4f} lies outside ScaNN's measured curve")
+            print(f"{method}: recall {tp['recall']:.4f} lies outside ScaNN's measured curve")
 
 
 if __name__ == "__main__":
