@@ -267,3 +267,13 @@ def test_fast_scan_refine_blocks_merge_to_the_one_go_index(shards, queries, tmp_
 def test_fast_scan_is_chosen_first_for_moderate_targets():
     assert choose_index(5_000_000, 384, "16G", 0.95).family == "ivf-fs"
     assert choose_index(5_000_000, 384, "16G", 0.99).family == "ivf-flat"
+
+
+def test_rebuild_with_another_factory_leaves_no_stale_files(shards, tmp_path):
+    build_index(shards, tmp_path, factory="IVF16,Flat", target_recall=0.9, k=20, num_queries=100,
+                progress=False)
+    assert (tmp_path / "index.ivfdata").exists()
+    index = build_index(shards, tmp_path, factory="IVF16,PQ16x4fs,Refine(SQ8)", target_recall=0.9,
+                        k=20, num_queries=100, progress=False)
+    assert not (tmp_path / "index.ivfdata").exists()  # the old on-disk lists are gone
+    assert set(index.info["bytes_on_disk"]) == {"index.faiss"}

@@ -139,7 +139,7 @@ def _plan(keys: KeyShards, out: Path, budget: int, backend: str, factory: str | 
         old = load_json(path)
         if _identity(old) != _identity(plan):  # earlier partial work belongs to another index
             log.info("%s: inputs changed, discarding the partial build", out)
-            for name in ("trained.faiss", "blocks", "tune"):
+            for name in ("trained.faiss", "blocks", "tune", INDEX_NAME, IVFDATA_NAME):
                 shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else \
                     (out / name).unlink(missing_ok=True)
     save_json(path, plan)
