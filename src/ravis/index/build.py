@@ -247,16 +247,27 @@ def merge_blocks(trained: Path, blocks: Sequence[Path], out: Path) -> None:
     tmp.rmdir()
 
 
-def merge_in_ram(trained: Path, blocks: Sequence[Path]):
-    """Fast-scan + refine blocks merged into one in-RAM index: the IVF part and the refine
-    codes are merged separately (faiss's IndexRefine has no merge of its own), each block's
-    local ids shifted by the rows before it."""
+def merge_in_ram(trained: Path, blocks: Sequence[Path], rows: Sequence[int]):
+    """Fast-scan + refine blocks (of ``rows`` vectors each) merged into one in-RAM index: the
+    IVF parts are merged list by list, each block's local ids shifted by the rows before it
+    (faiss's IndexRefine has no merge of its own), and the refine codes are copied into one
+    buffer allocated once: growing it block by block would double it at each reallocation,
+    and at 10^7 vectors that transient copy alone would break an 8 GiB budget."""
     index = faiss.read_index(str(trained))
-    for block in blocks:
+    refine = faiss.downcast_index(index.refine_index)
+    size = refine.code_size
+    refine.codes.resize(int(sum(rows)) * size)
+    codes = faiss.rev_swig_ptr(refine.codes.data(), int(sum(rows)) * size)
+    for block, n in zip(blocks, rows):
         part = faiss.read_index(str(block))
-        index.base_index.merge_from(part.base_index, index.ntotal)
-        index.refine_index.merge_from(part.refine_index, 0)
-        index.ntotal = index.base_index.ntotal
+        if part.ntotal != n:
+            raise ValueError(f"{block}: holds {part.ntotal} vectors, its shard has {n}; delete it to re-encode")
+        start = index.base_index.ntotal
+        index.base_index.merge_from(part.base_index, start)
+        part_codes = faiss.downcast_index(part.refine_index).codes
+        codes[start * size:(start + n) * size] = faiss.rev_swig_ptr(part_codes.data(), n * size)
+        del part
+    refine.ntotal = index.ntotal = index.base_index.ntotal
     return index
 
 
@@ -265,7 +276,7 @@ def _build_ivf(keys: KeyShards, out: Path, choice: IndexChoice, train_ids: np.nd
     trained = _train(keys, out, choice, train_ids)
     blocks = _add_blocks(keys, out, trained, engine, progress)
     if choice.family in RAM_MERGED:
-        return FaissIndex(keys.d, choice.factory, index=merge_in_ram(trained, blocks))
+        return FaissIndex(keys.d, choice.factory, index=merge_in_ram(trained, blocks, keys.rows))
     merge_blocks(trained, blocks, out)
     index = faiss.read_index(str(out / INDEX_NAME), faiss.IO_FLAG_ONDISK_SAME_DIR)
     return FaissIndex(keys.d, choice.factory, index=index)
@@ -347,7 +358,8 @@ def add_to_index(folder: Path | str, shards: Sequence, names: Sequence[str], off
         new.offsets = new.offsets + offset
         old_blocks = set((folder / "blocks").glob("*.faiss"))
         blocks = _add_blocks(new, folder, folder / "trained.faiss", "local", progress)
-        merged = merge_in_ram(folder / "trained.faiss", [b for b in blocks if b not in old_blocks])
+        fresh = [(b, n) for b, n in zip(blocks, new.rows) if b not in old_blocks]
+        merged = merge_in_ram(folder / "trained.faiss", [b for b, _ in fresh], [n for _, n in fresh])
         index.index.base_index.merge_from(merged.base_index, index.ntotal)
         index.index.refine_index.merge_from(merged.refine_index, 0)
         index.index.ntotal = index.index.base_index.ntotal
