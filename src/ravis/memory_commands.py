@@ -153,11 +153,11 @@ def cmd_search(args) -> int:
 
 def entries(memory, rows) -> dict[int, dict]:
     """id, text and source of global memory rows, read from the shards' metadata."""
+    from .index.multi import by_part
+
     out = {}
-    shard_of = np.searchsorted(memory.offsets, rows, side="right") - 1
-    for s in np.unique(shard_of):
-        meta = memory.meta(int(s), ["id", "text", "source"]).to_pydict()
-        for row in rows[shard_of == s]:
-            local = int(row - memory.offsets[s])
-            out[int(row)] = {"id": meta["id"][local], "text": meta["text"][local], "source": meta["source"][local]}
+    for s, pos, local in by_part(rows, memory.offsets):
+        meta = memory.meta(s, ["id", "text", "source"]).to_pydict()
+        for row, i in zip(rows[pos], local):
+            out[int(row)] = {"id": meta["id"][i], "text": meta["text"][i], "source": meta["source"][i]}
     return out

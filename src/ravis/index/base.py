@@ -82,6 +82,19 @@ def check_k(k: int) -> int:
     return int(k)
 
 
+def check_ids(ids, ntotal: int) -> np.ndarray:
+    """ids as int64, refusing any outside [0, ntotal)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= ntotal):
+        raise IndexError(f"ids out of range [0, {ntotal})")
+    return ids
+
+
+def no_results(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """What searching an empty index returns: -inf scores and -1 ids, (nq, k)."""
+    return pad_results(np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64), k)
+
+
 def pad_results(D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Widens (nq, k') results to k columns with -inf / -1 (the index had k' < k vectors)."""
     nq, kk = I.shape

@@ -30,9 +30,9 @@ import numpy as np
 
 from ..io import atomic_path, load_json, load_npy, save_json, save_npy
 from .base import META_NAME
-from .choose import IndexChoice, choose_index, nlist_for, parse_bytes
+from .choose import IndexChoice, choose_index, parse_bytes
 from .faiss_index import INDEX_NAME, IVFDATA_NAME, FaissIndex
-from .multi import exact_search
+from .multi import by_part, exact_search
 from .tune import drop_self, measure, tune
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,7 @@ class KeyShards:
         """float32 rows for global ids, in the order given (reads sorted, per shard)."""
         ids = np.asarray(ids, dtype=np.int64)
         out = np.empty((len(ids), self.d), dtype=np.float32)
-        which = np.searchsorted(self.offsets, ids, side="right") - 1
-        for s in np.unique(which):
-            pos = np.flatnonzero(which == s)
-            local = ids[pos] - self.offsets[s]
+        for s, pos, local in by_part(ids, self.offsets):
             order = np.argsort(local)
             out[pos[order]] = self.arrays[s][local[order]]
         return out
@@ -247,17 +244,17 @@ def merge_blocks(trained: Path, blocks: Sequence[Path], out: Path) -> None:
     tmp.rmdir()
 
 
-def merge_in_ram(trained: Path, blocks: Sequence[Path], rows: Sequence[int]):
-    """Fast-scan + refine blocks (of ``rows`` vectors each) merged into one in-RAM index: the
-    IVF parts are merged list by list, each block's local ids shifted by the rows before it
-    (faiss's IndexRefine has no merge of its own), and the refine codes are copied into one
-    buffer allocated once: growing it block by block would double it at each reallocation,
-    and at 10^7 vectors that transient copy alone would break an 8 GiB budget."""
-    index = faiss.read_index(str(trained))
+def merge_in_ram(index, blocks: Sequence[Path], rows: Sequence[int]):
+    """Fast-scan + refine blocks (of ``rows`` vectors each) merged into ``index`` (the trained,
+    empty index, or a built one being appended to): the IVF parts are merged list by list,
+    each block's local ids shifted by the rows before it (faiss's IndexRefine has no merge of
+    its own), and the refine codes are copied into a buffer grown once: growing it block by
+    block would double it at each reallocation, and at 10^7 vectors that transient copy alone
+    would break an 8 GiB budget."""
     refine = faiss.downcast_index(index.refine_index)
-    size = refine.code_size
-    refine.codes.resize(int(sum(rows)) * size)
-    codes = faiss.rev_swig_ptr(refine.codes.data(), int(sum(rows)) * size)
+    size, total = refine.code_size, index.ntotal + int(sum(rows))
+    refine.codes.resize(total * size)  # keeps the codes already there
+    codes = faiss.rev_swig_ptr(refine.codes.data(), total * size)
     for block, n in zip(blocks, rows):
         part = faiss.read_index(str(block))
         if part.ntotal != n:
@@ -276,7 +273,8 @@ def _build_ivf(keys: KeyShards, out: Path, choice: IndexChoice, train_ids: np.nd
     trained = _train(keys, out, choice, train_ids)
     blocks = _add_blocks(keys, out, trained, engine, progress)
     if choice.family in RAM_MERGED:
-        return FaissIndex(keys.d, choice.factory, index=merge_in_ram(trained, blocks, keys.rows))
+        merged = merge_in_ram(faiss.read_index(str(trained)), blocks, keys.rows)
+        return FaissIndex(keys.d, choice.factory, index=merged)
     merge_blocks(trained, blocks, out)
     index = faiss.read_index(str(out / INDEX_NAME), faiss.IO_FLAG_ONDISK_SAME_DIR)
     return FaissIndex(keys.d, choice.factory, index=index)
@@ -359,10 +357,7 @@ def add_to_index(folder: Path | str, shards: Sequence, names: Sequence[str], off
         old_blocks = set((folder / "blocks").glob("*.faiss"))
         blocks = _add_blocks(new, folder, folder / "trained.faiss", "local", progress)
         fresh = [(b, n) for b, n in zip(blocks, new.rows) if b not in old_blocks]
-        merged = merge_in_ram(folder / "trained.faiss", [b for b, _ in fresh], [n for _, n in fresh])
-        index.index.base_index.merge_from(merged.base_index, index.ntotal)
-        index.index.refine_index.merge_from(merged.refine_index, 0)
-        index.index.ntotal = index.index.base_index.ntotal
+        merge_in_ram(index.index, [b for b, _ in fresh], [n for _, n in fresh])
     elif family in IVF_FAMILIES:
         new.offsets = new.offsets + offset
         old_blocks = sorted((folder / "blocks").glob("*.faiss"))

@@ -19,7 +19,7 @@ import torch
 
 from ravis.io import load_npy, save_npy
 
-from .base import as_vectors, check_k, check_loaded, pad_results, read_meta, write_meta
+from .base import as_vectors, check_ids, check_k, check_loaded, no_results, pad_results, read_meta, write_meta
 
 XB_NAME = "xb.npy"
 
@@ -70,9 +70,7 @@ class ExactIndex:
         self._chunks.append(torch.from_numpy(as_vectors(xb, self.d, "xb").copy()))
 
     def reconstruct(self, ids) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.ntotal):
-            raise IndexError(f"ids out of range [0, {self.ntotal})")
+        ids = check_ids(ids, self.ntotal)
         return self.xb.numpy()[ids]
 
     def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +78,7 @@ class ExactIndex:
         xb, nq = self.xb, xq.shape[0]
         kk = min(k, xb.shape[0])
         if kk == 0:
-            return pad_results(np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64), k)
+            return no_results(nq, k)
         D = np.empty((nq, kk), dtype=np.float32)
         I = np.empty((nq, kk), dtype=np.int64)
         bq, bb = self._block_shape(nq, xb.shape[0], kk)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ravis.io import atomic_path, load_npy, save_npy
 
-from .base import as_vectors, check_k, check_loaded, pad_results, read_meta, write_meta
+from .base import as_vectors, check_ids, check_k, check_loaded, no_results, pad_results, read_meta, write_meta
 
 XB_NAME = "xb.npy"
 
@@ -36,15 +36,13 @@ class FaissFlatIndex:
         self.index.add(as_vectors(xb, self.d, "xb"))
 
     def reconstruct(self, ids) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.ntotal):
-            raise IndexError(f"ids out of range [0, {self.ntotal})")
+        ids = check_ids(ids, self.ntotal)
         return self.index.reconstruct_batch(ids).reshape(len(ids), self.d)
 
     def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
         xq, k = as_vectors(xq, self.d, "xq"), check_k(k)
         if self.ntotal == 0:
-            return pad_results(np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64), k)
+            return no_results(len(xq), k)
         D, I = self.index.search(xq, k)
         D[I < 0] = -np.inf  # faiss pads with -FLT_MAX; ravis pads with -inf
         return D, I.astype(np.int64, copy=False)
@@ -145,7 +143,7 @@ class FaissIndex:
     def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
         xq, k = as_vectors(xq, self.d, "xq"), check_k(k)
         if self.ntotal == 0:
-            return pad_results(np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64), k)
+            return no_results(len(xq), k)
         rerank = self.search_params.get("rerank", 1)
         if rerank > 1 and self.vectors is None:
             raise ValueError(f"{self.spec}: rerank needs the stored vectors (index.vectors)")
@@ -168,9 +166,7 @@ class FaissIndex:
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(I, order, axis=1)
 
     def reconstruct(self, ids) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.ntotal):
-            raise IndexError(f"ids out of range [0, {self.ntotal})")
+        ids = check_ids(ids, self.ntotal)
         if self.vectors is not None:
             return np.asarray(self.vectors(ids), dtype=np.float32).reshape(len(ids), self.d)
         ivf = faiss.try_extract_index_ivf(self.index)

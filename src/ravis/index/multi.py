@@ -14,7 +14,16 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from .base import Index, as_vectors, check_k, pad_results
+from .base import Index, as_vectors, check_ids, check_k, pad_results
+
+
+def by_part(ids: np.ndarray, offsets: np.ndarray):
+    """For global ids over parts starting at ``offsets`` (with the total last): each part p
+    that holds some of them, with their positions in ``ids`` and their ids local to p."""
+    which = np.searchsorted(offsets, ids, side="right") - 1
+    for p in np.unique(which):
+        pos = np.flatnonzero(which == p)
+        yield int(p), pos, ids[pos] - offsets[p]
 
 
 def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,14 +70,10 @@ class MultiIndex:
         return merge_topk(results, k)
 
     def reconstruct(self, ids) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.ntotal):
-            raise IndexError(f"ids out of range [0, {self.ntotal})")
+        ids = check_ids(ids, self.ntotal)
         out = np.empty((len(ids), self.d), dtype=np.float32)
-        which = np.searchsorted(self.offsets, ids, side="right") - 1
-        for p in np.unique(which):
-            rows = np.flatnonzero(which == p)
-            out[rows] = self.parts[p].reconstruct(ids[rows] - self.offsets[p])
+        for p, pos, local in by_part(ids, self.offsets):
+            out[pos] = self.parts[p].reconstruct(local)
         return out
 
     def save(self, path) -> None:

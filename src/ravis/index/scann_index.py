@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import as_vectors, check_k, pad_results, read_meta, write_meta
+from .base import as_vectors, check_ids, check_k, no_results, pad_results, read_meta, write_meta
 
 ASSETS = "scann"
 DEFAULTS = {"leaves": 0, "reorder": "float32", "dims_per_block": 2, "threshold": 0.2, "reorder_k": 0}
@@ -89,7 +89,7 @@ class ScannIndex:
     def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
         xq, k = as_vectors(xq, self.d, "xq"), check_k(k)
         if self._n == 0:
-            return pad_results(np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64), k)
+            return no_results(len(xq), k)
         if self.searcher is None:
             self.build()
         pre = self.search_params.get("pre_reorder_num_neighbors") or max(k, self.options["reorder_k"] or 4 * k)
@@ -102,7 +102,7 @@ class ScannIndex:
     def reconstruct(self, ids) -> np.ndarray:
         if self.vectors is None:
             raise ValueError("a ScaNN index does not give back its vectors; attach a reader (index.vectors)")
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = check_ids(ids, self.ntotal)
         return np.asarray(self.vectors(ids), dtype=np.float32).reshape(len(ids), self.d)
 
     def save(self, path: Path | str) -> None:
