@@ -98,7 +98,7 @@ def run_one(method: str, args) -> dict:
     import faiss
 
     from ravis.index import FaissFlatIndex
-    from ravis.index.build import KeyShards, build_index
+    from ravis.index.build import build_index
     from ravis.index.tune import ladder, recall_at_k
 
     faiss.omp_set_num_threads(args.threads)

@@ -65,9 +65,7 @@ def synthetic_paths(cache: Path, n: int, factory: str) -> dict:
 
 def build_synthetic(memory, n: int, cache: Path, factory: str, noise: float, seed: int = 0) -> dict:
     """N unit keys around the run's real keys (float16 on disk) and a faiss IVF index over them."""
-    import faiss
-
-    from ravis.io import atomic_path, save_json, save_npy
+    from ravis.io import atomic_path, save_npy
 
     paths = synthetic_paths(cache, n, factory)
     if paths["done"].exists():

@@ -168,11 +168,13 @@ def memory_index(exp: ExperimentConfig, memory: Memory, cache_dir: Path | None =
     when a part of a composed memory is a sharded memory with a built index, that index for
     its part and ``retrieval.index`` for each other part, merged exactly (MultiIndex)."""
     parts = memory.parts or [("", len(memory))]
-    if not any(is_sharded_memory(spec) and has_index(spec) for spec, _ in parts):
+    # (reading a sharded memory's manifest can take a while: once per part)
+    indexed = [is_sharded_memory(spec) and has_index(spec) for spec, _ in parts]
+    if not any(indexed):
         return keys_index(exp.retrieval, memory.keys, cache_dir)
     indexes, start = [], 0
-    for spec, rows in parts:
-        if is_sharded_memory(spec) and has_index(spec):
+    for (spec, rows), has_own in zip(parts, indexed):
+        if has_own:
             indexes.append(open_memory_index(spec))
         else:
             indexes.append(keys_index(exp.retrieval, memory.keys[start:start + rows], cache_dir))
