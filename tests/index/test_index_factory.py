@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ravis.index import INDEXES, Index, create_index, load_index
+from ravis.io import sha256_file
 
 
 @pytest.mark.parametrize("spec", ["exact", "faiss-flat"])
@@ -17,7 +18,9 @@ def test_save_load_roundtrip(spec, tmp_path):
     index.add(xb)
     index.save(tmp_path / "ix")
     meta = json.loads((tmp_path / "ix" / "index.json").read_text())
-    assert meta == {"spec": spec, "d": 24, "ntotal": 200}
+    assert meta == {"spec": spec, "d": 24, "ntotal": 200, "info": {},
+                    "files": {"xb.npy": {"sha256": sha256_file(tmp_path / "ix" / "xb.npy"),
+                                         "bytes": (tmp_path / "ix" / "xb.npy").stat().st_size}}}
     loaded = load_index(tmp_path / "ix")
     assert type(loaded) is type(index) and loaded.d == 24 and loaded.ntotal == 200
     for a, b in zip(index.search(xq, 7), loaded.search(xq, 7)):

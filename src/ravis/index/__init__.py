@@ -8,14 +8,17 @@ go to it unparsed, so an approximate backend can later take ``"faiss:IVF4096,PQ3
     index.add(xb)
     D, I = index.search(xq, k)
     index.save(path)
-    index = load_index(path)
+    index = load_index(path)                    # refuses damaged files (IndexFileError)
+
+An index over a memory's key shards, exact or built, tuned and cached as its spec asks, comes
+from one function, :func:`ravis.index.build.index_over`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Index, read_meta
+from .base import Index, IndexFileError, read_meta
 from .exact import ExactIndex
 from .faiss_index import FaissFlatIndex, FaissIndex
 from .scann_index import ScannIndex
@@ -47,11 +50,19 @@ def create_index(spec: str, d: int) -> Index:
     return cls.from_spec(d, options)
 
 
-def load_index(path: Path | str, **options) -> Index:
-    """Reads an index saved by ``Index.save``; its sidecar names the backend. ``options``
-    (such as ``mmap=True``) go to backends that take them."""
+def load_index(path: Path | str, *, vectors=None, mmap: bool = False) -> Index:
+    """Reads an index saved by ``Index.save``; its sidecar names the backend.
+
+    Args:
+        vectors: exact rows by id (e.g. a KeyShards over the memory's keys), for backends
+            that compress: exact reconstruction and rescoring (see ``Index.vectors``).
+        mmap: map large files instead of reading them, where the backend can.
+
+    Raises:
+        IndexFileError: a file of the index is missing, truncated or corrupt (named).
+    """
     cls, _ = _backend(read_meta(path)["spec"])
-    return cls.load(path, **options)
+    return cls.load(path, vectors=vectors, mmap=mmap)
 
 
 register_index("exact", ExactIndex)
@@ -59,4 +70,5 @@ register_index("faiss-flat", FaissFlatIndex)
 register_index("faiss", FaissIndex)
 register_index("scann", ScannIndex)  # imports scann only when used
 
-__all__ = ["Index", "ExactIndex", "FaissFlatIndex", "FaissIndex", "ScannIndex", "INDEXES", "create_index", "load_index", "register_index"]
+__all__ = ["Index", "IndexFileError", "ExactIndex", "FaissFlatIndex", "FaissIndex", "ScannIndex", "INDEXES",
+           "create_index", "load_index", "register_index"]

@@ -1,6 +1,10 @@
 """Building a memory's index shard by shard: choose, train, add, merge on disk, tune, save.
 
+    index = index_over(KeyShards(key_paths), spec, folder, budget="16G", target_recall=0.95)
     index = build_index(key_shards, "MEMDIR/index", budget="16G", target_recall=0.95)
+
+:func:`index_over` is the one entry point for an index over a memory's keys: exact specs are
+filled in RAM, approximate ones are built here (or loaded when already built).
 
 Steps, each leaving a file so that a killed build resumes where it stopped and finishes
 with the same index (the sample is seeded and every file is written then renamed):
@@ -11,13 +15,16 @@ with the same index (the sample is seeded and every file is written then renamed
     index.faiss          the index; IVF blocks are merged into on-disk inverted
     index.ivfdata        lists (index.ivfdata, memory-mapped when searched)        [IVF]
     tune/                the held-out queries and their exact neighbours
-    index.json           written last: spec, search parameters, how they were tuned
+    index.json           written last: spec, search parameters, how they were tuned,
+                         the sha256 and size of every file the loader reads
+    .verified.json       files already hashed OK on open, by (size, mtime, inode)
 
 Flat and HNSW indexes are built in RAM (they are only chosen when they fit the budget).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -29,7 +36,7 @@ import faiss
 import numpy as np
 
 from ..io import atomic_path, load_json, load_npy, save_json, save_npy
-from .base import META_NAME
+from .base import META_NAME, STAMPS_NAME
 from .choose import IndexChoice, choose_index, parse_bytes
 from .faiss_index import INDEX_NAME, IVFDATA_NAME, FaissIndex
 from .multi import by_part, exact_search
@@ -40,6 +47,10 @@ log = logging.getLogger(__name__)
 ADD_BATCH = 65_536
 IVF_FAMILIES = ("ivf-flat", "ivf-sq8", "ivf-pq")  # merged into on-disk inverted lists
 RAM_MERGED = ("ivf-fs",)  # fast-scan codes (SIMD blocks) cannot go on disk: merged in RAM
+PLAN_NAME = "plan.json"
+#: What a build leaves besides index.json: removed before a different index takes the folder.
+BUILD_FILES = ("trained.faiss", "blocks", "tune", INDEX_NAME, IVFDATA_NAME, "scann", PLAN_NAME,
+               STAMPS_NAME)
 
 
 class KeyShards:
@@ -77,32 +88,94 @@ def sample_rows(n: int, train_rows: int, num_queries: int, seed: int) -> tuple[n
     return np.sort(draw[num_queries:]), np.sort(draw[:num_queries])
 
 
-def build_index(shards: Sequence, out: Path | str, *, budget: int | str = "16G",
+def is_approximate(spec: str) -> bool:
+    """Whether ``spec`` is built, trained and tuned in a folder ('auto', 'scann[:options]',
+    'faiss:<factory>' other than Flat) rather than filled in RAM ('exact', 'faiss-flat',
+    'faiss:Flat')."""
+    name = spec.partition(":")[0]
+    return spec == "auto" or name == "scann" or (name == "faiss" and spec != "faiss:Flat")
+
+
+def index_over(vectors, spec: str, folder: Path | str | None = None, *, budget: int | str = "16G",
+               target_recall: float = 0.95, k: int = 100, search_params: dict | None = None,
+               progress: bool = False):
+    """The index of ``spec`` over the memory keys ``vectors``: every verb and the library
+    get their index here.
+
+    Exact specs are filled in RAM, ADD_BATCH float32 rows at a time (``folder`` is not
+    used: a flat index is rebuilt in seconds). Approximate ones ('auto': chosen for
+    ``budget``; 'scann[:options]'; 'faiss:<factory>', trained where the factory needs it)
+    are built, tuned to ``target_recall``@k on held-out rows and saved into ``folder`` by
+    :func:`build_index`, or loaded from it when it holds a finished index of the same plan
+    (the vectors' shard sizes, spec, budget, target and k), with ``vectors`` attached for
+    exact reconstruction and rescoring.
+
+    Args:
+        vectors: a :class:`KeyShards` (or one (n, d) array).
+        search_params: set last, in RAM only (e.g. ``{"nprobe": 16}``); an error names any
+            parameter the backend does not take.
+    """
+    if not isinstance(vectors, KeyShards):
+        vectors = KeyShards([vectors])
+    if is_approximate(spec):
+        index = _built_index(vectors, spec, folder, budget, target_recall, k, progress)
+    else:
+        from . import create_index
+
+        index = create_index(spec, vectors.d)
+        if not index.is_trained:  # a registered backend that trains but is not tuned
+            index.train(vectors(np.arange(vectors.n)))
+        _add_all(index, vectors, spec, progress)
+    if search_params:
+        index.set_search_params(**search_params)
+    return index
+
+
+def _built_index(keys: KeyShards, spec: str, folder, budget, target: float, k: int, progress: bool):
+    if folder is None:
+        raise ValueError(f"index {spec!r} is built and tuned on the memory: it needs a folder")
+    name, _, options = spec.partition(":")
+    args = dict(budget=budget, target_recall=target, k=min(k, keys.n - 1),
+                backend="scann" if name == "scann" else "faiss", factory=options or None)
+    if name == "faiss":
+        from . import create_index
+
+        create_index(spec, keys.d)  # a bad factory string fails now, not after sampling
+    folder = Path(folder)
+    plan = _make_plan(keys, parse_bytes(budget), args["backend"], args["factory"], target, args["k"], 0)
+    if (folder / META_NAME).is_file() and (folder / PLAN_NAME).is_file() and \
+            load_json(folder / PLAN_NAME) == json.loads(json.dumps(plan)):
+        from . import load_index
+
+        return load_index(folder, vectors=keys, mmap=True)  # built before: reuse it
+    return build_index(keys, folder, progress=progress, **args)
+
+
+def build_index(shards, out: Path | str, *, budget: int | str = "16G",
                 target_recall: float = 0.95, k: int = 100, backend: str = "faiss",
                 factory: str | None = None, names: Sequence[str] | None = None,
                 num_queries: int = 1000, seed: int = 0, engine: str = "local",
                 progress: bool = True):
-    """Builds, tunes and saves the index of ``shards`` into the folder ``out``; returns it
-    loaded (memory-mapped where it was merged on disk). See the module doc for the steps."""
+    """Builds, tunes and saves the index of ``shards`` (a :class:`KeyShards`, or what it is
+    made from) into the folder ``out``; returns it (memory-mapped where it was merged on
+    disk) with the shards attached as its exact vectors. See the module doc for the steps."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    keys = KeyShards(shards, names)
+    keys = shards if isinstance(shards, KeyShards) else KeyShards(shards, names)
     if keys.n < 2:
         raise ValueError("an index needs at least 2 vectors")
+    (out / META_NAME).unlink(missing_ok=True)  # the index is being rebuilt: mark it unfinished first
     plan = _plan(keys, out, parse_bytes(budget), backend, factory, target_recall, k, seed)
     choice = IndexChoice(**plan["choice"])
     train_ids, query_ids = sample_rows(keys.n, max(choice.train_rows, 1), num_queries, seed)
     t0 = time.perf_counter()
-    if (out / META_NAME).exists():
-        (out / META_NAME).unlink()  # the index is being rebuilt: mark it incomplete first
     if backend == "scann":
-        index = _build_scann(keys, out, progress)
+        index = _build_scann(keys, out, choice.factory.partition(":")[2], progress)
     elif choice.family in IVF_FAMILIES + RAM_MERGED:
         index = _build_ivf(keys, out, choice, train_ids, engine, progress)
     else:
         index = _build_in_ram(keys, choice, progress)
     build_s = time.perf_counter() - t0
-    index.vectors = keys  # exact vectors for reconstruct (duplicate exclusion)
     tuning = _tune(index, keys, out, choice, query_ids, k, target_recall)
     index.info = {"choice": choice.to_dict(), "budget_bytes": plan["budget"], "tuning": tuning,
                   "build_seconds": round(build_s, 1), "shards": keys.names, "rows": keys.rows}
@@ -113,13 +186,18 @@ def build_index(shards: Sequence, out: Path | str, *, budget: int | str = "16G",
     return index
 
 
-def _plan(keys: KeyShards, out: Path, budget: int, backend: str, factory: str | None,
-          target: float, k: int, seed: int) -> dict:
+def _make_plan(keys: KeyShards, budget: int, backend: str, factory: str | None, target: float,
+               k: int, seed: int) -> dict:
+    """What the build will do (plan.json), from its inputs alone."""
     if backend not in ("faiss", "scann"):
         raise ValueError(f"unknown index backend {backend!r}; choose faiss or scann")
     if backend == "scann":
-        leaves = max(1, min(int(np.sqrt(keys.n)), keys.n // 50 or 1))
-        choice = IndexChoice("scann", "scann", leaves, 0, min(keys.n, 250_000), "ScaNN asked for")
+        from .scann_index import ScannIndex
+
+        leaves = ScannIndex(keys.d, factory or "").options["leaves"] or \
+            max(1, min(int(np.sqrt(keys.n)), keys.n // 50 or 1))  # the options are checked here
+        choice = IndexChoice("scann" + (f":{factory}" if factory else ""), "scann", leaves, 0,
+                             min(keys.n, 250_000), "ScaNN asked for")
     elif factory:
         family = ("flat" if factory == "Flat" else "hnsw" if factory.startswith("HNSW") else
                   "ivf-fs" if "fs," in factory and "Refine" in factory else
@@ -129,18 +207,27 @@ def _plan(keys: KeyShards, out: Path, budget: int, backend: str, factory: str | 
                              "factory string given")
     else:
         choice = choose_index(keys.n, keys.d, budget, target)
-    plan = {"n": keys.n, "d": keys.d, "rows": keys.rows, "budget": budget, "backend": backend,
+    return {"n": keys.n, "d": keys.d, "rows": keys.rows, "budget": budget, "backend": backend,
             "choice": choice.to_dict(), "seed": seed, "target_recall": target, "k": k}
-    path = out / "plan.json"
-    if path.exists():
-        old = load_json(path)
-        if _identity(old) != _identity(plan):  # earlier partial work belongs to another index
-            log.info("%s: inputs changed, discarding the partial build", out)
-            for name in ("trained.faiss", "blocks", "tune", INDEX_NAME, IVFDATA_NAME):
-                shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else \
-                    (out / name).unlink(missing_ok=True)
+
+
+def _plan(keys: KeyShards, out: Path, budget: int, backend: str, factory: str | None,
+          target: float, k: int, seed: int) -> dict:
+    plan = _make_plan(keys, budget, backend, factory, target, k, seed)
+    path = out / PLAN_NAME
+    if not path.exists() or _identity(load_json(path)) != _identity(plan):
+        # earlier partial work (or an attached index) belongs to another index
+        log.info("%s: inputs changed, discarding earlier build files", out)
+        clear_build_files(out)
     save_json(path, plan)
     return plan
+
+
+def clear_build_files(folder: Path) -> None:
+    """Removes what an earlier build or attach left in ``folder`` (see BUILD_FILES)."""
+    for name in BUILD_FILES:
+        shutil.rmtree(folder / name, ignore_errors=True) if (folder / name).is_dir() else \
+            (folder / name).unlink(missing_ok=True)
 
 
 def _identity(plan: dict) -> tuple:
@@ -162,14 +249,18 @@ def _bar(total: int, desc: str, progress: bool, unit: str = "shard"):
     return tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
 
 
-def _build_in_ram(keys: KeyShards, choice: IndexChoice, progress: bool) -> FaissIndex:
-    index = FaissIndex(keys.d, choice.factory)
-    with _bar(keys.n, f"adding to {choice.factory}", progress, "vec") as bar:
+def _add_all(index, keys: KeyShards, desc: str, progress: bool):
+    """Adds every key to ``index``, ADD_BATCH float32 rows at a time (never all in RAM twice)."""
+    with _bar(keys.n, f"adding to {desc}", progress, "vec") as bar:
         for array, offset in zip(keys.arrays, keys.offsets):
             for ids, x in _batches(array, offset):
                 index.add(x)
                 bar.update(len(ids))
     return index
+
+
+def _build_in_ram(keys: KeyShards, choice: IndexChoice, progress: bool) -> FaissIndex:
+    return _add_all(FaissIndex(keys.d, choice.factory, vectors=keys), keys, choice.factory, progress)
 
 
 def _train(keys: KeyShards, out: Path, choice: IndexChoice, train_ids: np.ndarray) -> Path:
@@ -274,13 +365,13 @@ def _build_ivf(keys: KeyShards, out: Path, choice: IndexChoice, train_ids: np.nd
     blocks = _add_blocks(keys, out, trained, engine, progress)
     if choice.family in RAM_MERGED:
         merged = merge_in_ram(faiss.read_index(str(trained)), blocks, keys.rows)
-        return FaissIndex(keys.d, choice.factory, index=merged)
+        return FaissIndex(keys.d, choice.factory, index=merged, vectors=keys)
     merge_blocks(trained, blocks, out)
     index = faiss.read_index(str(out / INDEX_NAME), faiss.IO_FLAG_ONDISK_SAME_DIR)
-    return FaissIndex(keys.d, choice.factory, index=index)
+    return FaissIndex(keys.d, choice.factory, index=index, vectors=keys)
 
 
-def _build_scann(keys: KeyShards, out: Path, progress: bool):
+def _build_scann(keys: KeyShards, out: Path, options: str, progress: bool):
     """ScaNN takes the whole dataset as one float32 array. It is assembled in a file-backed
     map (page cache, not process memory), so only ScaNN's own copy is resident."""
     from numpy.lib.format import open_memmap
@@ -297,7 +388,7 @@ def _build_scann(keys: KeyShards, out: Path, progress: bool):
             for r0 in range(0, len(array), ADD_BATCH):
                 db[offset + r0: offset + r0 + len(array[r0:r0 + ADD_BATCH])] = array[r0:r0 + ADD_BATCH]
         db.flush()
-    index = ScannIndex(keys.d)
+    index = ScannIndex(keys.d, options, vectors=keys)
     index.add(db)
     index.build()
     del db
@@ -306,7 +397,9 @@ def _build_scann(keys: KeyShards, out: Path, progress: bool):
 
 
 def _tune(index, keys: KeyShards, out: Path, choice: IndexChoice, query_ids: np.ndarray, k: int,
-          target: float) -> dict:
+          target: float, hnsw_coarse: bool | None = None) -> dict:
+    """Tunes ``index`` against exact search of the rows ``query_ids`` (see tune.py);
+    ``hnsw_coarse`` defaults to what the factory string says."""
     queries = keys(query_ids)
     k = min(k, keys.n - 1)
     gt_path = out / "tune" / "gt.npy"
@@ -324,7 +417,7 @@ def _tune(index, keys: KeyShards, out: Path, choice: IndexChoice, query_ids: np.
     # PQ codes alone rarely reach a high recall@100; exact rescoring from the key shards does.
     reranks = (1, 2, 4, 8) if choice.family == "ivf-pq" else (2, 4, 8) if choice.family in RAM_MERGED else (1,)
     return tune(index, choice.family, nlist, queries, query_ids, gt, k, target, reranks,
-                hnsw_coarse="_HNSW" in choice.factory,
+                hnsw_coarse="_HNSW" in choice.factory if hnsw_coarse is None else hnsw_coarse,
                 rerank_name="k_factor_rf" if choice.family in RAM_MERGED else "rerank")
 
 
@@ -351,6 +444,8 @@ def add_to_index(folder: Path | str, shards: Sequence, names: Sequence[str], off
     if index.ntotal != offset:
         raise ValueError(f"{folder}: index holds {index.ntotal} vectors but the new shards start at row {offset}")
     family = index.info.get("choice", {}).get("family", "")
+    if "attached" in index.info:  # no trained.faiss or blocks here: add to it in RAM
+        family = "attached"
     new = KeyShards(shards, names)
     if family in RAM_MERGED:
         new.offsets = new.offsets + offset

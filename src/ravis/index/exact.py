@@ -19,7 +19,8 @@ import torch
 
 from ravis.io import load_npy, save_npy
 
-from .base import as_vectors, check_ids, check_k, check_loaded, no_results, pad_results, read_meta, write_meta
+from .base import (ExactBackend, as_vectors, check_ids, check_k, check_loaded, no_results, open_meta,
+                   pad_results, write_meta)
 
 XB_NAME = "xb.npy"
 
@@ -27,7 +28,7 @@ XB_NAME = "xb.npy"
 TOPK_CHUNK = 16
 
 
-class ExactIndex:
+class ExactIndex(ExactBackend):
     """Brute-force search over float32 vectors kept in a torch tensor.
 
     Uses torch's intra-op threads (``torch.set_num_threads``); it does not change them.
@@ -46,6 +47,7 @@ class ExactIndex:
         self.block_bytes, self.max_block_queries = int(block_bytes), int(max_block_queries)
         self._chunks: list[torch.Tensor] = []  # added but not yet concatenated
         self._xb = torch.empty(0, self.d)  # (nb, d)
+        self.info: dict = {}
 
     @classmethod
     def from_spec(cls, d: int, options: str = "") -> "ExactIndex":
@@ -115,15 +117,18 @@ class ExactIndex:
     def save(self, path: Path | str) -> None:
         path = Path(path)
         save_npy(path / XB_NAME, self.xb.numpy())
-        write_meta(path, self.spec, self.d, self.ntotal)  # last: marks the save complete
+        write_meta(path, self.spec, self.d, self.ntotal, [XB_NAME], info=self.info)  # last
 
     @classmethod
-    def load(cls, path: Path | str) -> "ExactIndex":
-        meta = read_meta(path)
+    def load(cls, path: Path | str, *, vectors=None, mmap: bool = False) -> "ExactIndex":
+        """Reads the vectors into RAM (``vectors`` and ``mmap`` are accepted for the
+        protocol's sake: the index holds its vectors exactly, and torch searches them in RAM)."""
+        meta = open_meta(path)
         xb = load_npy(Path(path) / XB_NAME)
         check_loaded(Path(path) / XB_NAME, meta, xb)
         index = cls(meta["d"])
         index._xb = torch.from_numpy(xb)
+        index.info = meta.get("info", {})
         return index
 
 

@@ -10,17 +10,19 @@ import numpy as np
 
 from ravis.io import atomic_path, load_npy, save_npy
 
-from .base import as_vectors, check_ids, check_k, check_loaded, no_results, pad_results, read_meta, write_meta
+from .base import (ExactBackend, as_vectors, check_ids, check_k, check_loaded, no_results, open_meta,
+                   pad_results, write_meta)
 
 XB_NAME = "xb.npy"
 
 
-class FaissFlatIndex:
+class FaissFlatIndex(ExactBackend):
     """faiss ``IndexFlatIP``: exact search with faiss's BLAS blocks and heaps."""
 
     def __init__(self, d: int):
         self.spec, self.d = "faiss-flat", int(d)
         self.index = faiss.IndexFlatIP(self.d)
+        self.info: dict = {}
 
     @classmethod
     def from_spec(cls, d: int, options: str = "") -> "FaissFlatIndex":
@@ -58,15 +60,18 @@ class FaissFlatIndex:
         # .npy rather than faiss.write_index, so every flat backend shares one plain format.
         path = Path(path)
         save_npy(path / XB_NAME, self._vectors())
-        write_meta(path, self.spec, self.d, self.ntotal)
+        write_meta(path, self.spec, self.d, self.ntotal, [XB_NAME], info=self.info)
 
     @classmethod
-    def load(cls, path: Path | str) -> "FaissFlatIndex":
-        meta = read_meta(path)
+    def load(cls, path: Path | str, *, vectors=None, mmap: bool = False) -> "FaissFlatIndex":
+        """Reads the vectors into faiss (``vectors`` and ``mmap`` are accepted for the
+        protocol's sake: faiss keeps a flat index's vectors in RAM)."""
+        meta = open_meta(path)
         xb = load_npy(Path(path) / XB_NAME)
         check_loaded(Path(path) / XB_NAME, meta, xb)
         index = cls(meta["d"])
         index.add(xb)
+        index.info = meta.get("info", {})
         return index
 
 
@@ -88,16 +93,26 @@ class FaissIndex:
     parameter ``rerank=r``: fetch r*k candidates from the compressed codes, then rescore them
     exactly with the stored vectors (ScaNN's reordering, without keeping floats in RAM: the
     key shards are memory-mapped).
+
+    Args:
+        d: vector dimension.
+        factory: the faiss factory string (``index``, when given, was built from it).
+        index: an existing faiss index to wrap instead of building an empty one.
+        vectors: the exact vectors, see above.
     """
 
-    def __init__(self, d: int, factory: str, index=None):
+    def __init__(self, d: int, factory: str, index=None, *, vectors=None):
         self.d, self.factory = int(d), factory
         self.spec = f"faiss:{factory}"
         self.index = index if index is not None else faiss.index_factory(
             self.d, factory, faiss.METRIC_INNER_PRODUCT)
-        self.search_params: dict[str, float] = {}
+        self._search_params: dict[str, float] = {}
         self.info: dict = {}  # how the index was chosen and tuned; saved beside it
-        self.vectors = None
+        self.vectors = vectors
+
+    @property
+    def search_params(self) -> dict:
+        return self._search_params
 
     @classmethod
     def from_spec(cls, d: int, options: str) -> "FaissIndex":
@@ -132,13 +147,13 @@ class FaissIndex:
             if name == "rerank":
                 if int(value) < 1:
                     raise ValueError(f"{self.spec}: rerank must be >= 1, got {value}")
-                self.search_params[name] = int(value)
+                self._search_params[name] = int(value)
                 continue
             try:
                 space.set_index_parameter(self.index, name, value)
             except RuntimeError as e:
                 raise ValueError(f"{self.spec}: cannot set {name}={value}: {str(e).strip()}") from None
-            self.search_params[name] = value
+            self._search_params[name] = value
 
     def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
         xq, k = as_vectors(xq, self.d, "xq"), check_k(k)
@@ -146,7 +161,8 @@ class FaissIndex:
             return no_results(len(xq), k)
         rerank = self.search_params.get("rerank", 1)
         if rerank > 1 and self.vectors is None:
-            raise ValueError(f"{self.spec}: rerank needs the stored vectors (index.vectors)")
+            raise ValueError(f"{self.spec}: rerank needs the stored vectors (pass vectors= to the "
+                             f"constructor or load_index)")
         D, I = self.index.search(xq, min(k * rerank, self.ntotal) if rerank > 1 else k)
         if rerank > 1:
             D, I = self._rescore(xq, I, k)
@@ -179,19 +195,26 @@ class FaissIndex:
         path.mkdir(parents=True, exist_ok=True)
         with atomic_path(path / INDEX_NAME) as tmp:
             faiss.write_index(self.index, str(tmp))
-        self.save_meta(path)
+        self._write_meta(path, reuse=False)
 
     def save_meta(self, path: Path | str) -> None:
-        """Rewrites index.json alone (search parameters and info changed, the index did not)."""
-        write_meta(path, self.spec, self.d, self.ntotal, search_params=self.search_params, info=self.info)
+        """Rewrites index.json alone (search parameters and info changed, the index files did
+        not: their recorded checksums are kept, or made if there are none yet)."""
+        self._write_meta(path, reuse=True)
+
+    def _write_meta(self, path: Path, reuse: bool) -> None:
+        files = [n for n in (INDEX_NAME, IVFDATA_NAME) if (Path(path) / n).exists()]
+        write_meta(path, self.spec, self.d, self.ntotal, files, reuse=reuse,
+                   search_params=self.search_params, info=self.info)
 
     @classmethod
-    def load(cls, path: Path | str, mmap: bool = False) -> "FaissIndex":
-        """Reads a saved index and restores its search parameters. ``mmap`` maps the inverted
-        lists instead of reading them; an index merged on disk (``index.ivfdata``) is always
-        mapped, so an index larger than RAM can be searched."""
+    def load(cls, path: Path | str, *, vectors=None, mmap: bool = False) -> "FaissIndex":
+        """Reads a saved index (after checking its files) and restores its search parameters
+        and info. ``mmap`` maps the inverted lists instead of reading them; an index merged
+        on disk (``index.ivfdata``) is always mapped, so an index larger than RAM can be
+        searched. ``vectors``: see the class doc."""
         path = Path(path)
-        meta = read_meta(path)
+        meta = open_meta(path)
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR
         if mmap and not (path / IVFDATA_NAME).exists():  # on-disk lists are mapped already;
             flags |= faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY  # mapping them twice crashes
@@ -205,7 +228,7 @@ class FaissIndex:
         if index.d != meta["d"] or index.ntotal != meta["ntotal"]:
             raise ValueError(f"{file}: d={index.d}, ntotal={index.ntotal} disagree with index.json "
                              f"(d={meta['d']}, ntotal={meta['ntotal']})")
-        out = cls(meta["d"], meta["spec"].partition(":")[2], index=index)
+        out = cls(meta["d"], meta["spec"].partition(":")[2], index=index, vectors=vectors)
         out.set_search_params(**meta.get("search_params", {}))
         out.info = meta.get("info", {})
         return out

@@ -38,7 +38,14 @@ def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[
 
 
 class MultiIndex:
-    """Index parts over consecutive row ranges, searched in turn and merged exactly."""
+    """Index parts over consecutive row ranges, searched in turn and merged exactly.
+
+    The parts keep their own training, search parameters and vectors: a MultiIndex has no
+    search parameters of its own (set them on a part), cannot be trained as a whole, and
+    is assembled from loaded parts rather than saved or loaded.
+    """
+
+    vectors = None  # each part reconstructs its own rows
 
     def __init__(self, parts: Sequence[Index]):
         if not parts:
@@ -48,6 +55,7 @@ class MultiIndex:
             raise ValueError(f"index parts disagree on dimension: {sorted(dims)}")
         self.parts, self.d = list(parts), dims.pop()
         self.spec = "multi:" + "|".join(p.spec for p in self.parts)
+        self.info: dict = {"parts": [p.spec for p in self.parts]}
 
     @property
     def offsets(self) -> np.ndarray:
@@ -56,6 +64,22 @@ class MultiIndex:
     @property
     def ntotal(self) -> int:
         return int(self.offsets[-1])
+
+    @property
+    def is_trained(self) -> bool:
+        return all(p.is_trained for p in self.parts)
+
+    def train(self, xb) -> None:
+        raise ValueError("a MultiIndex is not trained as a whole: train each part on its own rows")
+
+    @property
+    def search_params(self) -> dict:
+        return {}
+
+    def set_search_params(self, **params) -> None:
+        if params:
+            raise ValueError(f"a MultiIndex has no search parameters of its own (got {sorted(params)}); "
+                             f"set them on its parts")
 
     def add(self, xb) -> None:
         """New vectors go to the last part (the ids stay consecutive)."""
@@ -78,6 +102,10 @@ class MultiIndex:
 
     def save(self, path) -> None:
         raise NotImplementedError("save each part on its own; a MultiIndex is assembled at load time")
+
+    @classmethod
+    def load(cls, path, *, vectors=None, mmap: bool = False) -> "MultiIndex":
+        raise NotImplementedError("load each part on its own and pass them to MultiIndex(parts)")
 
 
 def exact_search(shards: Sequence, xq, k: int, rows_per_block: int = 262_144) -> tuple[np.ndarray, np.ndarray]:

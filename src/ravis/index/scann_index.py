@@ -5,6 +5,9 @@ collected, and the searcher is built then; adding after that needs a rebuild. Th
 ``scann:leaves=2000,reorder=float32|int8,dims_per_block=2,threshold=0.2`` (all optional);
 the configuration follows ScaNN's README: a k-means tree, anisotropic 4-bit hashing, then
 exact (or int8) rescoring of the best candidates.
+
+Saved, the searcher is the folder ``scann/`` (ScaNN's own files), every file of it
+checksummed in index.json.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import as_vectors, check_ids, check_k, no_results, pad_results, read_meta, write_meta
+from .base import as_vectors, check_ids, check_k, no_results, open_meta, pad_results, write_meta
 
 ASSETS = "scann"
 DEFAULTS = {"leaves": 0, "reorder": "float32", "dims_per_block": 2, "threshold": 0.2, "reorder_k": 0}
@@ -33,15 +36,18 @@ def _options(text: str) -> dict:
 
 
 class ScannIndex:
-    def __init__(self, d: int, options: str = ""):
+    """ScaNN over inner product. ``vectors`` (exact rows by id, e.g. the memory's key shards)
+    lets :meth:`reconstruct` answer: ScaNN does not give its vectors back."""
+
+    def __init__(self, d: int, options: str = "", *, vectors=None):
         self.d, self.options = int(d), _options(options)
         self.spec = "scann" + (f":{options}" if options else "")
         self.searcher = None
         self._pending: list[np.ndarray] = []
         self._n = 0
-        self.search_params: dict = {}
+        self._search_params: dict = {}
         self.info: dict = {}
-        self.vectors = None
+        self.vectors = vectors
 
     @classmethod
     def from_spec(cls, d: int, options: str = "") -> "ScannIndex":
@@ -50,6 +56,18 @@ class ScannIndex:
     @property
     def ntotal(self) -> int:
         return self._n
+
+    @property
+    def is_trained(self) -> bool:
+        """ScaNN trains while it builds (on the first search or save), from what was added."""
+        return True
+
+    def train(self, xb) -> None:
+        """Nothing to do: :meth:`build` trains the tree and the quantizer on the data."""
+
+    @property
+    def search_params(self) -> dict:
+        return self._search_params
 
     @property
     def num_leaves(self) -> int:
@@ -84,7 +102,7 @@ class ScannIndex:
         unknown = set(params) - {"leaves_to_search", "pre_reorder_num_neighbors"}
         if unknown:
             raise ValueError(f"ScaNN has no search parameter {sorted(unknown)}")
-        self.search_params.update({k: int(v) for k, v in params.items()})
+        self._search_params.update({k: int(v) for k, v in params.items()})
 
     def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
         xq, k = as_vectors(xq, self.d, "xq"), check_k(k)
@@ -101,7 +119,8 @@ class ScannIndex:
 
     def reconstruct(self, ids) -> np.ndarray:
         if self.vectors is None:
-            raise ValueError("a ScaNN index does not give back its vectors; attach a reader (index.vectors)")
+            raise ValueError("a ScaNN index does not give back its vectors; pass vectors= to the "
+                             "constructor or load_index")
         ids = check_ids(ids, self.ntotal)
         return np.asarray(self.vectors(ids), dtype=np.float32).reshape(len(ids), self.d)
 
@@ -118,19 +137,27 @@ class ScannIndex:
         self.searcher.serialize(str(tmp), relative_path=True)
         shutil.rmtree(path / ASSETS, ignore_errors=True)
         os.replace(tmp, path / ASSETS)
-        self.save_meta(path)
+        self._write_meta(path, reuse=False)
 
     def save_meta(self, path: Path | str) -> None:
-        write_meta(path, self.spec, self.d, self.ntotal, search_params=self.search_params,
-                   info=self.info, num_leaves=self.num_leaves)
+        """Rewrites index.json alone, keeping the checksums of the unchanged ScaNN files."""
+        self._write_meta(path, reuse=True)
+
+    def _write_meta(self, path: Path, reuse: bool) -> None:
+        files = sorted(f.relative_to(path).as_posix() for f in (Path(path) / ASSETS).rglob("*")
+                       if f.is_file())
+        write_meta(path, self.spec, self.d, self.ntotal, files, reuse=reuse,
+                   search_params=self.search_params, info=self.info, num_leaves=self.num_leaves)
 
     @classmethod
-    def load(cls, path: Path | str, mmap: bool = False) -> "ScannIndex":
+    def load(cls, path: Path | str, *, vectors=None, mmap: bool = False) -> "ScannIndex":
+        """Reads a saved searcher, after checking its files (``mmap`` is accepted for the
+        protocol's sake: ScaNN reads its files into RAM)."""
         import scann
 
         path = Path(path)
-        meta = read_meta(path)
-        out = cls(meta["d"], meta["spec"].partition(":")[2])
+        meta = open_meta(path)
+        out = cls(meta["d"], meta["spec"].partition(":")[2], vectors=vectors)
         out.searcher = scann.scann_ops_pybind.load_searcher(str(path / ASSETS))
         out._n = meta["ntotal"]
         out.options["leaves"] = meta["num_leaves"]

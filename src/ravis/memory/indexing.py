@@ -1,8 +1,10 @@
-"""A sharded memory's index: built into ``MEMDIR/index``, opened with the memory's key shards
-attached (so compressed indexes can rescore exactly and exclude self-duplicates), and
-extended when shards are appended.
+"""A sharded memory's index: built into ``MEMDIR/index`` (or attached from a faiss file made
+elsewhere), opened with the memory's key shards attached (so compressed indexes can rescore
+exactly and exclude self-duplicates), verified file by file, and extended when shards are
+appended.
 
     ravis memory index MEMDIR --budget 16G --target-recall 0.95
+    ravis memory index MEMDIR --from-faiss knn.index
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..index import load_index
-from ..index.base import META_NAME
+from ..index.attach import attach_faiss
+from ..index.base import META_NAME, read_meta, verify_files
 from ..index.build import KeyShards, add_to_index, build_index
 from .sharded import ShardedMemory
 
@@ -35,18 +38,43 @@ def index_memory(memdir: Path | str, *, budget="16G", target_recall: float = 0.9
                        names=memory.shard_names, engine=engine, progress=progress)
 
 
+def memory_keys(memory: ShardedMemory) -> KeyShards:
+    """The memory's key shards, memory-mapped, addressed by global row."""
+    return KeyShards(key_paths(memory), memory.shard_names)
+
+
+def attach_index(memdir: Path | str, file: Path | str, *, target_recall: float = 0.95, k: int = 100):
+    """Makes the faiss index ``file`` (e.g. autofaiss's knn.index) the memory's index, tuned
+    like one ravis built (see :mod:`ravis.index.attach`)."""
+    memory = ShardedMemory.open(memdir)
+    return attach_faiss(file, memory_keys(memory), memory.memdir / INDEX_DIR,
+                        target_recall=target_recall, k=k)
+
+
 def open_memory_index(memdir: Path | str, mmap: bool = True):
-    """The memory's built index with its tuned parameters and the key shards attached."""
+    """The memory's built index with its tuned parameters and the key shards attached; its
+    files are checked first (IndexFileError names a damaged one)."""
     memory = ShardedMemory.open(memdir)
     folder = memory.memdir / INDEX_DIR
     if not has_index(memdir):
         raise FileNotFoundError(f"{folder}: no finished index; run `ravis memory index {memdir}`")
-    index = load_index(folder, mmap=mmap)
-    if index.ntotal != memory.count:
-        raise ValueError(f"{folder}: index holds {index.ntotal} vectors but the memory has "
-                         f"{memory.count} rows; rerun `ravis memory index {memdir}`")
-    index.vectors = KeyShards(key_paths(memory), memory.shard_names)
-    return index
+    if read_meta(folder)["ntotal"] != memory.count:  # before reading a possibly large index
+        raise ValueError(f"{folder}: index holds {read_meta(folder)['ntotal']} vectors but the "
+                         f"memory has {memory.count} rows; rerun `ravis memory index {memdir}`")
+    return load_index(folder, vectors=memory_keys(memory), mmap=mmap)
+
+
+def verify_memory_index(memdir: Path | str) -> int | None:
+    """Re-hashes every file of the memory's finished index (no stamps trusted); returns how
+    many it checked, None if the memory has no finished index.
+
+    Raises:
+        IndexFileError: naming the first missing, truncated or corrupt file.
+    """
+    folder = Path(memdir) / INDEX_DIR
+    if not has_index(memdir):
+        return None
+    return verify_files(folder, read_meta(folder), stamps=False)
 
 
 def indexed_rows(memdir: Path | str) -> int:
