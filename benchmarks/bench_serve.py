@@ -80,12 +80,12 @@ def build_synthetic(memory, n: int, cache: Path, factory: str, noise: float, see
     with atomic_path(paths["keys"]) as tmp:
         keys = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, d))
         for s in range(0, n, chunk):
-            x = memory.keys[rows[s:s + chunk]].astype(np.float32)
+            x = memory.keys_at(rows[s:s + chunk]).astype(np.float32)
             x += rng.standard_normal(x.shape, dtype=np.float32) * np.float32(noise / np.sqrt(d))
             keys[s:s + chunk] = x / np.linalg.norm(x, axis=1, keepdims=True)
         keys.flush()
         del keys
-    save_npy(paths["values"], memory.values[rows].astype(np.float16))
+    save_npy(paths["values"], memory.values_at(rows).astype(np.float16))
     save_npy(paths["rows"], rows)
     print(f"synthetic memory: {n} x {d} keys in {time.perf_counter() - t0:.0f} s", flush=True)
     return _index_synthetic(paths, factory, rng, n, chunk, {"noise": noise, "seed": seed})
@@ -112,12 +112,12 @@ def _index_synthetic(paths: dict, factory: str, rng, n: int, chunk: int, info: d
 
 
 def synthetic_memory(memory, paths: dict):
-    from ravis.memory.store import Memory
+    from ravis.memory import ArrayMemory
 
     rows = np.load(paths["rows"])
     n = len(rows)
-    return Memory(keys=np.load(paths["keys"], mmap_mode="r"), values=np.load(paths["values"], mmap_mode="r"),
-                  labels=memory.labels[rows], texts=[memory.texts[r] for r in rows],
+    return ArrayMemory(keys=np.load(paths["keys"], mmap_mode="r"), values=np.load(paths["values"], mmap_mode="r"),
+                  labels=memory.labels_at(rows), texts=memory.meta_at(rows, ["text"])["text"],
                   ids=[f"synthetic/{i}" for i in range(n)], sources=["synthetic"] * n,
                   key_encoder=memory.key_encoder, value_encoder=memory.value_encoder,
                   class_names=memory.class_names)
@@ -214,7 +214,7 @@ def query_images(run: Path, experiment: str, n: int) -> list[bytes]:
     """Up to n real test images of the experiment (its test thumbnails), as upload bodies."""
     import pyarrow.parquet as pq
 
-    from ravis.experiment import experiment_dir
+    from ravis.run_folder import experiment_dir
 
     table = pq.read_table(experiment_dir(run, experiment) / "test_thumbnails.parquet", columns=["image"])
     return [multipart(b) for b in table.column("image").to_pylist()[:n]]
@@ -298,7 +298,7 @@ def prepare_synthetic(args) -> None:
     from PIL import Image
 
     import ravis
-    from ravis.experiment import experiment_dir
+    from ravis.run_folder import experiment_dir
 
     predictor = ravis.load(args.run, args.experiment)
     paths = build_synthetic(predictor.memory, args.synthetic, Path(args.cache), args.factory, args.noise)

@@ -37,18 +37,26 @@ def _config_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", default="minilm", help="text encoder spec")
 
 
+def _copy_memory(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--copy-memory", action="store_true",
+                   help="copy the memory folders the run reads into the run folder (self-contained; "
+                        "default: refer to them by path and manifest digest)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ravis", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("demo", help="the embedded-default experiments (Fashion-MNIST-LT, Tux Paint)")
     p.add_argument("--out", type=Path, default=Path("demo-out"))
+    _copy_memory(p)
     _common(p)
 
     p = sub.add_parser("run", help="the whole pipeline on a dataset or preset")
     _config_source(p)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-resume", action="store_true", help="ignore per-epoch checkpoints")
+    _copy_memory(p)
     _common(p)
 
     for verb, text in [("embed", "embed the images of each experiment (cached)"),
@@ -66,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", default=True,
                    help="resume from the last completed epoch (default)")
     p.add_argument("--no-resume", dest="resume", action="store_false")
+    _copy_memory(p)
     _common(p)
 
     p = sub.add_parser("eval", help="re-evaluate a finished run: tables, metrics, plots")
@@ -87,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _memory_verbs(sub) -> None:
-    """``ravis memory <build|add|verify|index|search>``: sharded web-scale memories
-    (ravis.memory_commands)."""
+    """``ravis memory <build|add|verify|index|search|import|export>``: sharded web-scale
+    memories (ravis.memory_commands)."""
     memory = sub.add_parser("memory", help="build, extend and check sharded image-text memories")
     verbs = memory.add_subparsers(dest="memory_verb", required=True)
 
@@ -119,7 +128,8 @@ def _memory_verbs(sub) -> None:
     p.add_argument("memdir", type=Path)
     sources(p)
 
-    p = verbs.add_parser("verify", help="re-check a memory's checksums, shapes and row counts")
+    p = verbs.add_parser("verify", help="re-check a memory's checksums, shapes and row counts, "
+                                        "and its index's checksums")
     p.add_argument("memdir", type=Path)
 
     p = verbs.add_parser("index", help="choose, build and tune the memory's k-NN index for a RAM budget")
@@ -129,6 +139,9 @@ def _memory_verbs(sub) -> None:
     p.add_argument("--k", type=int, default=100, help="neighbours per query the recall is measured at")
     p.add_argument("--backend", choices=["faiss", "scann"], default="faiss")
     p.add_argument("--factory", default=None, help="a faiss factory string instead of the budget's choice")
+    p.add_argument("--from-faiss", type=Path, default=None, metavar="FILE",
+                   help="attach this faiss index (e.g. autofaiss's knn.index, with its infos.json) "
+                        "instead of building one; its search parameters are tuned the same way")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="encode the shards into the index here, or one Ray task per shard")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -142,6 +155,28 @@ def _memory_verbs(sub) -> None:
     p.add_argument("--exact", action="store_true", help="exact search over the key shards instead of the index")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--cache", type=Path, default=None, help="model cache folder")
+
+    p = verbs.add_parser("import", help="a memory from clip-retrieval / LAION embeddings "
+                                        "(img_emb/, text_emb/, metadata/; resumes)")
+    p.add_argument("src", type=Path, help="the folder holding img_emb/, text_emb/, metadata/")
+    p.add_argument("--out", type=Path, required=True, help="the memory folder (MEMDIR)")
+    p.add_argument("--key-encoder", required=True, metavar="SPEC",
+                   help="image encoder spec that made img_emb (recorded; its dim must match)")
+    p.add_argument("--value-encoder", required=True, metavar="SPEC",
+                   help="text encoder spec that made text_emb (recorded; its dim must match)")
+    p.add_argument("--copy", action="store_true",
+                   help="copy the .npy files into MEMDIR (default: the manifest points at them)")
+    p.add_argument("--source-name", default=None,
+                   help="every row's source (default: the source column, else SRC's name)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--cache", type=Path, default=None, help="model cache folder")
+
+    p = verbs.add_parser("export", help="write a memory in another tool's layout")
+    p.add_argument("memdir", type=Path)
+    p.add_argument("--format", choices=["clip-retrieval"], required=True,
+                   help="clip-retrieval: img_emb/, text_emb/, metadata/ (as LAION publishes)")
+    p.add_argument("--out", type=Path, required=True, help="the folder to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def load_run_config(args):
@@ -178,7 +213,7 @@ def _serving_verbs(sub) -> None:
                    help="serve with this index spec instead of the run's, e.g. faiss:IVF256,Flat")
     p.add_argument("--search-param", dest="search_params", action="append", default=[], metavar="KEY=VALUE",
                    help="index search parameter, e.g. nprobe=16 (repeatable)")
-    p.add_argument("--cache", type=Path, default=None, help="cache folder (only for runs without a saved memory)")
+    p.add_argument("--cache", type=Path, default=None, help="cache folder for indexes built for serving (default $RAVIS_CACHE or ~/.cache/ravis)")
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a finished run")
     p.add_argument("run_dir", type=Path)
@@ -192,11 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a model hub
     from .config import ConfigError
     from .data import BadImageError, MissingDataError
-    from .memory.store import MemoryMismatchError
+    from .memory.base import MemoryMismatchError
+    from .run_folder import RunFolderError
 
     try:
         return _dispatch(args)
-    except (ConfigError, MissingDataError, BadImageError, MemoryMismatchError, FileNotFoundError,
+    except (ConfigError, MissingDataError, BadImageError, MemoryMismatchError, RunFolderError, FileNotFoundError,
             ValueError) as e:
         print(f"ravis {args.verb}: error: {e}", file=sys.stderr)
         return 2

@@ -45,7 +45,8 @@ def _run_pipeline(args, resume: bool) -> int:
 
     t0 = time.perf_counter()
     cfg = _run_config(args)
-    run(cfg, args.out, _cache(args), resume=resume, progress=not args.quiet)
+    run(cfg, args.out, _cache(args), resume=resume, progress=not args.quiet,
+        copy_memory=getattr(args, "copy_memory", False))
     print(f"results: {Path(args.out) / 'results.json'}  ({time.perf_counter() - t0:.1f} s in all)")
     return 0
 
@@ -65,19 +66,24 @@ def cmd_embed(args) -> int:
 
 
 def cmd_index(args) -> int:
+    """Builds each experiment's memory and its index (approximate ones are trained, tuned and
+    cached, so `knn` and `run` reuse them); the memory parts go where a run would put them."""
     from .experiment import experiment_dir, prepare
-    from .index import create_index
+    from .retrieval.memory_index import memory_index
+    from .run_folder import save_memory_part
 
     cfg = _run_config(args)
     for exp in cfg.experiments:
         prep = prepare(cfg, exp, _cache(args), progress=not args.quiet, stage="memory")
         folder = experiment_dir(args.out, exp.name)
-        prep.memory.save(folder / "memory")
-        index = create_index(exp.retrieval.index, prep.memory.dim)
-        index.add(prep.memory.keys)
-        index.save(folder / "index")
+        t0 = time.perf_counter()
+        index = memory_index(prep.memory, exp.retrieval, _cache(args))
+        seconds = time.perf_counter() - t0
+        for spec, part in prep.memory.parts:
+            save_memory_part(folder, spec, part, Path(args.out), copy=False)
         print(f"{exp.name}: memory of {len(prep.memory)} entries ({prep.memory.dim}-d keys, "
-              f"{prep.memory.value_dim}-d values) and index {exp.retrieval.index!r} in {folder}")
+              f"{prep.memory.value_dim}-d values) in {folder}; index {index.spec!r} over "
+              f"{index.ntotal} keys ({seconds:.1f} s)")
     return 0
 
 
@@ -98,10 +104,12 @@ def cmd_eval(args) -> int:
     from .evaluation.report import format_table, plot_shots
     from .experiment import experiment_dir
     from .io import load_json, save_json
+    from .run_folder import open_run_memory, read_serving
 
     results = load_json(Path(args.run_dir) / "results.json")
     for entry in results["experiments"]:
         folder = experiment_dir(args.run_dir, entry["name"])
+        open_run_memory(folder, read_serving(folder))  # refuses a memory gone or changed since
         with np.load(folder / "predictions.npz", allow_pickle=False) as f:
             labels = f["labels"]
             for name in entry["methods"]:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -88,3 +89,58 @@ def stable_hash(*parts, n: int = 16) -> str:
             h.update(json.dumps(p, sort_keys=True, default=_json_default).encode())
         h.update(b"\x00")
     return h.hexdigest()[:n]
+
+
+def sha256_file(path: Path | str) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class VerifiedStamps:
+    """Files already checked against their sha256, remembered by (size, mtime, inode).
+
+    Hashing a many-GB memory or index every time it is opened costs minutes; a file whose
+    size, modification time and inode are those it had when it last hashed right is taken
+    as unchanged (as git's index trusts stat data), and any change re-hashes it. The stamps
+    live in a JSON file beside the data; where that folder is read-only every open hashes.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        try:
+            self._stamps = load_json(self.path) if self.path.is_file() else {}
+        except ValueError:  # a damaged stamp file only costs re-hashing
+            self._stamps = {}
+        self._dirty = False
+
+    @staticmethod
+    def _stat(path: Path) -> list:
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+    def matches(self, path: Path | str, sha256: str, *, trust_stamps: bool = True) -> bool:
+        """Whether the file's content hashes to ``sha256`` (from the stamp where it holds)."""
+        path = Path(path)
+        key, stat = str(path.resolve()), self._stat(path)
+        if trust_stamps and self._stamps.get(key) == [*stat, sha256]:
+            return True
+        if sha256_file(path) != sha256:
+            return False
+        # A file rewritten within the filesystem's timestamp resolution of this check could
+        # keep its (size, mtime, inode): stamp only files older than that (git's rule).
+        if stat[1] < time.time_ns() - 2_000_000_000:
+            self._stamps[key], self._dirty = [*stat, sha256], True
+        return True
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        try:
+            save_json(self.path, self._stamps)
+            self._dirty = False
+        except OSError:  # read-only folder: next open hashes again
+            pass

@@ -75,28 +75,40 @@ def cmd_add(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    """Exit 0 when every file matches the manifest; MemoryMismatchError (exit 2) names the
-    first bad file otherwise."""
+    """Exit 0 when every file matches the manifest and, if the memory has a finished index,
+    every index file matches index.json (all re-hashed); MemoryMismatchError or
+    IndexFileError (exit 2) names the first bad file otherwise."""
+    from .memory.indexing import verify_memory_index
     from .memory.sharded import ShardedMemory
 
     t0 = time.perf_counter()
-    memory = ShardedMemory.open(args.memdir, verify=True)
+    memory = ShardedMemory.open(args.memdir)
+    memory.verify()  # every byte re-hashed: no stamps trusted
     files = 3 * len(memory.shard_names)
+    index_files = verify_memory_index(args.memdir)
+    index = ("no index" if index_files is None else
+             "index without checksums (saved by an older ravis)" if index_files == 0 else
+             f"{index_files} index files checked")
     print(f"{args.memdir}: OK, {memory.count} rows in {len(memory.shard_names)} shards, "
-          f"{files} files checked ({time.perf_counter() - t0:.1f} s)")
+          f"{files} files checked, {index} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
 def cmd_index(args) -> int:
-    from .memory.indexing import index_memory
+    from .memory.indexing import attach_index, index_memory
 
     t0 = time.perf_counter()
-    index = index_memory(args.memdir, budget=args.budget, target_recall=args.target_recall, k=args.k,
-                         backend=args.backend, factory=args.factory, engine=args.engine,
-                         progress=not args.quiet)
+    if args.from_faiss is not None:
+        if args.factory or args.backend != "faiss":
+            raise ValueError("--from-faiss attaches an existing index: drop --factory and --backend")
+        index = attach_index(args.memdir, args.from_faiss, target_recall=args.target_recall, k=args.k)
+    else:
+        index = index_memory(args.memdir, budget=args.budget, target_recall=args.target_recall, k=args.k,
+                             backend=args.backend, factory=args.factory, engine=args.engine,
+                             progress=not args.quiet)
     info, tuning = index.info, index.info["tuning"]
     print(f"{args.memdir}/index: {index.spec} over {index.ntotal} vectors "
-          f"({info['choice']['reason']}), built in {time.perf_counter() - t0:.1f} s")
+          f"({info['choice']['reason']}), ready in {time.perf_counter() - t0:.1f} s")
     print(f"  search parameters {tuning['params'] or '(exact)'}: recall@{tuning['k']} "
           f"{tuning['recall_heldout']:.3f} on held-out memory rows (target {tuning['target_recall']}), "
           f"{tuning['qps_heldout']:,.0f} queries/s; {sum(info['bytes_on_disk'].values()) / 2**20:,.1f} MiB on disk")
@@ -161,3 +173,28 @@ def entries(memory, rows) -> dict[int, dict]:
         for row, i in zip(rows[pos], local):
             out[int(row)] = {"id": meta["id"][i], "text": meta["text"][i], "source": meta["source"][i]}
     return out
+
+
+def cmd_import(args) -> int:
+    from .memory.clip_retrieval import DiskFullError, import_clip_retrieval
+
+    _use_cache(args)
+    t0 = time.perf_counter()
+    try:
+        memory = import_clip_retrieval(args.src, args.out, args.key_encoder, args.value_encoder,
+                                       copy=args.copy, source_name=args.source_name,
+                                       progress=not args.quiet)
+    except DiskFullError as e:  # not a bug: say so plainly, the rerun resumes
+        print(f"ravis memory import: error: {e.strerror}", file=sys.stderr)
+        return 2
+    print(_summary(memory, time.perf_counter() - t0))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .memory.clip_retrieval import export_clip_retrieval
+
+    n = export_clip_retrieval(args.memdir, args.out, progress=not args.quiet)
+    print(f"{args.out}: {n} file triples (img_emb/, text_emb/, metadata/) in the "
+          f"{args.format} layout")
+    return 0

@@ -1,5 +1,6 @@
 """Predictions from a finished run, with the neighbours each prediction leaned on.
 
+    >>> import PIL.Image, ravis
     >>> p = ravis.load("demo-out", experiment="tuxpaint")      # or Predictor.load(...)
     >>> out = p.predict([PIL.Image.open("frog.png")])[0]
     >>> out["top5"][0], out["neighbors"][0]["weights"], out["timings_ms"]
@@ -9,59 +10,34 @@ retrieved neighbours sorted by the last layer's attention, with their caption or
 similarity, retrieval rank and the weight every layer gave them. The same structure is what
 ``ravis predict --json`` prints and what the server's ``POST /predict`` returns.
 
-A run folder carries its memory (see :mod:`ravis.experiment.run_folder`), so loading needs
-neither the cache nor the dataset; runs made before that rebuild the memory from the cache.
+The memory is opened from the run folder's references (:mod:`ravis.run_folder`), memory-
+mapped: each request reads only its neighbours' keys, values and metadata.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from .config import ExperimentConfig, RunConfig, resolve
+from .config import ExperimentConfig, RunConfig
 from .encoders import create_image_encoder
-from .experiment.methods import build_model
-from .experiment.prepare import memory_index
-from .experiment.run import experiment_dir
-from .experiment.run_folder import SERVING_FILE
-from .experiment.thumbnails import ThumbnailStore
-from .fusion import FUSIONS
-from .index import create_index
-from .io import default_cache_dir, load_json
-from .memory.store import Memory
-
-
-def load_config(run_dir: Path) -> RunConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir}: not a ravis run folder (no config.yaml)")
-    tree = yaml.safe_load(path.read_text())
-    return resolve(tree)
-
-
-def build_index(spec: str, keys: np.ndarray, search_params: dict | None = None):
-    """An index of ``spec`` over the memory keys (trained on them first if it needs training),
-    with ``search_params`` (e.g. ``{"nprobe": 16}``) applied."""
-    index = create_index(spec, keys.shape[1])
-    if not getattr(index, "is_trained", True):
-        index.train(keys)
-    index.add(keys)
-    if search_params:
-        if not hasattr(index, "set_search_params"):
-            raise ValueError(f"index {spec!r} takes no search parameters (got {search_params})")
-        index.set_search_params(**search_params)
-    return index
+from .fusion import FUSIONS, build_model
+from .io import default_cache_dir
+from .memory.base import Memory
+from .retrieval.memory_index import memory_index
+from .run_folder import experiment_dir, load_config, open_run_memory, read_serving
+from .thumbnails import media_type
 
 
 @dataclass
 class Predictor:
-    """A trained fusion model with its encoder, memory, index and thumbnails."""
+    """A trained fusion model with its encoder, memory and index."""
 
     config: RunConfig
     experiment: ExperimentConfig
@@ -73,7 +49,6 @@ class Predictor:
     class_names: list[str]
     k: int  # neighbours per query, as in training and evaluation
     adjustment: np.ndarray | None = None  # (C,) post-hoc prior correction subtracted from logits
-    thumbnails: ThumbnailStore = field(default_factory=ThumbnailStore.empty)
 
     @classmethod
     def load(cls, run_dir: Path | str, experiment: str | None = None, method: str = "mam",
@@ -97,21 +72,20 @@ class Predictor:
         weights = folder / f"{method}.safetensors"
         if not weights.exists():
             raise FileNotFoundError(f"{weights}: no trained {method!r} model in this run")
-        parts = (_from_run_folder(folder, method) if (folder / SERVING_FILE).exists()
-                 else _from_cache(cfg, exp, Path(cache_dir or default_cache_dir())))
-        memory = parts["memory"]
+        info = read_serving(folder)
+        memory = open_run_memory(folder, info)
         encoder = create_image_encoder(cfg.encoder)
         memory.check_query_encoder(encoder.fingerprint(), encoder.dim)
-        model = build_model(method, exp, memory.dim, memory.value_dim, len(parts["class_names"]))
+        class_names = list(info["class_names"])
+        model = build_model(method, exp, memory.dim, memory.value_dim, len(class_names))
         model.load_state_dict(load_file(str(weights)))
         model.eval()
-        if index or search_params:
-            searcher = build_index(index or exp.retrieval.index, memory.keys, search_params)
-        else:  # the index the run searched (approximate ones come tuned from the cache)
-            searcher = memory_index(exp, memory, Path(cache_dir or default_cache_dir()))
-        return cls(cfg, exp, method, encoder, memory, searcher,
-                   model, parts["class_names"], parts["k"], parts.get("adjustment"),
-                   parts.get("thumbnails") or ThumbnailStore.empty())
+        retrieval = dataclasses.replace(exp.retrieval, index=index) if index else exp.retrieval
+        searcher = memory_index(memory, retrieval, Path(cache_dir or default_cache_dir()),
+                                search_params=search_params or None)
+        adjustment = info.get("logit_adjustment", {}).get(method)
+        return cls(cfg, exp, method, encoder, memory, searcher, model, class_names, int(info["k"]),
+                   None if adjustment is None else np.asarray(adjustment, dtype=np.float32))
 
     @torch.no_grad()
     def predict(self, images, top_classes: int = 5, top_neighbors: int | None = None) -> list[dict]:
@@ -129,8 +103,10 @@ class Predictor:
         t2 = time.perf_counter()
         found = I >= 0  # an approximate index may return fewer than k
         rows = np.where(found, I, 0)
-        keys = torch.from_numpy(np.asarray(self.memory.keys[rows], dtype=np.float32))  # (B, k, d)
-        values = torch.from_numpy(np.asarray(self.memory.values[rows], dtype=np.float32))  # (B, k, d')
+        B, k = rows.shape
+        # only the retrieved rows are read from the (memory-mapped) memory
+        keys = torch.from_numpy(self.memory.keys_at(rows.ravel()).astype(np.float32).reshape(B, k, -1))
+        values = torch.from_numpy(self.memory.values_at(rows.ravel()).astype(np.float32).reshape(B, k, -1))
         logits, attn = self.model(torch.from_numpy(z), keys, values)  # (B, C), (B, L, k)
         logits = logits.numpy()
         if self.adjustment is not None:
@@ -139,10 +115,30 @@ class Predictor:
         attn = attn.numpy()
         t3 = time.perf_counter()
         timings = {"encode": 1e3 * (t1 - t0), "search": 1e3 * (t2 - t1), "fuse": 1e3 * (t3 - t2)}
+        entries = self._entries(rows[found])
         return [self._describe(probs[b], D[b], rows[b], found[b], attn[b], top_classes, top_neighbors,
-                               timings, len(images)) for b in range(len(images))]
+                               timings, len(images), entries) for b in range(len(images))]
 
-    def _describe(self, probs, D, rows, found, attn, top_classes, top_neighbors, timings, batch) -> dict:
+    def _entries(self, rows: np.ndarray) -> dict[int, dict]:
+        """id, source, text, label name and thumbnail presence of memory rows."""
+        rows = np.unique(rows)
+        meta = self.memory.meta_at(rows, ["id", "source", "text", "thumbnail"])
+        labels = self.memory.labels_at(rows)
+        names = self.memory.class_names or self.class_names
+        return {int(r): {"memory_id": meta["id"][j], "source": meta["source"][j], "text": meta["text"][j],
+                         "label": names[labels[j]] if 0 <= labels[j] < len(names) else None,
+                         "has_thumbnail": bool(meta["thumbnail"][j])}
+                for j, r in enumerate(rows)}
+
+    def thumbnail(self, row: int) -> tuple[bytes, str] | None:
+        """(image bytes, MIME type) of memory row ``row``, or None where it has none."""
+        if not 0 <= row < len(self.memory):
+            return None
+        data = self.memory.meta_at([row], ["thumbnail"])["thumbnail"][0]
+        return (data, media_type(data)) if data else None
+
+    def _describe(self, probs, D, rows, found, attn, top_classes, top_neighbors, timings, batch,
+                  entries) -> dict:
         """One image's output: top classes, neighbours by attention, timings."""
         reads = bool(getattr(FUSIONS[self.method], "reads", ("keys", "values")))
         k = len(rows)
@@ -158,27 +154,27 @@ class Predictor:
             "prediction": self.class_names[int(top[0])],
             "top5": [{"class": self.class_names[c], "index": int(c), "probability": float(probs[c])}
                      for c in top],
-            "neighbors": [self._neighbor(int(rows[j]), j, float(D[j]), last[j], attn[:, j])
+            "neighbors": [self._neighbor(entries, int(rows[j]), j, float(D[j]), last[j], attn[:, j])
                           for j in order[:top_neighbors]],
             "k": k,
             "timings_ms": dict(timings),
             "batch_size": batch,
         }
 
-    def _neighbor(self, row: int, j: int, similarity: float, weight: float, per_layer) -> dict:
-        label = int(self.memory.labels[row])
-        names = self.memory.class_names or self.class_names
+    @staticmethod
+    def _neighbor(entries: dict, row: int, j: int, similarity: float, weight: float, per_layer) -> dict:
+        e = entries[row]
         return {
-            "memory_id": self.memory.ids[row],
+            "memory_id": e["memory_id"],
             "row": row,
-            "source": self.memory.sources[row],
-            "text": self.memory.texts[row],
-            "label": names[label] if 0 <= label < len(names) else None,
+            "source": e["source"],
+            "text": e["text"],
+            "label": e["label"],
             "rank": int(j) + 1,  # retrieval rank, 1 = most similar
             "similarity": similarity,
             "weight": None if np.isnan(weight) else float(weight),  # last layer's attention
             "weights": [float(w) for w in per_layer],  # (L,) every layer's attention
-            "has_thumbnail": self.memory.ids[row] in self.thumbnails,
+            "has_thumbnail": e["has_thumbnail"],
         }
 
 
@@ -187,27 +183,4 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def _from_run_folder(folder: Path, method: str) -> dict:
-    info = load_json(folder / SERVING_FILE)
-    thumbs = folder / info.get("thumbnails", "thumbnails.parquet")
-    adjustment = info.get("logit_adjustment", {}).get(method)
-    memory = Memory.load(folder / info["memory"])
-    parts = [(spec, int(rows)) for spec, rows in info.get("memory_parts", [])]
-    if parts and all(spec in ("train", "full-train") or Path(spec).is_dir() for spec, _ in parts):
-        memory.parts = parts  # so a sharded part is searched with its own index, as in the run
-    return {"memory": memory, "class_names": list(info["class_names"]),
-            "k": int(info["k"]),
-            "adjustment": None if adjustment is None else np.asarray(adjustment, dtype=np.float32),
-            "thumbnails": ThumbnailStore.open(thumbs) if thumbs.exists() else None}
-
-
-def _from_cache(cfg: RunConfig, exp: ExperimentConfig, cache_dir: Path) -> dict:
-    """Runs made before run folders carried their memory: rebuild it from the cache (seconds)."""
-    from .experiment.prepare import prepare
-
-    prep = prepare(cfg, exp, cache_dir, progress=False, stage="memory")
-    return {"memory": prep.memory, "class_names": list(prep.train.dataset.class_names),
-            "k": min(exp.retrieval.k, len(prep.memory) - 1)}
-
-
-__all__ = ["Predictor", "build_index", "load_config"]
+__all__ = ["Predictor", "load_config"]

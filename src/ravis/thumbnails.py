@@ -4,7 +4,8 @@ A store is one parquet file with two columns, ``id`` (string) and ``image`` (JPE
 bytes, at most ``size`` pixels on the long side, flattened on white). Nothing in it is a
 path: the server looks an id up in the table, never on the filesystem.
 
-    write_thumbnails(path, dataset, rows)            # at the end of a run
+    write_thumbnails(path, dataset, rows)            # the test images, at the end of a run
+    thumbnail_bytes(dataset, rows, cache_dir=...)    # a memory part's thumbnails
     store = ThumbnailStore.open(path)
     store.get("fashion-mnist/train/12")             # -> (bytes, "image/png") or None
 """
@@ -20,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.dataset import BadImageError, ImageDataset
-from ..encoders.preprocess import to_rgb
-from ..io import atomic_path, stable_hash
+from .data.dataset import BadImageError, ImageDataset
+from .encoders.preprocess import to_rgb
+from .io import atomic_path, stable_hash
 
 THUMBNAIL_SIZE = 96  # long side in pixels: enough for a gallery tile, about 2-4 kB each
 
@@ -62,49 +63,54 @@ def _render(dataset: ImageDataset, rows: np.ndarray, size: int, workers: int) ->
         return list(pool.map(one, rows, chunksize=256))
 
 
-def write_thumbnails(path: Path | str, dataset: ImageDataset, rows=None, *, size: int = THUMBNAIL_SIZE,
-                     cache_dir: Path | None = None, workers: int | None = None) -> Path:
-    """Writes the thumbnails of ``dataset``'s items ``rows`` (default all) to ``path``.
+def thumbnail_bytes(dataset: ImageDataset, rows=None, *, size: int = THUMBNAIL_SIZE,
+                    cache_dir: Path | None = None, workers: int | None = None) -> list[bytes]:
+    """Thumbnails of ``dataset``'s items ``rows`` (default all), b"" where an image cannot be
+    read; with ``cache_dir`` rendered once per (dataset, rows, size) and kept there."""
+    import pyarrow.parquet as pq
 
-    With ``cache_dir``, the file is made once per (dataset, rows, size) under
-    ``cache_dir/thumbnails`` and hard-linked (or copied) to ``path``: the three Fashion-MNIST
-    experiments of the demo share one 60k-image store.
-    """
+    rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if cache_dir is None:
+        return [b or b"" for b in _render(dataset, rows, size, workers or os.cpu_count() or 1)]
+    cached = _cached_store(dataset, rows, size, Path(cache_dir), workers)
+    table = pq.read_table(cached, columns=["id", "image"]).to_pydict()
+    found = dict(zip(table["id"], table["image"]))
+    return [found.get(dataset.ids[r], b"") for r in rows]
+
+
+def _cached_store(dataset: ImageDataset, rows: np.ndarray, size: int, cache_dir: Path,
+                  workers: int | None) -> Path:
+    cached = cache_dir / "thumbnails" / f"{stable_hash('thumbnails-v1', dataset.fingerprint, rows, size)}.parquet"
+    if not cached.exists():
+        _write_store(cached, dataset, rows, _render(dataset, rows, size, workers or os.cpu_count() or 1))
+    return cached
+
+
+def _write_store(path: Path, dataset: ImageDataset, rows: np.ndarray, images: list) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
-    cached = None
-    if cache_dir is not None:
-        key = stable_hash("thumbnails-v1", dataset.fingerprint, rows, size)
-        cached = Path(cache_dir) / "thumbnails" / f"{key}.parquet"
-        if cached.exists():
-            _link_or_copy(cached, path)
-            return path
-    images = _render(dataset, rows, size, workers or os.cpu_count() or 1)
     ok = [j for j, b in enumerate(images) if b is not None]
     table = pa.table({"id": pa.array([dataset.ids[rows[j]] for j in ok], pa.string()),
                       "image": pa.array([images[j] for j in ok], pa.binary())})
-    target = cached or path
-    with atomic_path(target) as tmp:
-        pq.write_table(table, tmp, compression="none")  # JPEG/PNG bytes do not compress further
-    if cached is not None:
-        _link_or_copy(cached, path)
-    return path
-
-
-def append_thumbnails(path: Path | str, ids: list[str], images: list[bytes]) -> None:
-    """Adds (id, image bytes) rows to the store at ``path`` (rewritten atomically, so a hard
-    link to a cached store is left as it was)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    extra = pa.table({"id": pa.array(ids, pa.string()), "image": pa.array(images, pa.binary())})
-    table = pa.concat_tables([pq.read_table(path, columns=["id", "image"]), extra]) if path.exists() else extra
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="none")
+        pq.write_table(table, tmp, compression="none")  # JPEG/PNG bytes do not compress further
+
+
+def write_thumbnails(path: Path | str, dataset: ImageDataset, rows=None, *, size: int = THUMBNAIL_SIZE,
+                     cache_dir: Path | None = None, workers: int | None = None) -> Path:
+    """Writes the thumbnail store of ``dataset``'s items ``rows`` (default all) to ``path``.
+
+    With ``cache_dir``, the store is made once per (dataset, rows, size) under
+    ``cache_dir/thumbnails`` and hard-linked (or copied) to ``path``.
+    """
+    path = Path(path)
+    rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if cache_dir is None:
+        _write_store(path, dataset, rows, _render(dataset, rows, size, workers or os.cpu_count() or 1))
+    else:
+        _link_or_copy(_cached_store(dataset, rows, size, Path(cache_dir), workers), path)
+    return path
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -154,5 +160,5 @@ class ThumbnailStore:
         return data, media_type(data)
 
 
-__all__ = ["THUMBNAIL_SIZE", "ThumbnailStore", "append_thumbnails", "make_thumbnail", "media_type",
+__all__ = ["THUMBNAIL_SIZE", "ThumbnailStore", "make_thumbnail", "media_type", "thumbnail_bytes",
            "write_thumbnails"]

@@ -59,7 +59,7 @@ def test_stage_verbs(tmp_path, ravis_cache, capsys):
     assert main(["embed", *common]) == 0
     assert main(["index", *common, "--out", str(tmp_path / "idx")]) == 0
     assert main(["knn", *common]) == 0
-    assert (tmp_path / "idx" / "tiny-fmnist" / "memory" / "manifest.json").exists()
+    assert (tmp_path / "idx" / "tiny-fmnist" / "memory" / "train" / "manifest.json").exists()
     printed = capsys.readouterr().out
     assert "tiny-fmnist" in printed and "neighbours of" in printed
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ravis.io import save_npy
-from ravis.memory import Memory, MemoryMismatchError
+from ravis.memory import ArrayMemory, Memory, MemoryMismatchError
 from ravis.memory.sharded import (FORMAT, ShardedMemory, file_record, meta_table,
                                   save_manifest, shard_file, write_shard)
 
@@ -55,7 +55,8 @@ def test_open_reads_shards_and_global_rows(memdir):
 
 def test_to_memory_is_the_core_memory(memdir):
     mem = ShardedMemory.open(memdir).to_memory()
-    assert isinstance(mem, Memory) and len(mem) == 8 and mem.keys.dtype == np.float32
+    assert isinstance(mem, ArrayMemory) and isinstance(mem, Memory) and len(mem) == 8
+    assert mem.keys.dtype == np.float16  # the stored dtype
     assert mem.ids[5] == "00002/k0" and mem.texts[5] == "text 2.0"
     assert mem.labels.tolist() == [0, 1, 0, 1, 0, 0, 1, 0]
     np.testing.assert_allclose(np.linalg.norm(mem.keys, axis=1), 1, atol=2e-3)  # float16 keys

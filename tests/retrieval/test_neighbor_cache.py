@@ -21,7 +21,7 @@ def memory():
 
 def test_cache_hit_returns_identical_arrays(memory, tmp_path, monkeypatch):
     index, xb = memory
-    kw = dict(query_ids=np.arange(20), memory_ids=np.arange(300))
+    kw = dict(self_rows=np.arange(20))
     D, I = cached_neighbors(tmp_path, index, xb[:20], 10, "train", **kw)
     assert len(list(tmp_path.glob("knn-*/D.npy"))) == 1
 
@@ -41,8 +41,8 @@ def test_key_changes_with_inputs(memory, tmp_path):
     cached_neighbors(tmp_path, index, xb[:20], 10)
     cached_neighbors(tmp_path, index, xb[:20], 11)
     cached_neighbors(tmp_path, index, xb[:20], 10, "other")
-    cached_neighbors(tmp_path, index, xb[:20], 10, query_ids=np.arange(20), memory_ids=np.arange(300))
-    cached_neighbors(tmp_path, index, xb[:20], 10, query_ids=np.arange(20), memory_ids=np.arange(300),
+    cached_neighbors(tmp_path, index, xb[:20], 10, self_rows=np.arange(20))
+    cached_neighbors(tmp_path, index, xb[:20], 10, self_rows=np.arange(20),
                      exclude_duplicates=False)
     cached_neighbors(tmp_path, index, xb[1:21], 10)
     cached_neighbors(tmp_path, index, xb[:20], 10, memory_key="manifest-abc")

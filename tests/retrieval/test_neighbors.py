@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ravis.index import create_index
-from ravis.retrieval import search_neighbors
+from ravis.retrieval import search_neighbors, self_rows_from_ids
 
 
 def planted_memory(rng, nb=400, d=16):
@@ -62,7 +62,7 @@ def test_self_exclusion_matches_reference(spec, id_kind, exclude_duplicates):
     index = create_index(spec, xb.shape[1])
     index.add(xb)
     k = 12
-    D, I = search_neighbors(index, xq, k, query_ids=query_ids, memory_ids=memory_ids,
+    D, I = search_neighbors(index, xq, k, self_rows=self_rows_from_ids(query_ids, memory_ids),
                             exclude_duplicates=exclude_duplicates, margin=4, block=3)
     Dr, Ir, S = reference(xb, xq, k, list(query_ids), list(memory_ids), exclude_duplicates)
     assert_same_neighbors(D, I, Dr, Ir, S)
@@ -80,7 +80,7 @@ def test_exclusions_leave_fewer_than_k():
     xb[10:] = xb[0]  # row 0 and its 10 copies
     index = create_index("exact", 8)
     index.add(xb)
-    D, I = search_neighbors(index, xb[[0, 1]], 15, query_ids=[0, 1], memory_ids=np.arange(20), margin=0)
+    D, I = search_neighbors(index, xb[[0, 1]], 15, self_rows=[0, 1], margin=0)
     assert (I[0, :9] >= 0).all() and (I[0, 9:] == -1).all() and np.isneginf(D[0, 9:]).all()
     assert set(I[0, :9]) == set(range(1, 10))
     assert (I[1] >= 0).all() and 1 not in I[1]
@@ -103,9 +103,10 @@ def test_id_errors():
     index = create_index("exact", 4)
     index.add(np.eye(4, dtype=np.float32))
     x = np.eye(4, dtype=np.float32)[:2]
-    with pytest.raises(ValueError, match="needs memory_ids"):
-        search_neighbors(index, x, 2, query_ids=[0, 1])
     with pytest.raises(TypeError, match="both be ints or both strings"):
-        search_neighbors(index, x, 2, query_ids=[0, 1], memory_ids=["a", "b", "c", "d"])
+        self_rows_from_ids([0, 1], ["a", "b", "c", "d"])
     with pytest.raises(ValueError, match="must be"):
-        search_neighbors(index, x, 2, query_ids=[0], memory_ids=[0, 1, 2, 3])
+        search_neighbors(index, x, 2, self_rows=[0])  # one row for two queries
+    with pytest.raises(ValueError, match="must be"):
+        search_neighbors(index, x, 2, self_rows=[0, 4])  # a row the memory does not have
+    assert self_rows_from_ids(["b", "z"], ["a", "b"]).tolist() == [1, -1]

@@ -116,19 +116,21 @@ def test_burst_of_bad_requests_then_a_good_one(served, query_png):
     assert client.get("/healthz").json()["status"] == "ok"
 
 
-def test_thumbnails_come_from_the_store_only(served, query_png):
+def test_thumbnails_come_from_the_memory_only(served, query_png):
     client, predictor = served
     n = client.post_file(query_png).json()["neighbors"][0]
+    assert n["thumbnail"] == f"/memory/rows/{n['row']}/thumbnail"
     r = client.get(n["thumbnail"])
     assert r.status == 200 and r.headers["content-type"] == "image/png"
-    assert r.body == predictor.thumbnails.get(n["memory_id"])[0]
+    assert r.body == predictor.memory.meta_at([n["row"]], ["thumbnail"])["thumbnail"][0]
     for path in ["/memory/..%2F..%2F..%2Fetc%2Fpasswd/thumbnail", "/memory/%2Fetc%2Fpasswd/thumbnail",
-                 "/memory/../../etc/passwd/thumbnail", "/memory/nope/thumbnail",
-                 "/static/..%2Fapp.py", "/static/app.py", "/memory/0/thumbnail"]:
+                 "/memory/../../etc/passwd/thumbnail", "/memory/rows/nope/thumbnail",
+                 "/static/..%2Fapp.py", "/static/app.py", f"/memory/rows/{len(predictor.memory)}/thumbnail",
+                 "/memory/rows/-1/thumbnail"]:
         r = client.get(path)
-        assert r.status == 404, path
+        assert r.status in (400, 404), path
         assert b"root:" not in r.body and b"import" not in r.body
-        assert r.json()["error"]["kind"] in ("unknown_memory_id", "not_found")
+        assert r.json()["error"]["kind"] in ("unknown_memory_row", "not_found", "bad_request")
 
 
 def test_page_is_offline_and_served(served):
@@ -197,5 +199,5 @@ def test_serve_verb_binds_loopback_and_tunes_threads(tiny_run, monkeypatch, caps
         faiss.omp_set_num_threads(threads[1])
     (app, kw), = calls
     assert kw["host"] == "127.0.0.1" and kw["port"] == 8000
-    assert {r.path for r in app.routes} >= {"/predict", "/", "/healthz", "/metrics", "/memory/{memory_id:path}/thumbnail"}
+    assert {r.path for r in app.routes} >= {"/predict", "/", "/healthz", "/metrics", "/memory/rows/{row}/thumbnail"}
     assert "http://127.0.0.1:8000/" in capsys.readouterr().out

@@ -10,9 +10,9 @@ from PIL import Image
 
 import ravis
 from ravis.data import load_fashion_mnist
-from ravis.experiment import run_folder
-from ravis.experiment.thumbnails import ThumbnailStore, make_thumbnail, write_thumbnails
-from ravis.memory.store import Memory
+from ravis import run_folder
+from ravis.memory import ShardedMemory
+from ravis.thumbnails import ThumbnailStore, make_thumbnail, write_thumbnails
 
 N = 40  # test images compared
 
@@ -35,7 +35,7 @@ def test_predictions_equal_the_evaluated_ones(tiny_run, predictor):
         logits, I, attn = f["logits_mam"][:N], f["neighbors"][:N], f["attention_mam"][:N, -1]
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
-    memory_ids = predictor.memory.ids
+    memory_ids = predictor.memory.meta_at(np.arange(len(predictor.memory)), ["id"])["id"]
     for b, o in enumerate(out):
         top = [c["index"] for c in o["top5"]]
         assert top == list(np.argsort(-probs[b])[:5])
@@ -81,27 +81,32 @@ def test_run_folder_needs_no_cache(tiny_run, monkeypatch):
 
     monkeypatch.setattr(prepare_module, "prepare", no_prepare)
     p = ravis.load(tiny_run)
-    assert len(p.memory) == json.loads((tiny_run / "tiny-fmnist" / "serving.json").read_text())["memory_size"]
+    assert len(p.memory) == json.loads((tiny_run / "tiny-fmnist" / "serving.json").read_text())["memory"]["rows"]
 
 
-def test_old_run_folder_falls_back_to_the_cache(tiny_run, predictor, tmp_path):
+def test_unfinished_or_old_run_folder_is_refused(tiny_run, tmp_path):
     old = tmp_path / "old"
-    shutil.copytree(tiny_run, old, ignore=shutil.ignore_patterns("memory", "serving.json", "*.parquet"))
-    p = ravis.load(old)
-    img = _test_images(tiny_run, 3)
-    got, want = p.predict(img), predictor.predict(img)
-    assert [o["neighbors"][0]["memory_id"] for o in got] == [o["neighbors"][0]["memory_id"] for o in want]
-    assert not p.thumbnails.get(got[0]["neighbors"][0]["memory_id"])
+    shutil.copytree(tiny_run, old, ignore=shutil.ignore_patterns("memory", "*.parquet"))
+    info_path = old / "tiny-fmnist" / "serving.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "format": 1}))
+    with pytest.raises(run_folder.RunFolderError, match="serving.json: format 1"):
+        ravis.load(old)
+    info_path.unlink()
+    with pytest.raises(FileNotFoundError, match="serving.json: missing"):
+        ravis.load(old)
 
 
 def test_serving_json_names_everything(tiny_run):
     info = json.loads((tiny_run / "tiny-fmnist" / "serving.json").read_text())
     assert info["k"] == 20 and len(info["class_names"]) == 10
     assert set(info["logit_adjustment"]) == {"linear", "mlp", "mean_knn", "mam", "rac"}
-    memory = Memory.load(tiny_run / "tiny-fmnist" / "memory")
-    assert memory.fingerprint == info["memory_fingerprint"]
-    store = ThumbnailStore.open(tiny_run / "tiny-fmnist" / "thumbnails.parquet")
-    assert len(store) == len(memory) and all(i in store for i in memory.ids)
+    [part] = info["memory"]["parts"]
+    assert part["spec"] == "train" and part["path"] == "memory/train" and not part["copied"]
+    memory = ShardedMemory.open(tiny_run / "tiny-fmnist" / part["path"], verify=True)
+    assert memory.digest == part["digest"] and len(memory) == part["rows"] == info["memory"]["rows"]
+    thumbs = memory.meta_at(np.arange(len(memory)), ["thumbnail"])["thumbnail"]
+    assert all(t.startswith(b"\x89PNG") for t in thumbs)  # every training image has one
 
 
 def test_thumbnails_round_trip_and_cache(tmp_path):
@@ -131,19 +136,11 @@ def test_make_thumbnail_bounds_and_flattens():
 
 
 def test_identical_memory_arrays_are_hard_linked(tiny_run, tmp_path):
-    memory = Memory.load(tiny_run / "tiny-fmnist" / "memory")
-    for name in ("x", "y"):
-        run_folder.save_memory(memory, tmp_path / name / "memory", tmp_path, memory.fingerprint)
-    assert os.path.samefile(tmp_path / "x" / "memory" / "keys.npy", tmp_path / "y" / "memory" / "keys.npy")
-    again = Memory.load(tmp_path / "y" / "memory")
-    assert again.fingerprint == memory.fingerprint
-
-
-def test_served_index_override_probing_every_list_is_exact(tiny_run, predictor):
-    """An IVF index searched over all its lists returns the run's exact neighbours."""
-    ivf = ravis.load(tiny_run, index="faiss:IVF4,Flat", search_params={"nprobe": 4})
-    img = _test_images(tiny_run, 5)
-    for got, want in zip(ivf.predict(img), predictor.predict(img)):
-        assert [n["memory_id"] for n in got["neighbors"]] == [n["memory_id"] for n in want["neighbors"]]
-    with pytest.raises(ValueError, match="search parameters"):
-        ravis.load(tiny_run, index="faiss-flat", search_params={"nprobe": 4})
+    memory = ShardedMemory.open(tiny_run / "tiny-fmnist" / "memory" / "train").to_memory()
+    entries = [run_folder.save_memory_part(tmp_path / name, "train", memory, tmp_path, copy=False)
+               for name in ("x", "y")]
+    keys = "memory/train/shards/00000.keys.npy"
+    assert os.path.samefile(tmp_path / "x" / keys, tmp_path / "y" / keys)
+    assert entries[0]["digest"] == entries[1]["digest"]
+    again = run_folder.save_memory_part(tmp_path / "y", "train", memory, tmp_path, copy=False)
+    assert again == entries[1]  # a rerun rewrites nothing

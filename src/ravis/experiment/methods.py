@@ -15,7 +15,7 @@ from ..config import ExperimentConfig, TrainConfig
 from ..encoders import create_text_encoder
 from ..encoders.embed import embed_texts
 from ..evaluation.metrics import prediction_metrics
-from ..fusion import FUSIONS, RetrievalClassifier, create_fusion, knn_vote
+from ..fusion import FUSIONS, RetrievalClassifier, build_model, knn_vote
 from ..io import stable_hash
 from ..training.data import MemoryTensors, QuerySet
 from ..training.loss import log_prior
@@ -37,21 +37,6 @@ class MethodResult:
     attention: np.ndarray | None = None  # (N_test, L, k)
 
 
-def build_model(method: str, exp: ExperimentConfig, dim: int, value_dim: int,
-                num_classes: int) -> RetrievalClassifier:
-    """The fusion module of ``method`` with a linear classifier, seeded by the train seed."""
-    torch.manual_seed(exp.train.seed)
-    kwargs = {}
-    if method == "mam":
-        m = exp.mam
-        kwargs = dict(num_layers=m.num_layers, similarity_init=m.similarity_init,
-                      learn_temperature=m.learn_temperature, init_temperature=m.init_temperature,
-                      similarity_bias=m.similarity_bias, attn_dropout=m.attn_dropout,
-                      qk_lr_scale=m.qk_lr_scale, query_dropout=m.query_dropout)
-    fusion = create_fusion(method, dim, value_dim, **kwargs)
-    return RetrievalClassifier(fusion, dim, num_classes)
-
-
 def validation_split(labels: np.ndarray, fraction: float, seed: int, min_class: int = 5) -> np.ndarray:
     """Boolean mask of a stratified validation subset: ``fraction`` of each class, at least
     one image; a class with fewer than ``min_class`` images keeps them all for training."""
@@ -69,12 +54,14 @@ def rac_values(prep: Prepared, cache_dir: Path, text_encoder_spec: str) -> tuple
     """(train, test) embeddings of each query's nearest neighbours' texts, concatenated."""
     encoder = create_text_encoder(text_encoder_spec)
     n = prep.config.retrieval.rac_texts
-    texts = prep.memory.texts
 
     def joined(I: np.ndarray) -> list[str]:
         # Repeats are kept: "Shirt, Shirt, Coat" tells the text encoder how the vote went
         # (dropping them cost this baseline 5-8 points on Fashion-MNIST-LT).
-        return [", ".join(texts[j] for j in row[:n] if j >= 0) for row in I]
+        rows, inverse = np.unique(np.where(I[:, :n] >= 0, I[:, :n], 0), return_inverse=True)
+        texts = prep.memory.meta_at(rows, ["text"])["text"]
+        inverse = inverse.reshape(len(I), -1)
+        return [", ".join(texts[t] for t, j in zip(inv, row[:n]) if j >= 0) for inv, row in zip(inverse, I)]
 
     train = embed_texts(encoder, joined(prep.train_I), cache_dir)
     test = embed_texts(encoder, joined(prep.test_I), cache_dir)
@@ -89,15 +76,15 @@ def train_method(method: str, prep: Prepared, cache_dir: Path, text_encoder: str
     rerun loads instead of training; the per-epoch checkpoint makes a killed run resume.
     """
     exp, cfg = prep.config, prep.config.train
-    memory = MemoryTensors.from_numpy(prep.memory.keys, prep.memory.values)
+    reads_memory = bool(getattr(FUSIONS[method], "reads", ("keys", "values")))
+    memory, test_memory, (train_I,), (test_I,) = _memory_rows(prep, reads_memory)
     direct = rac_values(prep, cache_dir, text_encoder) if method == "rac" else (None, None)
-    train = QuerySet.from_numpy(prep.train.z, prep.train_I, prep.train.dataset.labels, direct[0])
-    test = QuerySet.from_numpy(prep.test.z, prep.test_I, prep.test.dataset.labels, direct[1])
+    train = QuerySet.from_numpy(prep.train.z, train_I, prep.train.dataset.labels, direct[0])
+    test = QuerySet.from_numpy(prep.test.z, test_I, prep.test.dataset.labels, direct[1])
     val_mask = (validation_split(prep.train.dataset.labels, cfg.val_fraction, cfg.seed)
                 if cfg.val_fraction > 0 else np.zeros(len(train), dtype=bool))
     fit_set, val = train.subset(np.flatnonzero(~val_mask)), train.subset(np.flatnonzero(val_mask))
     counts = np.bincount(fit_set.labels.numpy(), minlength=prep.num_classes)
-    reads_memory = bool(getattr(FUSIONS[method], "reads", ("keys", "values")))
     train_tau, posthoc_tau = cfg.for_method(reads_memory)
     taus = cfg.tau_grid if train_tau == "auto" else [float(train_tau)]
     mam_cfg = asdict(exp.mam) if method == "mam" else None
@@ -105,7 +92,7 @@ def train_method(method: str, prep: Prepared, cache_dir: Path, text_encoder: str
     for tau in taus:
         key = stable_hash("model-v1", method, asdict(cfg), mam_cfg, tau, prep.train.dataset.fingerprint,
                           prep.test.dataset.fingerprint,
-                          prep.memory.fingerprint if reads_memory else None,
+                          prep.memory.digest if reads_memory else None,
                           stable_hash(prep.train_I) if reads_memory else None,
                           exp.retrieval.rac_texts if method == "rac" else None, prep.num_classes)
         model = build_model(method, exp, prep.memory.dim, prep.memory.value_dim, prep.num_classes)
@@ -115,7 +102,7 @@ def train_method(method: str, prep: Prepared, cache_dir: Path, text_encoder: str
         if best is None or score > best[0]:
             best = (score, tau, model, details)
     _, tau, model, details = best
-    logits, attn = predict(model, test, memory)
+    logits, attn = predict(model, test, test_memory)
     logits = logits - posthoc_tau * log_prior(counts).numpy()
     labels = prep.test.dataset.labels
     metrics, per_class = prediction_metrics(logits.argmax(1), labels, prep.class_counts)
@@ -123,11 +110,23 @@ def train_method(method: str, prep: Prepared, cache_dir: Path, text_encoder: str
                           details={"tau": tau, "posthoc_tau": posthoc_tau, **details},
                           logits=logits, attention=attn)
     if method in ("mean_knn", "mam"):
-        curve = accuracy_vs_k(model, test, memory, [k for k in exp.retrieval.k_curve if k < test.neighbors.shape[1]],
+        curve = accuracy_vs_k(model, test, test_memory, [k for k in exp.retrieval.k_curve if k < test.neighbors.shape[1]],
                               labels, posthoc_tau * log_prior(counts).numpy())
         curve[int(test.neighbors.shape[1])] = result.metrics["top1"]  # all k: the main prediction
         result.details["accuracy_vs_k"] = curve
     return model, result
+
+
+def _memory_rows(prep: Prepared, reads_memory: bool):
+    """(train memory rows, test memory rows, [train I], [test I]): the rows each query set
+    retrieved, read from the memory once, with the neighbour ids renumbered into them. A
+    method that reads no memory gets empty tensors and the ids as they are."""
+    if not reads_memory:
+        empty = MemoryTensors(torch.zeros(0, prep.memory.dim), torch.zeros(0, prep.memory.value_dim))
+        return empty, empty, [prep.train_I], [prep.test_I]
+    train_memory, train_I = MemoryTensors.gather(prep.memory, prep.train_I)
+    test_memory, test_I = MemoryTensors.gather(prep.memory, prep.test_I)
+    return train_memory, test_memory, train_I, test_I
 
 
 def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau, cache_dir,
@@ -170,7 +169,9 @@ def accuracy_vs_k(model, test: QuerySet, memory: MemoryTensors, ks, labels, adju
 def vote_result(prep: Prepared) -> MethodResult:
     """The kNN vote at each configured k; the row reports the best k and says which."""
     r = prep.config.retrieval
-    mem_labels = np.where(prep.test_I >= 0, prep.memory.labels[np.clip(prep.test_I, 0, None)], -1)
+    found = prep.test_I >= 0
+    rows, inverse = np.unique(np.where(found, prep.test_I, 0), return_inverse=True)
+    mem_labels = np.where(found, prep.memory.labels_at(rows)[inverse.reshape(prep.test_I.shape)], -1)
     labels = prep.test.dataset.labels
     by_k = {}
     for k in r.vote_ks:

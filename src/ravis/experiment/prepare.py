@@ -18,16 +18,13 @@ from ..config import ConfigError, DataConfig, ExperimentConfig, RetrievalConfig,
 from ..data import (ImageDataset, Splits, load_dataset, longtail_indices, stratified_split)
 from ..encoders import create_image_encoder, create_text_encoder
 from ..encoders.embed import embed_images, is_embedded
-from ..index import create_index, load_index
-from ..index.build import KeyShards, build_index
-from ..index.multi import MultiIndex
-from ..io import load_json, stable_hash
+from ..io import stable_hash
+from ..memory.base import Memory
 from ..memory.build import build_memory, with_wrong_values
-from ..memory.compose import compose
-from ..memory.indexing import has_index, open_memory_index
-from ..memory.sharded import FORMAT as SHARDED_FORMAT, ShardedMemory
-from ..memory.store import Memory
+from ..memory.compose import ComposedMemory, compose
+from ..memory.sharded import ShardedMemory
 from ..retrieval import cached_neighbors
+from ..retrieval.memory_index import index_signature, memory_index
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +44,7 @@ class Prepared:
     config: ExperimentConfig
     train: SplitData
     test: SplitData
-    memory: Memory
+    memory: ComposedMemory  # the experiment's memory, a view over its parts
     train_D: np.ndarray  # (N_train, k) neighbour similarities, self excluded
     train_I: np.ndarray  # (N_train, k) memory rows
     test_D: np.ndarray
@@ -143,14 +140,14 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
         return Prepared(exp, train, test_split, memory, None, None, None, None, counts, skipped, timings)
 
     t = time.perf_counter()
-    index = memory_index(exp, memory, cache_dir)
+    index = memory_index(memory, exp.retrieval, cache_dir)
     # Neighbours depend on the keys, ids and index only: memories that differ in their
     # values (B and its noisy copy C) share them.
-    key = stable_hash(memory.keys, memory.ids, exp.retrieval.index, index_signature(index))
+    key = stable_hash(memory.key_digest, exp.retrieval.index, index_signature(index))
     k = min(exp.retrieval.k, len(memory) - 1)
     train_D, train_I = cached_neighbors(cache_dir / "neighbors", index, train.z, k, "train",
-                                        memory_key=key, query_ids=list(train.dataset.ids),
-                                        memory_ids=list(memory.ids))
+                                        memory_key=key,
+                                        self_rows=memory.rows_of(list(train.dataset.ids)))
     test_D, test_I = cached_neighbors(cache_dir / "neighbors", index, test_split.z, k, "test",
                                       memory_key=key)
     timings["knn"] = time.perf_counter() - t
@@ -158,64 +155,12 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
                     skipped, timings)
 
 
-def is_sharded_memory(path: str) -> bool:
-    manifest = Path(path) / "manifest.json"
-    return manifest.is_file() and load_json(manifest).get("format") == SHARDED_FORMAT
-
-
-def memory_index(exp: ExperimentConfig, memory: Memory, cache_dir: Path | None = None):
-    """The index the experiment searches: one ``retrieval.index`` over the whole memory, or,
-    when a part of a composed memory is a sharded memory with a built index, that index for
-    its part and ``retrieval.index`` for each other part, merged exactly (MultiIndex)."""
-    parts = memory.parts or [("", len(memory))]
-    # (reading a sharded memory's manifest can take a while: once per part)
-    indexed = [is_sharded_memory(spec) and has_index(spec) for spec, _ in parts]
-    if not any(indexed):
-        return keys_index(exp.retrieval, memory.keys, cache_dir)
-    indexes, start = [], 0
-    for (spec, rows), has_own in zip(parts, indexed):
-        if has_own:
-            indexes.append(open_memory_index(spec))
-        else:
-            indexes.append(keys_index(exp.retrieval, memory.keys[start:start + rows], cache_dir))
-        start += rows
-    return MultiIndex(indexes)
-
-
-def index_signature(index) -> list:
-    """What determines an index's answers besides its vectors: specs and search parameters."""
-    parts = index.parts if isinstance(index, MultiIndex) else [index]
-    return [[p.spec, dict(sorted(getattr(p, "search_params", {}).items()))] for p in parts]
-
-
-def is_approximate(spec: str) -> bool:
-    return spec in ("auto", "scann") or (spec.startswith("faiss:") and spec != "faiss:Flat")
-
-
-def keys_index(r: RetrievalConfig, keys: np.ndarray, cache_dir: Path | None):
-    """An index over ``keys``: exact ones are filled in RAM; approximate ones are built,
-    tuned to ``r.target_recall`` and saved under ``cache_dir/indexes`` (reused next time)."""
-    if not is_approximate(r.index):
-        index = create_index(r.index, keys.shape[1])
-        index.add(keys)
-        return index
-    if cache_dir is None:
-        raise ValueError(f"retrieval.index={r.index!r} needs a cache folder to build its index in")
-    folder = Path(cache_dir) / "indexes" / stable_hash(keys, r.index, r.budget, r.target_recall, r.k)
-    if (folder / "index.json").exists():
-        index = load_index(folder)
-        index.vectors = KeyShards([keys])
-        return index
-    return build_index([keys], folder, budget=r.budget, target_recall=r.target_recall,
-                       k=min(r.k, len(keys) - 1), backend="scann" if r.index == "scann" else "faiss",
-                       factory=r.index.partition(":")[2] or None, progress=False)
-
-
 def make_memory(run: RunConfig, exp: ExperimentConfig, encoder, full_train: ImageDataset,
                 full_z: np.ndarray, full_valid: np.ndarray, train_rows: np.ndarray,
-                cache_dir: Path) -> Memory:
-    """The experiment's memory: its training set, the full training split, a saved or sharded
-    memory, or several of these composed in order."""
+                cache_dir: Path) -> ComposedMemory:
+    """The experiment's memory: its training set, the full training split, a memory folder
+    (``ravis memory build`` / ``import``, memory-mapped), or several of these composed in
+    order (a view: no part is copied)."""
     class_names = list(full_train.class_names)
     parts = [(spec, memory_part(run, exp, spec, encoder, full_train, full_z, full_valid, train_rows,
                                 cache_dir)) for spec in exp.memory.sources]
@@ -226,10 +171,8 @@ def memory_part(run: RunConfig, exp: ExperimentConfig, spec: str, encoder, full_
                 full_z: np.ndarray, full_valid: np.ndarray, train_rows: np.ndarray,
                 cache_dir: Path) -> Memory:
     mcfg = exp.memory
-    if spec not in ("train", "full-train"):
-        if not Path(spec).is_dir():
-            raise FileNotFoundError(f"memory.source {spec!r}: no such memory folder")
-        memory = ShardedMemory.open(spec).to_memory() if is_sharded_memory(spec) else Memory.load(spec)
+    if spec not in DATASET_PARTS:
+        memory = open_memory_folder(spec)
         memory.check_query_encoder(encoder.fingerprint(), encoder.dim)
         return memory
     rows = train_rows if spec == "train" else np.flatnonzero(full_valid)
@@ -247,3 +190,16 @@ def memory_part(run: RunConfig, exp: ExperimentConfig, spec: str, encoder, full_
         memory = with_wrong_values(memory, mcfg.wrong_value_fraction, mcfg.wrong_value_seed,
                                    text_encoder, cache_dir, mcfg.prompt)
     return memory
+
+
+#: memory.source entries made from the experiment's own dataset (in RAM); any other entry
+#: is a memory folder.
+DATASET_PARTS = ("train", "full-train")
+
+
+def open_memory_folder(spec: str) -> ShardedMemory:
+    """A memory folder, its files checked against their checksums before any byte is used
+    (hashed once; later opens re-hash only files changed since)."""
+    if not Path(spec).is_dir():
+        raise FileNotFoundError(f"memory.source {spec!r}: no such memory folder")
+    return ShardedMemory.open(spec, verify=True)

@@ -10,8 +10,8 @@ Run folder layout (``--out DIR``):
         predictions.npz         test logits per method (allow_pickle=False)
         test_ids.json           ids of the test images, in the rows of predictions.npz
         shots.png, accuracy_vs_k.png
-        memory/, thumbnails.parquet, test_thumbnails.parquet, serving.json
-                                what serving needs without the cache (see run_folder.py)
+        memory/<part>/, test_thumbnails.parquet, serving.json
+                                what serving needs without the cache (ravis.run_folder)
     report.html, report/*.png   written by ``ravis report`` (and by the demo)
 """
 
@@ -31,13 +31,10 @@ from ..io import atomic_path, save_json
 from ..training.checkpoint import save_weights
 from .methods import MethodResult, train_method, vote_result
 from .prepare import Prepared, prepare
+from ..run_folder import experiment_dir
 from .run_folder import save_for_serving
 
 log = logging.getLogger(__name__)
-
-
-def experiment_dir(out: Path, name: str) -> Path:
-    return Path(out) / name.replace("/", "-")
 
 
 def save_config(cfg: RunConfig, out: Path) -> None:
@@ -46,8 +43,9 @@ def save_config(cfg: RunConfig, out: Path) -> None:
 
 
 def run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool = True, progress: bool = True,
-        echo: Callable[[str], None] = print) -> dict:
-    """Runs every experiment of ``cfg``; writes and returns the results dict."""
+        copy_memory: bool = False, echo: Callable[[str], None] = print) -> dict:
+    """Runs every experiment of ``cfg``; writes and returns the results dict. The run folder
+    refers to the memory folders it read; ``copy_memory`` copies them in instead."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
@@ -56,7 +54,8 @@ def run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool = True, prog
         t0 = time.perf_counter()
         echo(f"== {exp.name}")
         prep = prepare(cfg, exp, cache_dir, progress=progress)
-        entry, times = run_methods(cfg, prep, out, cache_dir, resume=resume, echo=echo)
+        entry, times = run_methods(cfg, prep, out, cache_dir, resume=resume, echo=echo,
+                                   copy_memory=copy_memory)
         results["experiments"].append(entry)
         timings[exp.name] = {**prep.timings, **times, "total": time.perf_counter() - t0}
         echo(format_table(entry))
@@ -68,7 +67,7 @@ def run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool = True, prog
 
 
 def run_methods(cfg: RunConfig, prep: Prepared, out: Path, cache_dir: Path, *, resume: bool,
-                echo: Callable[[str], None]) -> tuple[dict, dict]:
+                echo: Callable[[str], None], copy_memory: bool = False) -> tuple[dict, dict]:
     """Trains and evaluates every method of one prepared experiment; writes its folder."""
     exp = prep.config
     folder = experiment_dir(out, exp.name)
@@ -91,7 +90,7 @@ def run_methods(cfg: RunConfig, prep: Prepared, out: Path, cache_dir: Path, *, r
     entry = summarise(prep, cfg, methods)
     _write_experiment_outputs(folder, prep, entry, methods)
     t = time.perf_counter()
-    save_for_serving(folder, out, prep, methods, cache_dir)
+    save_for_serving(folder, out, prep, methods, cache_dir, copy_memory)
     times["run_folder"] = time.perf_counter() - t
     return entry, times
 

@@ -1,38 +1,23 @@
-"""What makes an experiment's folder self-sufficient: a model there can serve without the cache.
-
-Beside the trained weights, each experiment folder gets:
-
-    memory/                  the experiment's memory (ravis.memory.store format, no pickle)
-    thumbnails.parquet       id -> small image of each memory entry that has one
-    test_thumbnails.parquet  id -> small image of each test image (the report's gallery)
-    serving.json             class names, k, index spec, memory fingerprint, and each
-                             method's post-hoc logit adjustment (so served probabilities are
-                             those the evaluation scored)
-
-Memories whose arrays are identical (the demo's B and C share keys) are hard-linked, not
-copied. A rerun whose memory fingerprint has not changed rewrites nothing.
-"""
+"""Writing what makes an experiment's folder servable without the cache (the format is
+:mod:`ravis.run_folder`): memory parts made from the dataset, references to memory folders,
+thumbnails, and serving.json with each method's post-hoc logit adjustment (so served
+probabilities are those the evaluation scored)."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path, load_json, save_json
-from ..memory.store import Memory
+from ..memory.store import ArrayMemory
+from ..run_folder import save_memory_part, write_serving
+from ..thumbnails import thumbnail_bytes, write_thumbnails
 from ..training.loss import log_prior
 from .methods import MethodResult, validation_split
 from .prepare import Prepared, load_splits
-from .thumbnails import append_thumbnails, write_thumbnails
 
 log = logging.getLogger(__name__)
-
-SERVING_FILE = "serving.json"
-FORMAT_VERSION = 1
-
 
 def logit_adjustment(prep: Prepared, method: str, result: MethodResult) -> list[float]:
     """The vector train_method subtracts from a method's test logits (post-hoc prior correction).
@@ -49,88 +34,37 @@ def logit_adjustment(prep: Prepared, method: str, result: MethodResult) -> list[
     return (tau * log_prior(counts).numpy()).astype(float).tolist()
 
 
-def save_memory(memory: Memory, folder: Path, run_dir: Path, fingerprint: str) -> None:
-    """Memory.save into ``folder`` unless it already holds this memory; then hard-links
-    arrays identical to another experiment's saved memory in the same run."""
-    marker = folder / "fingerprint.json"
-    if marker.exists() and load_json(marker).get("fingerprint") == fingerprint:
-        return
-    memory.save(folder)
-    manifest = load_json(folder / "manifest.json")
-    for other in sorted(Path(run_dir).glob("*/memory/manifest.json")):
-        if other.parent == folder:
-            continue
-        theirs = load_json(other)["checksums"]
-        for name, checksum in manifest["checksums"].items():
-            mine, src = folder / f"{name}.npy", other.parent / f"{name}.npy"
-            if theirs.get(name) == checksum and src.exists() and not _same_file(src, mine):
-                with atomic_path(mine) as tmp:
-                    tmp.unlink()
-                    os.link(src, tmp)
-    save_json(marker, {"fingerprint": fingerprint})
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def sharded_thumbnails(memory: Memory) -> tuple[list[str], list[bytes]]:
-    """(memory ids, thumbnails) of the entries that come from sharded memories, which keep a
-    thumbnail per row in their metadata; ids as the composed memory names them."""
-    from ..memory.compose import source_name
-    from ..memory.sharded import ShardedMemory
-    from .prepare import is_sharded_memory
-
-    ids, images = [], []
-    for n, (spec, _) in enumerate(memory.parts):
-        if not is_sharded_memory(spec):
-            continue
-        prefix = f"{source_name(spec)}:" if n else ""  # compose prefixes every part but the first
-        sharded = ShardedMemory.open(spec)
-        for i in range(len(sharded.shard_names)):
-            meta = sharded.meta(i, columns=["id", "thumbnail"]).to_pydict()
-            for item, thumb in zip(meta["id"], meta["thumbnail"]):
-                if thumb:
-                    ids.append(prefix + item)
-                    images.append(thumb)
-    known = set(memory.ids)
-    keep = [j for j, i in enumerate(ids) if i in known]
-    return [ids[j] for j in keep], [images[j] for j in keep]
-
-
 def save_for_serving(folder: Path, run_dir: Path, prep: Prepared, methods: dict[str, MethodResult],
-                     cache_dir: Path) -> None:
-    """Writes the memory, thumbnails and serving.json of one experiment's folder."""
+                     cache_dir: Path, copy_memory: bool = False) -> None:
+    """Writes what serving needs into one experiment's folder: the memory parts made from
+    the dataset (with thumbnails), references to (or copies of) memory folders, the test
+    thumbnails and serving.json."""
     exp, memory = prep.config, prep.memory
-    fingerprint = memory.fingerprint
-    save_memory(memory, folder / "memory", run_dir, fingerprint)
     full_train, _ = load_splits(exp.data)
-    row_of = {item: r for r, item in enumerate(full_train.ids)}
-    rows = [row_of[i] for i in memory.ids if i in row_of]  # entries with an image we can load
-    write_thumbnails(folder / "thumbnails.parquet", full_train, rows, cache_dir=cache_dir)
-    sharded_ids, sharded_images = sharded_thumbnails(memory)
-    if sharded_ids:
-        append_thumbnails(folder / "thumbnails.parquet", sharded_ids, sharded_images)
+    parts = []
+    for spec, part in memory.parts:
+        if isinstance(part, ArrayMemory) and part.thumbnails is None:
+            part.thumbnails = dataset_thumbnails(full_train, part.ids, cache_dir)
+        parts.append(save_memory_part(folder, spec, part, run_dir, copy_memory))
     write_thumbnails(folder / "test_thumbnails.parquet", prep.test.dataset, cache_dir=cache_dir)
-    save_json(folder / SERVING_FILE, {
-        "format": FORMAT_VERSION,
+    write_serving(folder, {
         "experiment": exp.name,
         "class_names": list(prep.train.dataset.class_names),
         "class_counts": [int(c) for c in prep.class_counts],
         "k": int(prep.test_I.shape[1]),
         "index": exp.retrieval.index,
-        "memory": "memory",
-        "memory_fingerprint": fingerprint,
-        "memory_size": len(memory),
-        "memory_parts": [[spec, int(rows)] for spec, rows in memory.parts],
-        "thumbnails": "thumbnails.parquet",
+        "memory": {"class_names": memory.class_names, "rows": len(memory), "parts": parts},
         "test_thumbnails": "test_thumbnails.parquet",
         "logit_adjustment": {name: logit_adjustment(prep, name, r) for name, r in methods.items()
                              if name != "knn_vote"},
     })
 
 
-__all__ = ["SERVING_FILE", "logit_adjustment", "save_for_serving", "save_memory"]
+def dataset_thumbnails(dataset, ids: list[str], cache_dir: Path) -> list[bytes]:
+    """Thumbnails of the dataset items ``ids`` (b"" where an image cannot be read)."""
+    row_of = {item: r for r, item in enumerate(dataset.ids)}
+    rows = np.array([row_of[i] for i in ids], dtype=np.int64)
+    return thumbnail_bytes(dataset, rows, cache_dir=cache_dir)
+
+
+__all__ = ["dataset_thumbnails", "logit_adjustment", "save_for_serving"]

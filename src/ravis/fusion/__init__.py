@@ -49,7 +49,21 @@ class RetrievalClassifier(nn.Module):
         return self.head(f), attn
 
 
+def build_model(method: str, exp, dim: int, value_dim: int, num_classes: int) -> RetrievalClassifier:
+    """The fusion module of ``method`` with a linear classifier, configured by the experiment
+    config ``exp`` (its ``mam`` section) and seeded by its train seed."""
+    torch.manual_seed(exp.train.seed)
+    kwargs = {}
+    if method == "mam":
+        m = exp.mam
+        kwargs = dict(num_layers=m.num_layers, similarity_init=m.similarity_init,
+                      learn_temperature=m.learn_temperature, init_temperature=m.init_temperature,
+                      similarity_bias=m.similarity_bias, attn_dropout=m.attn_dropout,
+                      qk_lr_scale=m.qk_lr_scale, query_dropout=m.query_dropout)
+    return RetrievalClassifier(create_fusion(method, dim, value_dim, **kwargs), dim, num_classes)
+
+
 __all__ = [
-    "FUSIONS", "MLP", "MeanKNN", "MemoryAttention", "MemoryAttentionLayer", "NoMemory",
+    "FUSIONS", "build_model", "MLP", "MeanKNN", "MemoryAttention", "MemoryAttentionLayer", "NoMemory",
     "RACFusion", "RetrievalClassifier", "create_fusion", "knn_vote",
 ]

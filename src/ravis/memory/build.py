@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dataset import ImageDataset
-from .store import Memory
+from .store import ArrayMemory
 
 VALUE_KINDS = ("label_prompt", "caption", "image")
 
@@ -28,7 +28,7 @@ def value_texts(dataset: ImageDataset, kind: str, prompt: str) -> list[str]:
 def build_memory(dataset: ImageDataset, keys: np.ndarray, *, key_encoder: str, kind: str,
                  text_encoder=None, cache_dir: Path | None = None,
                  prompt: str = "a photo of a {label}", valid: np.ndarray | None = None,
-                 image_values: np.ndarray | None = None, value_encoder: str | None = None) -> Memory:
+                 image_values: np.ndarray | None = None, value_encoder: str | None = None) -> ArrayMemory:
     """A memory over ``dataset`` whose keys are ``keys`` (rows aligned with the dataset).
 
     Args:
@@ -52,14 +52,14 @@ def build_memory(dataset: ImageDataset, keys: np.ndarray, *, key_encoder: str, k
         values = embed_texts(text_encoder, value_texts(dataset, kind, prompt), cache_dir)
         value_encoder = text_encoder.fingerprint()
     texts = entry_texts(dataset, kind)
-    return Memory(keys=keys[keep], values=values[keep], labels=dataset.labels[keep],
+    return ArrayMemory(keys=keys[keep], values=values[keep], labels=dataset.labels[keep],
                   texts=[texts[i] for i in keep], ids=[dataset.ids[i] for i in keep],
                   sources=[dataset.name] * len(keep), key_encoder=key_encoder,
                   value_encoder=value_encoder, class_names=list(dataset.class_names))
 
 
-def with_wrong_values(memory: Memory, fraction: float, seed: int, text_encoder,
-                      cache_dir: Path | None = None, prompt: str = "a photo of a {label}") -> Memory:
+def with_wrong_values(memory: ArrayMemory, fraction: float, seed: int, text_encoder,
+                      cache_dir: Path | None = None, prompt: str = "a photo of a {label}") -> ArrayMemory:
     """A copy of a label-prompt memory whose entries, a ``fraction`` of them chosen with
     ``seed``, say a wrong class (uniform over the others): a stand-in for noisy web text.
     Labels and texts follow the wrong value, as they would for a mis-captioned web image."""
@@ -73,7 +73,8 @@ def with_wrong_values(memory: Memory, fraction: float, seed: int, text_encoder,
     prompts = embed_texts(text_encoder, [prompt.format(label=n) for n in memory.class_names], cache_dir)
     values = memory.values.copy()
     values[flip] = prompts[labels[flip]]
-    return Memory(keys=memory.keys, values=values, labels=labels,
+    return ArrayMemory(keys=memory.keys, values=values, labels=labels,
                   texts=[memory.class_names[y] for y in labels], ids=memory.ids,
                   sources=memory.sources, key_encoder=memory.key_encoder,
-                  value_encoder=memory.value_encoder, class_names=memory.class_names)
+                  value_encoder=memory.value_encoder, class_names=memory.class_names,
+                  thumbnails=memory.thumbnails)

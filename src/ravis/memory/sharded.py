@@ -17,32 +17,29 @@ manifest included, is written to a temporary name and renamed.
 
 from __future__ import annotations
 
-import hashlib
+import json
+import threading
+from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..io import atomic_path, load_json, save_json, save_npy
-from .store import Memory, MemoryMismatchError
+from ..io import VerifiedStamps, atomic_path, load_json, save_json, save_npy, sha256_file, stable_hash
+from .base import META_COLUMNS, MemoryMismatchError, as_rows, check_query_encoder
 
 FORMAT = "ravis-sharded-memory/1"
 DTYPES = ("float16", "float32")
 FILE_KINDS = ("keys", "values", "meta")
+#: Metadata rows per parquet row group: a reader of a few rows decodes only their groups.
+META_ROW_GROUP = 1024
+STAMPS_NAME = ".verified.json"  # files of this memory already hashed OK (see VerifiedStamps)
 _SUFFIX = {"keys": ".keys.npy", "values": ".values.npy", "meta": ".meta.parquet"}
 
 
 def shard_file(name: str, kind: str) -> str:
     """The path of a shard file relative to MEMDIR."""
     return f"shards/{name}{_SUFFIX[kind]}"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_record(memdir: Path, rel: str) -> dict:
@@ -66,7 +63,7 @@ def write_shard(memdir: Path, name: str, keys: np.ndarray, values: np.ndarray, m
     save_npy(memdir / shard_file(name, "keys"), keys)
     save_npy(memdir / shard_file(name, "values"), values)
     with atomic_path(memdir / shard_file(name, "meta")) as tmp:
-        pq.write_table(meta, tmp)
+        pq.write_table(meta, tmp, row_group_size=META_ROW_GROUP)
     return {kind: file_record(memdir, shard_file(name, kind)) for kind in FILE_KINDS}
 
 
@@ -109,11 +106,13 @@ def load_manifest(memdir: Path) -> dict:
     return manifest
 
 
-def check_shard_files(memdir: Path, manifest: dict, shard: dict, checksums: bool) -> list[str]:
+def check_shard_files(memdir: Path, manifest: dict, shard: dict, checksums: bool,
+                      stamps: VerifiedStamps | None = None) -> list[str]:
     """Problems with one shard's files, each naming the file ([] if none).
 
-    Always checks presence and the .npy headers (shape and dtype against the manifest);
-    with ``checksums`` also sizes, sha256 and the metadata row count.
+    Always checks presence, sizes and the .npy headers (shape and dtype against the
+    manifest); with ``checksums`` also sha256 (skipped for files ``stamps`` has seen
+    unchanged since they last hashed right) and the metadata row count.
     """
     import pyarrow.parquet as pq
 
@@ -127,12 +126,14 @@ def check_shard_files(memdir: Path, manifest: dict, shard: dict, checksums: bool
         if not path.is_file():
             problems.append(f"{path}: missing")
             continue
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            problems.append(f"{path}: {size} bytes, manifest says {entry['bytes']}")
+            continue
         if checksums:
-            size = path.stat().st_size
-            if size != entry["bytes"]:
-                problems.append(f"{path}: {size} bytes, manifest says {entry['bytes']}")
-                continue
-            if sha256_file(path) != entry["sha256"]:
+            ok = (stamps.matches(path, entry["sha256"]) if stamps is not None
+                  else sha256_file(path) == entry["sha256"])
+            if not ok:
                 problems.append(f"{path}: checksum mismatch, the file is corrupt or was changed")
                 continue
         if kind == "meta":
@@ -152,35 +153,45 @@ def check_shard_files(memdir: Path, manifest: dict, shard: dict, checksums: bool
     return problems
 
 
+def manifest_digest(manifest: dict) -> str:
+    """The identity of a memory: its manifest, which holds every file's sha256."""
+    return stable_hash(json.dumps(manifest, sort_keys=True))
+
+
 class ShardedMemory:
-    """A sharded memory on disk, opened lazily: arrays are memory-mapped per shard."""
+    """A sharded memory on disk, opened lazily: arrays are memory-mapped per shard, and
+    metadata is read per parquet row group, only for the rows asked for."""
 
     def __init__(self, memdir: Path | str, manifest: dict):
         self.memdir = Path(memdir)
         self.manifest = manifest
         self.shard_rows = [int(s["rows"]) for s in manifest["shards"]]
         self.offsets = np.concatenate([[0], np.cumsum(self.shard_rows)]).astype(np.int64)
+        self._maps: dict[tuple[int, str], np.ndarray] = {}
+        self._meta_files: OrderedDict = OrderedDict()  # shard -> ParquetFile, most recent last
+        self._meta_lock = threading.Lock()  # the server reads metadata from several threads
 
     @classmethod
     def open(cls, memdir: Path | str, verify: bool = False) -> "ShardedMemory":
-        """Opens MEMDIR, checking every shard's .npy headers against the manifest (cheap);
-        ``verify`` also checks sizes, checksums and metadata rows (reads every byte).
+        """Opens MEMDIR, checking every shard file's presence, size and .npy header against
+        the manifest (cheap); ``verify`` also checks every file's sha256 before any byte is
+        used (once: later opens re-hash only files changed since, see VerifiedStamps).
 
         Raises:
             FileNotFoundError: no manifest.
-            MemoryMismatchError: a shard whose dimension, dtype or rows disagree with the
-                manifest (or, with ``verify``, whose checksum fails), naming its file.
+            MemoryMismatchError: a shard whose size, dimension, dtype or rows disagree with
+                the manifest (or, with ``verify``, whose checksum fails), naming its file.
         """
         manifest = load_manifest(Path(memdir))
         if manifest["dtype"] not in DTYPES:
             raise MemoryMismatchError(f"{memdir}/manifest.json: dtype {manifest['dtype']!r}")
         mem = cls(memdir, manifest)
-        mem._check(checksums=verify)
+        mem._check(checksums=verify, stamps=VerifiedStamps(mem.memdir / STAMPS_NAME) if verify else None)
         return mem
 
-    def _check(self, checksums: bool) -> None:
+    def _check(self, checksums: bool, stamps: VerifiedStamps | None = None) -> None:
         problems = [p for s in self.manifest["shards"]
-                    for p in check_shard_files(self.memdir, self.manifest, s, checksums)]
+                    for p in check_shard_files(self.memdir, self.manifest, s, checksums, stamps)]
         if sum(self.shard_rows) != self.manifest["count"]:
             problems.append(f"{self.memdir / 'manifest.json'}: count {self.manifest['count']} "
                             f"but its shards hold {sum(self.shard_rows)} rows")
@@ -188,13 +199,16 @@ class ShardedMemory:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             raise MemoryMismatchError(problems[0] + more + (
                 "\n  " + "\n  ".join(problems[1:]) if len(problems) > 1 else ""))
+        if stamps is not None:
+            stamps.save()
 
     def verify(self) -> None:
-        """Re-checks every file's size and sha256, the arrays' shapes and dtypes and the
-        metadata row counts. Raises MemoryMismatchError naming the first bad file."""
-        self._check(checksums=True)
+        """Re-hashes every file (no stamps trusted) and checks the arrays' shapes and dtypes
+        and the metadata row counts. Raises MemoryMismatchError naming the first bad file."""
+        stamps = VerifiedStamps(self.memdir / STAMPS_NAME)
+        self._check(checksums=True, stamps=_Rehash(stamps))
 
-    # -- sizes ------------------------------------------------------------------------------
+    # -- sizes and identity -----------------------------------------------------------------
     @property
     def count(self) -> int:
         return int(self.manifest["count"])
@@ -230,18 +244,34 @@ class ShardedMemory:
     def class_names(self) -> list[str]:
         return list(self.manifest.get("class_names", []))
 
-    # -- data -------------------------------------------------------------------------------
+    @property
+    def digest(self) -> str:
+        return manifest_digest(self.manifest)
+
+    @property
+    def key_digest(self) -> str:
+        return stable_hash([[s["files"]["keys"]["sha256"], s["files"]["meta"]["sha256"]]
+                            for s in self.manifest["shards"]])
+
+    def check_query_encoder(self, encoder_fingerprint: str, dim: int) -> None:
+        check_query_encoder(self, encoder_fingerprint, dim, name=str(self.memdir))
+
+    # -- per shard --------------------------------------------------------------------------
     def _path(self, i: int, kind: str) -> Path:
         return self.memdir / self.manifest["shards"][i]["files"][kind]["path"]
 
+    def _map(self, i: int, kind: str) -> np.ndarray:
+        if (i, kind) not in self._maps:
+            self._maps[i, kind] = np.load(self._path(i, kind), mmap_mode="r", allow_pickle=False)
+        return self._maps[i, kind]
+
     def keys(self, i: int, mmap: bool = True) -> np.ndarray:
         """(rows_i, dim) keys of shard i, in the stored dtype (memory-mapped by default)."""
-        return np.load(self._path(i, "keys"), mmap_mode="r" if mmap else None, allow_pickle=False)
+        return self._map(i, "keys") if mmap else np.load(self._path(i, "keys"), allow_pickle=False)
 
     def values(self, i: int, mmap: bool = True) -> np.ndarray:
         """(rows_i, value_dim) values of shard i, in the stored dtype."""
-        return np.load(self._path(i, "values"), mmap_mode="r" if mmap else None,
-                       allow_pickle=False)
+        return self._map(i, "values") if mmap else np.load(self._path(i, "values"), allow_pickle=False)
 
     def meta(self, i: int, columns: list[str] | None = None):
         """Shard i's metadata as a pyarrow Table (id, text, source, label, thumbnail, json)."""
@@ -265,24 +295,132 @@ class ShardedMemory:
         i = int(np.searchsorted(self.offsets, row, side="right") - 1)
         return i, row - int(self.offsets[i])
 
-    def to_memory(self, verify: bool = True) -> Memory:
-        """All shards as the core's in-RAM :class:`~ravis.memory.store.Memory` (float32).
+    # -- the Memory protocol: rows -----------------------------------------------------------
+    def _by_shard(self, rows):
+        """(shard, positions in rows, sorted unique local rows, inverse) per shard touched."""
+        rows = as_rows(rows, self.count)
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        for i in np.unique(which):
+            pos = np.flatnonzero(which == i)
+            local, inverse = np.unique(rows[pos] - self.offsets[i], return_inverse=True)
+            yield int(i), pos, local, inverse
 
-        ``verify`` (default) checks every file's checksum first: loading reads every byte
-        anyway, and a damaged shard must not reach an experiment.
-        """
+    def _gather(self, rows, kind: str, width: int) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), width), dtype=self.dtype)
+        for i, pos, local, inverse in self._by_shard(rows):
+            out[pos] = self._map(i, kind)[local][inverse]  # ascending reads touch each page once
+        return out
+
+    def keys_at(self, rows) -> np.ndarray:
+        return self._gather(rows, "keys", self.dim)
+
+    def values_at(self, rows) -> np.ndarray:
+        return self._gather(rows, "values", self.value_dim)
+
+    def _meta_rows(self, i: int, local: np.ndarray, columns: list[str]):
+        """Columns of shard i's rows ``local`` (sorted), decoding only their row groups."""
+        with self._meta_lock:
+            return self._read_meta_rows(i, local, columns)
+
+    def _read_meta_rows(self, i: int, local: np.ndarray, columns: list[str]):
+        import pyarrow.parquet as pq
+
+        f = self._meta_files.pop(i, None) or pq.ParquetFile(self._path(i, "meta"))
+        self._meta_files[i] = f
+        if len(self._meta_files) > 64:  # bounded: a 10^4-shard memory must not hold 10^4 files
+            self._meta_files.popitem(last=False)
+        sizes = [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        groups = np.unique(np.searchsorted(starts, local, side="right") - 1)
+        table = f.read_row_groups([int(g) for g in groups], columns=columns)
+        # rows of the groups read, renumbered from the first group's start
+        group_start = np.concatenate([[0], np.cumsum([sizes[g] for g in groups])])
+        g_of = np.searchsorted(groups, np.searchsorted(starts, local, side="right") - 1)
+        return table.take(group_start[g_of] + local - starts[groups[g_of]])
+
+    def labels_at(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty(len(rows), dtype=np.int64)
+        for i, pos, local, inverse in self._by_shard(rows):
+            out[pos] = self._meta_rows(i, local, ["label"]).column("label").to_numpy()[inverse]
+        return out
+
+    def meta_at(self, rows, columns: Sequence[str]) -> dict[str, list]:
+        unknown = set(columns) - set(META_COLUMNS)
+        if unknown:
+            raise KeyError(f"unknown memory metadata columns {sorted(unknown)}; known: {META_COLUMNS}")
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out: dict[str, list] = {c: [None] * len(rows) for c in columns}
+        for i, pos, local, inverse in self._by_shard(rows):
+            table = self._meta_rows(i, local, list(columns))
+            for c in columns:
+                got = table.column(c).to_pylist()
+                for p, j in zip(pos, inverse):
+                    out[c][p] = got[j]
+        return out
+
+    def rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Streams every shard's id column (no per-row object is kept between shards)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        wanted = pa.array(list(ids), pa.string())
+        out = np.full(len(wanted), -1, dtype=np.int64)
+        for i in range(len(self.shard_rows)):
+            col = self.meta(i, ["id"]).column("id")
+            at = pc.index_in(wanted, value_set=col).to_numpy(zero_copy_only=False)
+            found = ~np.isnan(at.astype(np.float64)) if at.dtype.kind == "f" else at >= 0
+            out[found] = self.offsets[i] + at[found].astype(np.int64)
+        return out
+
+    def key_blocks(self) -> list[np.ndarray]:
+        return [self.keys(i) for i in range(len(self.shard_rows))]
+
+    def to_memory(self, verify: bool = True):
+        """All shards as an in-RAM :class:`~ravis.memory.store.ArrayMemory` (for tests and
+        small memories; experiments read rows through the protocol instead)."""
+        from .store import ArrayMemory
+
         if verify:
             self.verify()
-        metas = [self.meta(i, ["id", "text", "source", "label"]).to_pydict()
-                 for i in range(len(self.shard_rows))]
-        n = len(self.shard_rows)
-        cat = (lambda parts, d: np.concatenate(parts).astype(np.float32) if parts
-               else np.zeros((0, d), np.float32))
-        return Memory(keys=cat([self.keys(i, mmap=False) for i in range(n)], self.dim),
-                      values=cat([self.values(i, mmap=False) for i in range(n)], self.value_dim),
-                      labels=np.array([y for m in metas for y in m["label"]], np.int64),
-                      texts=[t for m in metas for t in m["text"]],
-                      ids=[x for m in metas for x in m["id"]],
-                      sources=[s for m in metas for s in m["source"]],
-                      key_encoder=self.key_encoder, value_encoder=self.value_encoder,
-                      class_names=self.class_names)
+        rows = np.arange(self.count)
+        meta = self.meta_at(rows, ["id", "text", "source", "thumbnail"])
+        return ArrayMemory(keys=self.keys_at(rows), values=self.values_at(rows),
+                           labels=self.labels_at(rows), texts=meta["text"], ids=meta["id"],
+                           sources=meta["source"], key_encoder=self.key_encoder,
+                           value_encoder=self.value_encoder, class_names=self.class_names,
+                           thumbnails=meta["thumbnail"])
+
+
+class _Rehash:
+    """VerifiedStamps that trusts no stamp (a full verify) but records the results."""
+
+    def __init__(self, stamps: VerifiedStamps):
+        self.stamps = stamps
+
+    def matches(self, path, sha256: str) -> bool:
+        return self.stamps.matches(path, sha256, trust_stamps=False)
+
+    def save(self) -> None:
+        self.stamps.save()
+
+
+def save_single_shard(memory, memdir: Path, dtype: str) -> ShardedMemory:
+    """Writes any memory that fits in RAM as a one-shard folder (shard ``00000``)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"memory dtype must be one of {DTYPES}, got {dtype!r}")
+    rows = np.arange(len(memory))
+    meta = memory.meta_at(rows, ["id", "text", "source", "thumbnail"])
+    table = meta_table(meta["id"], meta["text"], meta["source"], memory.labels_at(rows),
+                       [t or b"" for t in meta["thumbnail"]], ["{}"] * len(rows))
+    files = write_shard(memdir, "00000", memory.keys_at(rows).astype(dtype),
+                        memory.values_at(rows).astype(dtype), table)
+    manifest = {"format": FORMAT, "key_encoder": memory.key_encoder,
+                "value_encoder": memory.value_encoder, "dim": memory.dim,
+                "value_dim": memory.value_dim, "dtype": dtype, "count": len(memory),
+                "class_names": list(memory.class_names), "skipped": {}, "sources": [],
+                "shards": [{"name": "00000", "input": "in-RAM memory", "rows": len(memory),
+                            "skipped": {}, "files": files}], "failed_shards": []}
+    save_manifest(memdir, manifest)
+    return ShardedMemory.open(memdir)

@@ -1,32 +1,28 @@
-"""The memory: keys (image embeddings), values (text or image embeddings) and metadata.
+"""The in-RAM memory: the downstream training split (or any small memory) as arrays.
 
-On disk a memory is a folder: ``keys.npy``, ``values.npy``, ``labels.npy`` (numpy, no
-pickle), ``meta.parquet`` (id, text, source per entry) and ``manifest.json`` (encoders,
-dimensions, counts, checksums). Every file is written to a temporary name and renamed.
+It offers the :class:`~ravis.memory.base.Memory` protocol like the on-disk memory does, and
+``save`` writes the one on-disk format (:mod:`ravis.memory.sharded`, a single shard), so a
+saved in-RAM memory opens as a :class:`~ravis.memory.sharded.ShardedMemory`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from ..io import load_json, load_npy, save_json, save_npy, stable_hash
-
-FORMAT_VERSION = 1
-
-
-class MemoryMismatchError(ValueError):
-    """A memory that cannot serve a query encoder, or whose files disagree."""
+from ..io import stable_hash
+from .base import META_COLUMNS, MemoryMismatchError, as_rows, check_query_encoder
 
 
 @dataclass
-class Memory:
+class ArrayMemory:
     """An image-text memory held in RAM."""
 
-    keys: np.ndarray  # (M, d) float32, unit rows: the query encoder's embeddings of the images
-    values: np.ndarray  # (M, d') float32: text embeddings (or a second image encoder's)
+    keys: np.ndarray  # (M, d) unit rows: the query encoder's embeddings of the images
+    values: np.ndarray  # (M, d') text embeddings (or a second image encoder's)
     labels: np.ndarray  # (M,) int64 class index, -1 where an entry has no known class
     texts: list[str]  # (M,) caption or label text: what RAC concatenates and predict shows
     ids: list[str]  # (M,) entry ids, unique within the memory
@@ -34,17 +30,21 @@ class Memory:
     key_encoder: str  # fingerprint of the encoder that made the keys
     value_encoder: str  # fingerprint of the encoder that made the values
     class_names: list[str] = field(default_factory=list)
-    # (source spec, rows) of each part when the memory is composed of several (in order)
-    parts: list[tuple[str, int]] = field(default_factory=list)
+    thumbnails: list[bytes] | None = None  # (M,) small image per entry (b"" for none)
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.values.dtype != self.keys.dtype:
+            raise MemoryMismatchError(f"memory keys are {self.keys.dtype}, values {self.values.dtype}")
         m = len(self.keys)
         lengths = {"values": len(self.values), "labels": len(self.labels), "texts": len(self.texts),
                    "ids": len(self.ids), "sources": len(self.sources)}
+        if self.thumbnails is not None:
+            lengths["thumbnails"] = len(self.thumbnails)
         bad = {k: v for k, v in lengths.items() if v != m}
         if bad:
             raise MemoryMismatchError(f"memory has {m} keys but {bad}")
+        self._row_of: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -58,60 +58,52 @@ class Memory:
         return int(self.values.shape[1])
 
     @property
-    def fingerprint(self) -> str:
-        """Content hash: neighbour caches are keyed by it."""
-        return stable_hash(self.keys, self.values, self.labels, self.texts, self.ids)
+    def dtype(self) -> np.dtype:
+        return self.keys.dtype
+
+    @property
+    def digest(self) -> str:
+        return stable_hash(self.keys, self.values, self.labels, self.texts, self.ids, self.class_names)
+
+    @property
+    def key_digest(self) -> str:
+        return stable_hash(self.keys, self.ids)
+
+    def keys_at(self, rows) -> np.ndarray:
+        return self.keys[as_rows(rows, len(self))]
+
+    def values_at(self, rows) -> np.ndarray:
+        return self.values[as_rows(rows, len(self))]
+
+    def labels_at(self, rows) -> np.ndarray:
+        return self.labels[as_rows(rows, len(self))]
+
+    def meta_at(self, rows, columns: Sequence[str]) -> dict[str, list]:
+        rows = as_rows(rows, len(self))
+        thumbs = self.thumbnails if self.thumbnails is not None else [b""] * len(self)
+        lists = {"id": self.ids, "text": self.texts, "source": self.sources, "thumbnail": thumbs}
+        unknown = set(columns) - set(META_COLUMNS)
+        if unknown:
+            raise KeyError(f"unknown memory metadata columns {sorted(unknown)}; known: {META_COLUMNS}")
+        return {c: [lists[c][r] for r in rows] for c in columns}
+
+    def rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        if self._row_of is None:
+            self._row_of = {item: r for r, item in enumerate(self.ids)}
+        return np.array([self._row_of.get(item, -1) for item in ids], dtype=np.int64)
+
+    def key_blocks(self) -> list[np.ndarray]:
+        return [self.keys]
+
+    def verify(self) -> None:
+        """Nothing to check: the arrays are in RAM, made by this process."""
 
     def check_query_encoder(self, encoder_fingerprint: str, dim: int) -> None:
-        """Refuses a query encoder whose embeddings do not live in this memory's key space."""
-        if dim != self.dim:
-            raise MemoryMismatchError(
-                f"memory keys are {self.dim}-d but the query encoder gives {dim}-d embeddings")
-        if encoder_fingerprint != self.key_encoder:
-            raise MemoryMismatchError(
-                f"memory keys were made by {self.key_encoder!r}, not by the query encoder "
-                f"{encoder_fingerprint!r}: neighbours would be meaningless")
+        check_query_encoder(self, encoder_fingerprint, dim)
 
-    def save(self, folder: Path | str) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    def save(self, folder: Path | str, dtype: str | None = None):
+        """Writes the memory as a one-shard :mod:`ravis.memory.sharded` folder; returns it
+        opened. ``dtype`` (default: the arrays' own) is float16 or float32."""
+        from .sharded import save_single_shard
 
-        from ..io import atomic_path
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_npy(folder / "keys.npy", self.keys.astype(np.float32))
-        save_npy(folder / "values.npy", self.values.astype(np.float32))
-        save_npy(folder / "labels.npy", self.labels)
-        table = pa.table({"id": self.ids, "text": self.texts, "source": self.sources})
-        with atomic_path(folder / "meta.parquet") as tmp:
-            pq.write_table(table, tmp)
-        save_json(folder / "manifest.json", {
-            "format": FORMAT_VERSION, "count": len(self), "dim": self.dim,
-            "value_dim": self.value_dim, "key_encoder": self.key_encoder,
-            "value_encoder": self.value_encoder, "class_names": self.class_names,
-            "checksums": {"keys": stable_hash(self.keys), "values": stable_hash(self.values),
-                          "labels": stable_hash(self.labels)},
-        })
-
-    @classmethod
-    def load(cls, folder: Path | str) -> "Memory":
-        import pyarrow.parquet as pq
-
-        folder = Path(folder)
-        if not (folder / "manifest.json").exists():
-            raise FileNotFoundError(f"{folder}: not a ravis memory (no manifest.json)")
-        manifest = load_json(folder / "manifest.json")
-        arrays = {name: load_npy(folder / f"{name}.npy") for name in ("keys", "values", "labels")}
-        for name, arr in arrays.items():
-            if stable_hash(arr) != manifest["checksums"][name]:
-                raise MemoryMismatchError(f"{folder / (name + '.npy')}: checksum mismatch, "
-                                          "the file is corrupt or was changed")
-        if arrays["keys"].shape != (manifest["count"], manifest["dim"]):
-            raise MemoryMismatchError(f"{folder / 'keys.npy'}: shape {arrays['keys'].shape} "
-                                      f"disagrees with manifest ({manifest['count']}, {manifest['dim']})")
-        meta = pq.read_table(folder / "meta.parquet").to_pydict()
-        return cls(keys=arrays["keys"], values=arrays["values"], labels=arrays["labels"],
-                   texts=meta["text"], ids=meta["id"], sources=meta["source"],
-                   key_encoder=manifest["key_encoder"], value_encoder=manifest["value_encoder"],
-                   class_names=manifest["class_names"])
+        return save_single_shard(self, Path(folder), dtype or str(self.keys.dtype))

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.report import plot_accuracy_vs_k, plot_shots
-from ..experiment.run import experiment_dir
-from ..experiment.thumbnails import ThumbnailStore
+from ..run_folder import SERVING_FILE, experiment_dir
+from ..thumbnails import ThumbnailStore
 from ..io import atomic_path, load_json
 from . import html
 from .figures import attention_by_rank, memory_size_groups, plot_attention_by_rank, plot_memory_size
@@ -54,15 +54,16 @@ def _experiment_section(run_dir: Path, entry: dict, figdir: Path) -> tuple[str, 
     with np.load(folder / "predictions.npz", allow_pickle=False) as f:
         if "attention_mam" in f:
             curve = attention_by_rank(f["attention_mam"])
-    examples = build_examples(folder, entry) if (folder / "memory").exists() else []
+    examples = build_examples(folder, entry) if (folder / SERVING_FILE).exists() else []
     if examples:
         parts.append("<h3>What the memory attention leaned on (as the paper's Figure 4)</h3>"
                      '<p class="meta">Test images, right (green) and wrong (red), from many-, mid- and '
                      "few-shot classes, each followed by its retrieved neighbours sorted by the MAM's "
                      "last-layer attention weight (bar, relative to the row's largest; w: the weight; "
                      "rank: its place in the similarity search).</p>")
+        shown = {n.memory_id: n.thumbnail for ex in examples for n in ex.neighbours if n.thumbnail}
         parts.append(html.gallery(examples, _store(folder / "test_thumbnails.parquet"),
-                                  _store(folder / "thumbnails.parquet")))
+                                  ThumbnailStore(list(shown), list(shown.values()))))
     return "".join(parts), curve
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..data.longtail import shot_buckets
 from ..io import load_json
+from ..run_folder import open_run_memory, read_serving
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Neighbour:
     rank: int  # retrieval rank, 1 = most similar
     similarity: float
     weight: float  # last-layer attention
+    thumbnail: bytes = b""  # from the memory's metadata (b"" for none)
 
 
 @dataclass
@@ -46,17 +48,9 @@ def pick_examples(labels: np.ndarray, pred: np.ndarray, class_counts, per_cell: 
     return [int(r) for r in rows]
 
 
-def memory_meta(folder: Path) -> tuple[list[str], list[str], np.ndarray, list[str]]:
-    """(ids, texts, labels, class names) of a saved memory, without loading its arrays."""
-    import pyarrow.parquet as pq
-
-    meta = pq.read_table(folder / "meta.parquet", columns=["id", "text"]).to_pydict()
-    labels = np.load(folder / "labels.npy", allow_pickle=False)
-    return meta["id"], meta["text"], labels, load_json(folder / "manifest.json").get("class_names", [])
-
-
 def build_examples(exp_folder: Path, entry: dict, per_cell: int = 2, top: int = 8) -> list[Example]:
-    """The gallery of one experiment from its run folder (predictions.npz, memory meta)."""
+    """The gallery of one experiment from its run folder (predictions.npz and the memory it
+    refers to, of which only the shown neighbours' rows are read)."""
     with np.load(exp_folder / "predictions.npz", allow_pickle=False) as f:
         if "attention_mam" not in f or "logits_mam" not in f:
             return []
@@ -64,20 +58,28 @@ def build_examples(exp_folder: Path, entry: dict, per_cell: int = 2, top: int = 
         attn = f["attention_mam"][:, -1, :].astype(np.float32)  # (N, k)
         pred = f["logits_mam"].argmax(1)
     test_ids = load_json(exp_folder / "test_ids.json")
-    ids, texts, mem_labels, mem_classes = memory_meta(exp_folder / "memory")
+    memory = open_run_memory(exp_folder, read_serving(exp_folder))
     classes = entry["class_names"]
-    mem_classes = mem_classes or classes
+    mem_classes = memory.class_names or classes
+    picked = pick_examples(labels, pred, entry["class_counts"], per_cell)
+    shown = {row: [j for j in np.argsort(-attn[row], kind="stable")[:top] if I[row, j] >= 0] for row in picked}
+    rows = np.unique([I[row, j] for row, js in shown.items() for j in js]).astype(np.int64)
+    meta = memory.meta_at(rows, ["id", "text", "thumbnail"])
+    mem_labels = memory.labels_at(rows)
+    at = {int(r): i for i, r in enumerate(rows)}
     out = []
-    for row in pick_examples(labels, pred, entry["class_counts"], per_cell):
-        order = np.argsort(-attn[row], kind="stable")[:top]
-        neighbours = [Neighbour(ids[I[row, j]], texts[I[row, j]],
-                                mem_classes[mem_labels[I[row, j]]] if mem_labels[I[row, j]] >= 0 else None,
-                                int(j) + 1, float(D[row, j]), float(attn[row, j]))
-                      for j in order if I[row, j] >= 0]
+    for row in picked:
+        neighbours = []
+        for j in shown[row]:
+            i = at[int(I[row, j])]
+            neighbours.append(Neighbour(meta["id"][i], meta["text"][i],
+                                        mem_classes[mem_labels[i]] if mem_labels[i] >= 0 else None,
+                                        int(j) + 1, float(D[row, j]), float(attn[row, j]),
+                                        meta["thumbnail"][i] or b""))
         bucket = str(shot_buckets(np.asarray(entry["class_counts"]))[labels[row]])
         out.append(Example(test_ids[row], classes[labels[row]], classes[pred[row]], bucket,
                            bool(pred[row] == labels[row]), neighbours))
     return out
 
 
-__all__ = ["Example", "Neighbour", "build_examples", "memory_meta", "pick_examples"]
+__all__ = ["Example", "Neighbour", "build_examples", "pick_examples"]

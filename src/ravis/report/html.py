@@ -8,7 +8,7 @@ from html import escape
 from pathlib import Path
 
 from ..evaluation.report import METHOD_LABELS
-from ..experiment.thumbnails import ThumbnailStore, media_type
+from ..thumbnails import ThumbnailStore, media_type
 from .gallery import Example
 
 CSS = """

@@ -4,7 +4,8 @@ When the queries are themselves in the memory (training images retrieving from t
 set), each query would find itself, and any exact copy of itself, at the top; the model would
 then learn to read its own label off the memory. Those entries are removed:
 
-- its own entry: a memory row whose id equals the query's id;
+- its own entry: the memory row whose id equals the query's id (``self_rows``, found by the
+  memory's ``rows_of``, so no list of the memory's ids is ever held);
 - its exact duplicates: memory rows whose vector is byte-equal to the query vector.
 
 The search asks the index for k + margin neighbours, drops the excluded ones (vectorised),
@@ -27,7 +28,7 @@ from ravis.io import load_npy, save_npy, stable_hash
 DUP_RTOL = 1e-4
 
 #: Bumped when the cached arrays would change for the same inputs.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def search_neighbors(
@@ -35,8 +36,7 @@ def search_neighbors(
     xq,
     k: int,
     *,
-    query_ids=None,
-    memory_ids=None,
+    self_rows=None,
     exclude_duplicates: bool = True,
     margin: int = 16,
     block: int = 16384,
@@ -47,10 +47,10 @@ def search_neighbors(
         index: the memory's index.
         xq: (nq, d) query vectors.
         k: neighbours per query.
-        query_ids: (nq,) ids (ints or strings) of the queries when they are memory entries;
-            None searches without any exclusion.
-        memory_ids: (nb,) ids of the memory rows; required with query_ids.
-        exclude_duplicates: with query_ids, also drop memory rows byte-equal to the query.
+        self_rows: (nq,) the memory row of each query's own entry, -1 where it has none
+            (:func:`self_rows_from_ids`, or a memory's ``rows_of``); None searches without
+            any exclusion.
+        exclude_duplicates: with self_rows, also drop memory rows byte-equal to the query.
         margin: extra neighbours searched up front, so that re-searches are rare.
         block: queries per index search, to bound the memory of the (block, k + margin) lists.
 
@@ -59,9 +59,9 @@ def search_neighbors(
         fewer than k entries remain.
     """
     xq, k = as_vectors(xq, index.d, "xq"), check_k(k)
-    qc, mc = _id_codes(query_ids, memory_ids, len(xq), index.ntotal)
+    own = _check_self_rows(self_rows, len(xq), index.ntotal)
     out = [
-        _search_block(index, xq[q0 : q0 + block], k, None if qc is None else qc[q0 : q0 + block], mc,
+        _search_block(index, xq[q0 : q0 + block], k, None if own is None else own[q0 : q0 + block],
                       exclude_duplicates, margin)
         for q0 in range(0, len(xq), block)
     ]
@@ -70,9 +70,9 @@ def search_neighbors(
     return np.concatenate([D for D, _ in out]), np.concatenate([I for _, I in out])
 
 
-def _search_block(index, xq, k, qc, mc, exclude_duplicates, margin):
+def _search_block(index, xq, k, own, exclude_duplicates, margin):
     nq, nb = len(xq), index.ntotal
-    if qc is None or nb == 0:
+    if own is None or nb == 0:
         return index.search(xq, k)
     D = np.full((nq, k), -np.inf, dtype=np.float32)
     I = np.full((nq, k), -1, dtype=np.int64)
@@ -80,7 +80,7 @@ def _search_block(index, xq, k, qc, mc, exclude_duplicates, margin):
     while rows.size:  # rows still short of k neighbours; the first pass has them all
         window = min(window, nb)
         Dr, Ir = index.search(xq[rows], window)  # (n, window)
-        keep = _keep_mask(index, xq[rows], Dr, Ir, qc[rows], mc, exclude_duplicates)
+        keep = _keep_mask(index, xq[rows], Dr, Ir, own[rows], exclude_duplicates)
         Dk, Ik, n_kept = _compact(Dr, Ir, keep, k)
         done = (n_kept >= k) | (window >= nb)  # a full-width search has nothing more to give
         D[rows[done]], I[rows[done]] = Dk[done], Ik[done]
@@ -88,10 +88,10 @@ def _search_block(index, xq, k, qc, mc, exclude_duplicates, margin):
     return D, I
 
 
-def _keep_mask(index, xq, D, I, qc, mc, exclude_duplicates) -> np.ndarray:
+def _keep_mask(index, xq, D, I, own, exclude_duplicates) -> np.ndarray:
     """(n, window) True where a neighbour survives the exclusions."""
     keep = I >= 0
-    keep &= mc[np.maximum(I, 0)] != qc[:, None]  # the query's own memory entry
+    keep &= I != own[:, None]  # the query's own memory entry
     if exclude_duplicates:
         self_sim = np.einsum("nd,nd->n", xq, xq)  # (n,) the score a byte-equal copy gets
         r, c = np.nonzero(keep & (D >= (self_sim - DUP_RTOL * np.abs(self_sim))[:, None]))
@@ -114,22 +114,24 @@ def _compact(D, I, keep, k):
     return Dk, Ik, n_kept
 
 
-def _id_codes(query_ids, memory_ids, nq: int, nb: int):
-    """Query and memory ids as int64 codes, equal exactly where the ids are equal."""
-    if query_ids is None:
-        return None, None
-    if memory_ids is None:
-        raise ValueError("query_ids needs memory_ids to find the queries' own memory entries")
+def self_rows_from_ids(query_ids, memory_ids) -> np.ndarray:
+    """(nq,) row of each query id among ``memory_ids`` (ints or strings, unique), -1 if absent."""
     q, m = np.asarray(query_ids), np.asarray(memory_ids)
-    if q.shape != (nq,) or m.shape != (nb,):
-        raise ValueError(f"query_ids {q.shape} and memory_ids {m.shape} must be ({nq},) and ({nb},)")
-    q_int, m_int = q.dtype.kind in "iu", m.dtype.kind in "iu"
-    if q_int and m_int:
-        return q.astype(np.int64), m.astype(np.int64)
-    if q_int or m_int or not {q.dtype.kind, m.dtype.kind} <= set("USO"):
+    if q.ndim != 1 or m.ndim != 1:
+        raise ValueError(f"query_ids {q.shape} and memory_ids {m.shape} must be 1-d")
+    if (q.dtype.kind in "iu") != (m.dtype.kind in "iu") or not {q.dtype.kind, m.dtype.kind} <= set("iuUSO"):
         raise TypeError(f"query_ids ({q.dtype}) and memory_ids ({m.dtype}) must both be ints or both strings")
-    _, codes = np.unique(np.concatenate([q.astype(str), m.astype(str)]), return_inverse=True)
-    return codes[:nq].astype(np.int64), codes[nq:].astype(np.int64)
+    row_of = {item: r for r, item in enumerate(m.tolist())}
+    return np.array([row_of.get(item, -1) for item in q.tolist()], dtype=np.int64)
+
+
+def _check_self_rows(self_rows, nq: int, nb: int) -> np.ndarray | None:
+    if self_rows is None:
+        return None
+    own = np.asarray(self_rows, dtype=np.int64)
+    if own.shape != (nq,) or (own.size and (own.min() < -1 or own.max() >= nb)):
+        raise ValueError(f"self_rows must be ({nq},) rows in [-1, {nb}), got {own.shape}")
+    return own
 
 
 def index_fingerprint(index: Index, rows: int = 65536) -> str:
@@ -146,15 +148,14 @@ def cached_neighbors(
     k: int,
     *key_parts,
     memory_key: str | None = None,
-    query_ids=None,
-    memory_ids=None,
+    self_rows=None,
     exclude_duplicates: bool = True,
     **kw,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`search_neighbors`, stored as ``D.npy`` and ``I.npy`` under a content key.
 
     The key hashes the memory (``memory_key`` when the caller already has one, for instance a
-    manifest hash, otherwise every stored vector), the queries, the id equalities, k, the
+    manifest hash, otherwise every stored vector), the queries, the self rows, k, the
     exclusion flag and ``key_parts``. ``margin`` and ``block`` (in ``kw``) do not change the
     result and are not in the key.
 
@@ -163,22 +164,21 @@ def cached_neighbors(
             names the file (delete it to recompute).
     """
     xq, k = as_vectors(xq, index.d, "xq"), check_k(k)
-    qc, mc = _id_codes(query_ids, memory_ids, len(xq), index.ntotal)
+    own = _check_self_rows(self_rows, len(xq), index.ntotal)
     key = stable_hash(
         CACHE_VERSION,
         memory_key if memory_key is not None else index_fingerprint(index),
         xq,
-        "no-ids" if qc is None else [stable_hash(qc, n=32), stable_hash(mc, n=32)],
+        "no-ids" if own is None else stable_hash(own, n=32),
         k,
-        bool(exclude_duplicates) and qc is not None,
+        bool(exclude_duplicates) and own is not None,
         list(key_parts),
     )
     folder = Path(cache_dir) / f"knn-{key}"
     d_path, i_path = folder / "D.npy", folder / "I.npy"
     if d_path.exists() and i_path.exists():
         return _load_cached(d_path, i_path, len(xq), k, index.ntotal)
-    D, I = search_neighbors(index, xq, k, query_ids=query_ids, memory_ids=memory_ids,
-                            exclude_duplicates=exclude_duplicates, **kw)
+    D, I = search_neighbors(index, xq, k, self_rows=own, exclude_duplicates=exclude_duplicates, **kw)
     save_npy(i_path, I)
     save_npy(d_path, D)
     return D, I

@@ -6,8 +6,8 @@
 Requests are read with a size cap before anything is parsed; images are decoded strictly
 (see :mod:`ravis.serve.uploads`); the model runs one request at a time on a worker thread
 (on a small CPU, concurrent model calls only fight over the cores), and the time spent
-waiting for it is reported as the ``queue`` stage. Thumbnails are looked up by memory id in
-the run's thumbnail store: no part of a request path ever reaches the filesystem.
+waiting for it is reported as the ``queue`` stage. Thumbnails are read by memory row from
+the memory's metadata: no part of a request path ever reaches the filesystem.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -93,8 +92,7 @@ def create_app(predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
         out["timings_ms"] = {k: 1e3 * v for k, v in stages.items()}
         out["image"] = {"name": name, "bytes": len(data), "width": image.width, "height": image.height}
         for n in out["neighbors"]:
-            n["thumbnail"] = (f"/memory/{quote(n['memory_id'], safe='')}/thumbnail"
-                              if n["has_thumbnail"] else None)
+            n["thumbnail"] = f"/memory/rows/{n['row']}/thumbnail" if n["has_thumbnail"] else None
         return out
 
     @app.post("/predict")
@@ -102,11 +100,11 @@ def create_app(predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
         data, name = await read_upload(request, max_bytes)
         return JSONResponse(await run_in_threadpool(predict_bytes, data, name))
 
-    @app.get("/memory/{memory_id:path}/thumbnail")
-    def thumbnail(memory_id: str):
-        found = predictor.thumbnails.get(memory_id)
+    @app.get("/memory/rows/{row}/thumbnail")
+    def thumbnail(row: int):
+        found = predictor.thumbnail(row)  # read from the memory's metadata, never a path
         if found is None:
-            raise ApiError(404, "unknown_memory_id", f"no thumbnail for memory id {memory_id[:200]!r}")
+            raise ApiError(404, "unknown_memory_row", f"no thumbnail for memory row {row}")
         data, media_type = found
         return Response(data, media_type=media_type, headers={"Cache-Control": "max-age=86400"})
 

@@ -1,7 +1,9 @@
 """Training and evaluation inputs: query embeddings plus indices of their neighbours in memory.
 
 Keys and values are gathered per batch from the memory arrays rather than materialised per
-query: (N, k, d) for a 60k-query set at k=100, d=1280 would be 30 GB.
+query: (N, k, d) for a 60k-query set at k=100, d=1280 would be 30 GB. The memory arrays are
+only the rows some query retrieved (:meth:`MemoryTensors.gather`), read once from the memory
+in its stored dtype: at most N * k rows however large the memory is.
 """
 
 from __future__ import annotations
@@ -14,15 +16,34 @@ import torch
 
 @dataclass
 class MemoryTensors:
-    """The memory as the fusion modules read it."""
+    """The memory rows the fusion modules read (stored dtype; batches come out float32)."""
 
-    keys: torch.Tensor  # (M, d)
-    values: torch.Tensor  # (M, d')
+    keys: torch.Tensor  # (M', d)
+    values: torch.Tensor  # (M', d')
 
     @classmethod
     def from_numpy(cls, keys: np.ndarray, values: np.ndarray) -> "MemoryTensors":
         return cls(torch.from_numpy(np.ascontiguousarray(keys, dtype=np.float32)),
                    torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)))
+
+    @classmethod
+    def gather(cls, memory, *neighbor_sets: np.ndarray) -> tuple["MemoryTensors", list[np.ndarray]]:
+        """The rows of ``memory`` (a :class:`~ravis.memory.base.Memory`) that any of the
+        (N, k) ``neighbor_sets`` name, and each set renumbered into them.
+
+        A missing neighbour (-1, an index that found fewer than k) reads row 0, as the
+        predictor does. Keys and values keep the memory's dtype (float16 halves the RAM);
+        :meth:`QuerySet.batch` converts each batch to float32.
+        """
+        flat = [np.where(I >= 0, I, 0).ravel() for I in neighbor_sets]
+        rows, inverse = np.unique(np.concatenate(flat) if flat else np.zeros(0, np.int64),
+                                  return_inverse=True)
+        local, start = [], 0
+        for I, f in zip(neighbor_sets, flat):
+            local.append(inverse[start:start + len(f)].reshape(I.shape).astype(np.int64))
+            start += len(f)
+        tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+        return cls(tensor(memory.keys_at(rows)), tensor(memory.values_at(rows))), local
 
 
 @dataclass
@@ -60,9 +81,9 @@ class QuerySet:
         """
         nbr = self.neighbors[idx]  # (B, k)
         empty = self.z.new_zeros((*nbr.shape, 0))
-        keys = memory.keys[nbr] if "keys" in reads else empty  # (B, k, d)
+        keys = memory.keys[nbr].float() if "keys" in reads else empty  # (B, k, d)
         if self.direct_values is not None:
             values = self.direct_values[idx]
         else:
-            values = memory.values[nbr] if "values" in reads else empty  # (B, k, d')
+            values = memory.values[nbr].float() if "values" in reads else empty  # (B, k, d')
         return self.z[idx], keys, values, self.labels[idx]

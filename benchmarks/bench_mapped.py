@@ -1,0 +1,80 @@
+"""Training on a memory read from its shards on disk against the same memory in RAM.
+
+The demo's fmnist-lt/B memory (the 60k Fashion-MNIST training split with label-prompt
+values) is prepared in RAM, saved in the on-disk format, and prepared again from the disk;
+then each method trains on both, alternating, ``--repeats`` times. Printed: the seconds of
+each, the ratio in-RAM time / mapped time (goal: >= 0.8), and whether the logits are equal.
+
+    python benchmarks/bench_mapped.py --out benchmarks/results/mapped-vs-ram.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--methods", default="mam,mean_knn")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--dtype", default="float32", choices=["float16", "float32"])
+    p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    from ravis.config import load_preset
+    from ravis.experiment.methods import train_method
+    from ravis.experiment.prepare import prepare
+    from ravis.io import default_cache_dir
+
+    cache = args.cache or default_cache_dir()
+    overrides = ["experiments=[{name: B, memory: {source: full-train, values: label_prompt}}]"]
+    cfg = load_preset(ROOT / "configs" / "demo.yaml", overrides)
+    ram = prepare(cfg, cfg.experiments[0], cache, progress=False)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        part = ram.memory.parts[0][1]
+        part.save(Path(tmp) / "B", dtype=args.dtype)
+        cfg2 = load_preset(ROOT / "configs" / "demo.yaml",
+                           [f"experiments=[{{name: B, memory: {{source: {Path(tmp) / 'B'}}}}}]"])
+        t = time.perf_counter()
+        mapped = prepare(cfg2, cfg2.experiments[0], cache, progress=False)
+        prepare_s = time.perf_counter() - t
+        report = {"memory_rows": len(ram.memory), "dtype": args.dtype, "train_queries": len(ram.train.z),
+                  "mapped_prepare_seconds": round(prepare_s, 2), "methods": {}}
+        for method in args.methods.split(","):
+            times = {"ram": [], "mapped": []}
+            logits = {}
+            for r in range(args.repeats):
+                for name, prep in (("ram", ram), ("mapped", mapped)):
+                    with tempfile.TemporaryDirectory(dir=cache) as scratch:  # no model cache hit
+                        t = time.perf_counter()
+                        _, result = train_method(method, prep, Path(scratch), cfg.text_encoder,
+                                                 checkpoint_dir=Path(scratch) / "ckpt")
+                        times[name].append(time.perf_counter() - t)
+                    logits[name] = result.logits
+            best = {k: min(v) for k, v in times.items()}
+            entry = {"seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
+                     "ratio_ram_over_mapped": round(best["ram"] / best["mapped"], 3),
+                     "logits_equal": bool(np.array_equal(logits["ram"], logits["mapped"]))}
+            report["methods"][method] = entry
+            print(f"{method}: in RAM {best['ram']:.1f} s, mapped {best['mapped']:.1f} s, "
+                  f"ratio {entry['ratio_ram_over_mapped']:.2f} (goal >= 0.8), logits equal "
+                  f"{entry['logits_equal']}", flush=True)
+    print(json.dumps(report, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The mapped path against the in-RAM path: the same memory read from its shards on disk
+gives the in-RAM memory's neighbours, logits and results exactly."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ravis.config import load_preset
+from ravis.experiment.methods import train_method, vote_result
+from ravis.experiment.prepare import prepare
+from ravis.memory import ArrayMemory, ShardedMemory
+
+TINY = Path(__file__).parents[2] / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def both(ravis_cache, tmp_path_factory):
+    """(in-RAM prepared experiment, the same experiment over its memory saved to disk)."""
+    cfg = load_preset(TINY, ["train.epochs=2", "retrieval.index=exact"])
+    ram = prepare(cfg, cfg.experiments[0], ravis_cache, progress=False)
+    [(spec, part)] = ram.memory.parts
+    assert spec == "train" and isinstance(part, ArrayMemory)
+    memdir = tmp_path_factory.mktemp("mapped") / "train-memory"
+    part.save(memdir)
+    cfg2 = load_preset(TINY, ["train.epochs=2", "retrieval.index=exact", f"memory.source={memdir}"])
+    mapped = prepare(cfg2, cfg2.experiments[0], ravis_cache, progress=False)
+    assert isinstance(mapped.memory.parts[0][1], ShardedMemory)
+    return ram, mapped
+
+
+def test_same_neighbours(both):
+    ram, mapped = both
+    for name in ("train_D", "train_I", "test_D", "test_I"):
+        np.testing.assert_array_equal(getattr(ram, name), getattr(mapped, name), err_msg=name)
+    assert (ram.train_I >= 0).all()
+    # self-exclusion found the training images' own entries in the mapped memory too
+    own = mapped.memory.rows_of(list(mapped.train.dataset.ids))
+    assert (own >= 0).all() and not (mapped.train_I == own[:, None]).any()
+
+
+@pytest.mark.parametrize("method", ["mam", "mean_knn", "rac"])
+def test_same_logits_and_results(both, ravis_cache, tmp_path, method):
+    ram, mapped = both
+    results = [train_method(method, prep, ravis_cache, "minilm", checkpoint_dir=tmp_path / name)[1]
+               for name, prep in (("ram", ram), ("mapped", mapped))]
+    np.testing.assert_array_equal(results[0].logits, results[1].logits)
+    assert results[0].metrics == results[1].metrics
+    if results[0].attention is not None:
+        np.testing.assert_array_equal(results[0].attention, results[1].attention)
+
+
+def test_same_vote(both):
+    ram, mapped = both
+    a, b = vote_result(ram), vote_result(mapped)
+    np.testing.assert_array_equal(a.logits, b.logits)
+    assert a.metrics == b.metrics and a.details["k"] == b.details["k"]
+
+
+def test_float16_memory_reads_its_stored_dtype(both, tmp_path):
+    ram, _ = both
+    part = ram.memory.parts[0][1]
+    half = part.save(tmp_path / "half", dtype="float16")
+    rows = ram.test_I[:3].ravel()
+    got = half.keys_at(rows)
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, part.keys_at(rows).astype(np.float16))
