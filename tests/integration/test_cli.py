@@ -64,6 +64,19 @@ def test_stage_verbs(tmp_path, ravis_cache, capsys):
     assert "tiny-fmnist" in printed and "neighbours of" in printed
 
 
+def test_index_verb_trains_an_approximate_index(tmp_path, ravis_cache, capsys):
+    """`ravis index` goes through the one index entry point: an IVF factory is trained before
+    vectors are added (it used to fail with "train the index before adding vectors"), tuned
+    and cached, and `knn` then finds it instead of building another."""
+    common = ["-c", str(TINY), "--quiet", "--cache", str(ravis_cache), "--set", "retrieval.index=faiss:IVF16,Flat"]
+    assert main(["index", *common, "--out", str(tmp_path / "idx")]) == 0
+    assert "index 'faiss:IVF16,Flat' over" in capsys.readouterr().out
+    built = sorted(ravis_cache.glob("indexes/*/index.json"))
+    assert built
+    assert main(["knn", *common]) == 0
+    assert sorted(ravis_cache.glob("indexes/*/index.json")) == built
+
+
 def test_train_resumes_after_interruption(tmp_path, ravis_cache, monkeypatch):
     """Kill training mid-run; rerun with --resume: same result as an uninterrupted run."""
     from ravis.training import trainer

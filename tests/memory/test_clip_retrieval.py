@@ -397,7 +397,7 @@ def test_exported_files_are_what_clip_retrieval_reads(tmp_path):
     table = pq.read_table(tmp_path / "export" / "metadata" / "metadata_0.parquet")
     assert table.column_names == ["caption", "key", "source", "label", "json_key", "url", "width"]
     assert table.slice(1, 1).to_pylist() == [{"caption": "caption 0 1", "key": "00000/k1",
-                                              "source": "tuxpaint", "label": 1, "json_key": "k1",
+                                              "source": "tuxpaint", "label": "b", "json_key": "k1",
                                               "url": "http://x/1", "width": 97}]
 
 

@@ -13,7 +13,8 @@ zeros, and every key row has unit norm. Without ``copy`` the manifest's key and 
 records point at the source files (absolute paths, with their sha256 and size, so
 ``ravis memory verify`` catches a later change to them); with ``copy`` they are copied into
 MEMDIR/shards/. The metadata is always rewritten in ravis's schema: ``caption`` -> text,
-``key`` or ``id`` -> id, ``source`` and ``label`` where present (as export writes them),
+``key`` or ``id`` -> id, ``source`` and ``label`` where present (as export writes them:
+the label is a class name, and the memory's class names are every name seen, sorted),
 every other column into the row's json. Arrays are read memory-mapped in blocks, so a
 many-GB file never sits in RAM whole; every file is written under a temporary name and
 renamed, and the manifest is saved after each shard, so a killed import reruns to the
@@ -160,7 +161,22 @@ def check_rows(path: Path, unit: bool) -> None:
 # Writing one shard
 
 
-def _meta_batches(path: Path, name: str, source_name: str | None, default_source: str):
+def class_names_of(parts) -> list[str]:
+    """Every class name in the metadata's string ``label`` column, sorted (export writes a
+    memory's labels as names: the clip-retrieval layout has no class list of its own)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names: set[str] = set()
+    for _, paths in parts:
+        f = pq.ParquetFile(paths["meta"])
+        if "label" in f.schema_arrow.names and pa.types.is_string(f.schema_arrow.field("label").type):
+            names.update(v for v in f.read(columns=["label"]).column("label").to_pylist() if v is not None)
+    return sorted(names)
+
+
+def _meta_batches(path: Path, name: str, source_name: str | None, default_source: str,
+                  class_names: list[str]):
     """The source metadata as ravis meta tables of BLOCK_ROWS rows each (caption -> text,
     key or id -> id, the other columns -> json)."""
     import pyarrow as pa
@@ -172,9 +188,10 @@ def _meta_batches(path: Path, name: str, source_name: str | None, default_source
     # Integer labels and a source column are ravis's own (export writes them, so a round
     # trip keeps them); an explicit source_name wins over the column.
     label_col = ("label" if "label" in schema.names
-                 and pa.types.is_integer(schema.field("label").type) else None)
+                 and pa.types.is_string(schema.field("label").type) else None)
     source_col = "source" if "source" in schema.names and source_name is None else None
     rest = [c for c in schema.names if c not in ("caption", id_col, label_col, source_col)]
+    lookup = {c: i for i, c in enumerate(class_names)}
     start = 0
     for batch in f.iter_batches(batch_size=BLOCK_ROWS):
         cols, n = batch.to_pydict(), batch.num_rows
@@ -184,7 +201,7 @@ def _meta_batches(path: Path, name: str, source_name: str | None, default_source
             texts=[t or "" for t in cols["caption"]],
             sources=([default_source if v is None else v for v in cols[source_col]]
                      if source_col else [source_name or default_source] * n),
-            labels=[-1 if y is None else y for y in cols[label_col]] if label_col else [-1] * n,
+            labels=[-1 if y is None else lookup[y] for y in cols[label_col]] if label_col else [-1] * n,
             thumbnails=[b""] * n,
             jsons=[_row_json({c: cols[c][k] for c in rest}) for k in range(n)])
         start += n
@@ -225,7 +242,7 @@ def _copy_file(src: Path, dst: Path, sha256: str | None = None) -> str:
 
 
 def import_shard(memdir: Path, name: str, paths: dict[str, Path], copy: bool,
-                 source_name: str | None, default_source: str) -> dict:
+                 source_name: str | None, default_source: str, class_names: list[str]) -> dict:
     """Checks one file triple and records it as shard ``name``; returns its manifest entry."""
     check_rows(paths["keys"], unit=True)
     check_rows(paths["values"], unit=False)
@@ -238,7 +255,7 @@ def import_shard(memdir: Path, name: str, paths: dict[str, Path], copy: bool,
         else:  # absolute, so memdir / path is the source file itself
             files[kind] = file_record(memdir, str(paths[kind]))
     rel = shard_file(name, "meta")
-    _write_meta(_meta_batches(paths["meta"], name, source_name, default_source), memdir / rel,
+    _write_meta(_meta_batches(paths["meta"], name, source_name, default_source, class_names), memdir / rel,
                 meta_table([], [], [], [], [], []).schema)
     files["meta"] = file_record(memdir, rel)
     return {"name": name, "input": str(paths["keys"]), "rows": _npy_shape(paths["keys"])[0],
@@ -281,7 +298,7 @@ def _resume(memdir: Path, new: dict, names: list[str]) -> dict:
         return new
     old = load_manifest(memdir)
     for field in ("key_encoder", "value_encoder", "dim", "value_dim", "dtype", "build",
-                  "import"):
+                  "import", "class_names"):
         if old.get(field) != new[field]:
             raise MemoryMismatchError(
                 f"{memdir / 'manifest.json'}: the memory has {field} {old.get(field)!r}, this "
@@ -319,6 +336,7 @@ def import_clip_retrieval(src: Path | str, out: Path | str, key_encoder: str,
     dims = encoder_info(key_encoder, "image")[1], encoder_info(value_encoder, "text")[1]
     dtype = check_headers(parts, *dims)
     manifest = _new_manifest(src, (key_encoder, value_encoder), dtype, copy, source_name)
+    manifest["class_names"] = class_names_of(parts)
     names = _shard_names(parts)
     with _exclusive(out):
         manifest = _resume(out, manifest, names)
@@ -345,7 +363,8 @@ def _import_parts(memdir: Path, manifest: dict, todo, total: int, copy: bool,
     save_manifest(memdir, manifest)
     with _progress_bar(total, total - len(todo), progress and bool(todo)) as bar:
         for name, paths in todo:
-            entry = import_shard(memdir, name, paths, copy, source_name, default_source)
+            entry = import_shard(memdir, name, paths, copy, source_name, default_source,
+                                 manifest["class_names"])
             manifest["shards"].append(entry)
             save_manifest(memdir, manifest)
             bar.update(1)
@@ -380,7 +399,8 @@ def export_clip_retrieval(memdir: Path | str, out: Path | str, progress: bool = 
                            record["sha256"])
             folder, pattern = LAYOUT["meta"]
             with atomic_path(out / folder / pattern.format(i)) as tmp:
-                _export_meta(memory.meta(i, ["id", "text", "source", "label", "json"]), tmp)
+                _export_meta(memory.meta(i, ["id", "text", "source", "label", "json"]), tmp,
+                             memory.class_names)
             bar.update(1)
     return len(shards)
 
@@ -393,7 +413,7 @@ def _check_no_leftovers(out: Path, n: int) -> None:
                                          f"{n} shards); export into an empty folder")
 
 
-def _export_meta(meta, path: Path) -> None:
+def _export_meta(meta, path: Path, names: list[str]) -> None:
     """caption, key, source, label, then every json field seen in the shard as a column (a
     field named like one of those four is written as json_<name>)."""
     import pyarrow as pa
@@ -404,7 +424,9 @@ def _export_meta(meta, path: Path) -> None:
     fields = [f if isinstance(f, dict) else {"json": f} for f in fields]
     columns = {"caption": pa.array(m["text"], pa.string()), "key": pa.array(m["id"], pa.string()),
                "source": pa.array(m["source"], pa.string()),
-               "label": pa.array(m["label"], pa.int64())}
+               # class names, not indexes: the layout has no class list to index into
+               "label": pa.array([names[y] if 0 <= y < len(names) else None for y in m["label"]],
+                                 pa.string())}
     for name in dict.fromkeys(k for f in fields for k in f):  # first-seen order
         values = [f.get(name) for f in fields]
         column = f"json_{name}" if name in EXPORT_COLUMNS else name
