@@ -77,14 +77,24 @@ def test_index_verb_trains_an_approximate_index(tmp_path, ravis_cache, capsys):
     assert sorted(ravis_cache.glob("indexes/*/index.json")) == built
 
 
-def test_train_resumes_after_interruption(tmp_path, ravis_cache, monkeypatch):
-    """Kill training mid-run; rerun with --resume: same result as an uninterrupted run."""
+@pytest.mark.parametrize("memory", ["train", "mapped"])
+def test_train_resumes_after_interruption(tmp_path, ravis_cache, monkeypatch, memory):
+    """Kill training mid-run; rerun with --resume: same result as an uninterrupted run, also
+    when the memory includes a memory folder read from disk."""
     from ravis.training import trainer
 
     cache = tmp_path / "cache"
     shutil.copytree(ravis_cache / "embeddings", cache / "embeddings")  # embeddings warm
     args = ["-c", str(TINY), "--quiet", "--set", "methods=[mam]", "--set", "train.epochs=4",
             "--cache", str(cache)]
+    if memory == "mapped":
+        from ravis.config import load_preset
+        from ravis.experiment import prepare
+
+        cfg = load_preset(TINY)
+        prepare(cfg, cfg.experiments[0], cache, progress=False, stage="memory").memory.parts[0][1].save(
+            tmp_path / "on-disk", dtype="float16")
+        args += ["--set", f"memory.source=[train,{tmp_path / 'on-disk'}]"]
     reference = tmp_path / "ref"
     assert main(["train", *args, "--out", str(reference)]) == 0
     ref = load_json(reference / "results.json")["experiments"][0]["methods"]["mam"]
@@ -107,6 +117,9 @@ def test_train_resumes_after_interruption(tmp_path, ravis_cache, monkeypatch):
     assert main(["train", *args, "--out", str(tmp_path / "resumed")]) == 0
     got = load_json(tmp_path / "resumed" / "results.json")["experiments"][0]["methods"]["mam"]
     assert got == ref
+    for name in ("mam.safetensors", "predictions.npz"):  # the same bytes
+        assert (tmp_path / "resumed" / "tiny-fmnist" / name).read_bytes() == \
+               (reference / "tiny-fmnist" / name).read_bytes()
     assert not list(cache.rglob("*.tmp"))
 
 
