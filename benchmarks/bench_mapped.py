@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default="mam,mean_knn")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--dtype", default="float32", choices=["float16", "float32"])
+    p.add_argument("--epochs", type=int, default=6,
+                   help="train.epochs (and min_steps 0): the ratio is per training step")
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -38,14 +40,15 @@ def main(argv=None) -> int:
     from ravis.io import default_cache_dir
 
     cache = args.cache or default_cache_dir()
-    overrides = ["experiments=[{name: B, memory: {source: full-train, values: label_prompt}}]"]
+    steps = [f"train.epochs={args.epochs}", "train.min_steps=0", "train.warmup_epochs=1"]
+    overrides = ["experiments=[{name: B, memory: {source: full-train, values: label_prompt}}]", *steps]
     cfg = load_preset(ROOT / "configs" / "demo.yaml", overrides)
     ram = prepare(cfg, cfg.experiments[0], cache, progress=False)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         part = ram.memory.parts[0][1]
         part.save(Path(tmp) / "B", dtype=args.dtype)
         cfg2 = load_preset(ROOT / "configs" / "demo.yaml",
-                           [f"experiments=[{{name: B, memory: {{source: {Path(tmp) / 'B'}}}}}]"])
+                           [f"experiments=[{{name: B, memory: {{source: {Path(tmp) / 'B'}}}}}]", *steps])
         t = time.perf_counter()
         mapped = prepare(cfg2, cfg2.experiments[0], cache, progress=False)
         prepare_s = time.perf_counter() - t

@@ -70,6 +70,9 @@ class TrainConfig:
     val_fraction: float = 0.1  # > 0: a stratified validation split picks the epoch (and tau)
     patience: int = 0  # > 0: stop after this many epochs without validation improvement
     seed: int = 0
+    # RAM for the memory rows a query set retrieved (read once); past it, every batch reads its
+    # rows from the memory-mapped memory instead. Results are the same either way.
+    memory_rows_budget: str = "4G"
 
     def __post_init__(self):
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")

@@ -30,7 +30,7 @@ from .config import RunConfig, resolve
 from .io import atomic_path, load_json, save_json
 from .memory.base import MemoryMismatchError
 from .memory.compose import ComposedMemory, compose, source_name
-from .memory.sharded import ShardedMemory
+from .memory.sharded import STAMPS_NAME, ShardedMemory
 
 SERVING_FILE = "serving.json"
 MEMORY_DIR = "memory"
@@ -103,7 +103,8 @@ def _copy_memory(memory: ShardedMemory, target: Path) -> ShardedMemory:
     edit of the original in place must not reach the run)."""
     if (target / "manifest.json").is_file() and ShardedMemory.open(target).digest == memory.digest:
         return ShardedMemory.open(target)
-    for src in sorted(p for p in memory.memdir.rglob("*") if p.is_file() and p.name != "manifest.json"):
+    skip = {"manifest.json", STAMPS_NAME}  # the manifest is rewritten; stamps name the original's files
+    for src in sorted(p for p in memory.memdir.rglob("*") if p.is_file() and p.name not in skip):
         _copy(src, target / src.relative_to(memory.memdir))
     manifest = dict(memory.manifest)  # paths outside the folder (a no-copy import) come inside
     manifest["shards"] = [_inside(s, memory.memdir, target) for s in manifest["shards"]]

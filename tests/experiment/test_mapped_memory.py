@@ -86,3 +86,24 @@ def test_export_then_import_gives_the_same_experiment(both, ravis_cache, tmp_pat
     b = train_method("mam", again, ravis_cache, "minilm", checkpoint_dir=tmp_path / "b")[1]
     np.testing.assert_array_equal(a.logits, b.logits)
     np.testing.assert_array_equal(vote_result(mapped).logits, vote_result(again).logits)
+
+
+def test_rows_read_per_batch_past_the_budget_give_the_same_model(both, ravis_cache, tmp_path):
+    """Queries whose retrieved rows exceed train.memory_rows_budget read them batch by batch
+    from the mapped memory: the same logits as gathering them into RAM once."""
+    import dataclasses
+
+    from ravis.training.data import MappedRows, MemoryTensors
+
+    _, mapped = both
+    exp = mapped.config
+    small = dataclasses.replace(mapped, config=dataclasses.replace(
+        exp, train=dataclasses.replace(exp.train, memory_rows_budget="1K")))
+    tensors, I = MemoryTensors.for_queries(mapped.memory, mapped.test_I, 1024)
+    assert isinstance(tensors.keys, MappedRows) and I is mapped.test_I
+    a = train_method("mam", mapped, ravis_cache, "minilm", checkpoint_dir=tmp_path / "a")[1]
+    b = train_method("mam", small, tmp_path / "fresh-cache", "minilm", checkpoint_dir=tmp_path / "b")[1]
+    assert not b.details["cached"]  # trained here, reading rows per batch
+    np.testing.assert_array_equal(a.logits, b.logits)
+    c = train_method("mam", small, ravis_cache, "minilm", checkpoint_dir=tmp_path / "c")[1]
+    assert c.details["cached"]  # the budget is not part of the model key

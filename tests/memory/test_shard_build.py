@@ -1,11 +1,14 @@
 """Building sharded memories with the real default encoders: contents against the encoders
-run directly, the Ray engine against the local one byte for byte (with a worker killed
-mid-shard), resume after an interruption, appending, and the CLI."""
+run directly, the pipelined local engine against one shard at a time and the Ray engine
+against the local one byte for byte (with a worker killed mid-shard), errors on the
+pipeline's threads, resume after an interruption, appending, and the CLI."""
 
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -14,10 +17,12 @@ import pytest
 from PIL import Image
 
 from ravis.cli import main
+from ravis.data import BadImageError
 from ravis.memory import MemoryMismatchError
-from ravis.memory.shard_build import add_shards, build_shard, build_sharded_memory
-from ravis.memory.sharded import ShardedMemory, shard_file
-from ravis.memory.sources import SourceError
+from ravis.memory.shard_build import (BuildSettings, add_shards, build_shard, build_shards,
+                                      build_sharded_memory)
+from ravis.memory.sharded import ShardedMemory, load_manifest, shard_file
+from ravis.memory.sources import InputShard, ShardReadError, SourceError, resolve_sources
 
 FAULTS = {"bad_image": 2, "duplicate_key": 1, "missing_caption": 2}
 
@@ -27,9 +32,14 @@ def sources(wds_dir, parquet_dir):
 
 
 def all_bytes(memdir: Path) -> dict[str, bytes]:
-    """Every file of a memory by relative path (temporary files would show up too)."""
+    """Every file of a memory by relative path (temporary files would show up too), but the
+    stamps of files already verified, which opening with verify=True may leave (a cache)."""
     return {p.relative_to(memdir).as_posix(): p.read_bytes()
-            for p in sorted(memdir.rglob("*")) if p.is_file()}
+            for p in sorted(memdir.rglob("*")) if p.is_file() and p.name != ".verified.json"}
+
+
+def pipeline_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("ravis-")]
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +89,88 @@ def test_strict_build_names_the_problem(tmp_path, wds_dir, ravis_cache):
     with pytest.raises(SourceError, match=r"00001\.tar: sample '10002': missing caption"):
         build_sharded_memory(f"wds:{wds_dir}/00001.tar", tmp_path / "m", strict=True,
                              progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def test_pipelined_build_matches_one_shard_at_a_time(tmp_path, reference, wds_dir,
+                                                     parquet_dir):
+    """The local engine's one pipeline over every shard against build_shard on each alone."""
+    out = tmp_path / "mem"
+    build_sharded_memory(sources(wds_dir, parquet_dir), out, progress=False,
+                         shard_builder=lambda *args: build_shard(*args))
+    assert all_bytes(out) == all_bytes(reference)
+
+
+@pytest.mark.parametrize("second, error, message", [
+    ({"bad": b"not an image at all"}, BadImageError, r"00001\.tar: bad: .*cannot decode image"),
+    (None, ShardReadError, r"00001\.tar: cannot read tar shard"),
+])
+def test_strict_error_on_a_pipeline_thread(tmp_path, wds_dir, second, error, message,
+                                           ravis_cache):
+    """Raised as it was before the pipeline (naming the file), on the calling thread, after
+    the shard before it is recorded; no thread of the pipeline is left behind."""
+    from shard_data import good_sample, write_tar
+
+    d = tmp_path / "tars"
+    d.mkdir()
+    (d / "00000.tar").write_bytes((wds_dir / "00000.tar").read_bytes())
+    if second is None:
+        (d / "00001.tar").write_text("not a tar\n")
+    else:
+        write_tar(d / "00001.tar", [good_sample("good", 1)] + [
+            (key, {"jpg": data, "txt": b"a caption"}) for key, data in second.items()])
+    out = tmp_path / "m"
+    with pytest.raises(error, match=message):
+        build_sharded_memory(f"wds:{d}/*.tar", out, strict=True, progress=False)
+    assert [s["name"] for s in load_manifest(out)["shards"]] == ["00000"]
+    assert not pipeline_threads()
+
+
+def test_closing_the_pipeline_early_ends_its_threads(tmp_path, wds_dir, ravis_cache):
+    shards, _ = resolve_sources(f"wds:{wds_dir}/{{00000,00004}}.tar")
+    (tmp_path / "shards").mkdir()
+    results = build_shards(str(tmp_path), [(f"{i:05d}", s) for i, s in enumerate(shards)],
+                           BuildSettings())
+    assert next(results)["name"] == "00000"
+    results.close()
+    assert not pipeline_threads()
+
+
+def test_reader_stays_a_bounded_number_of_batches_ahead(tmp_path):
+    from shard_data import make_image
+
+    from ravis.memory._shard_pipeline import Reader
+
+    (tmp_path / "a.png").write_bytes(make_image(1, "PNG"))
+    items = tuple((f"{i}", str(tmp_path / "a.png"), "text", -1) for i in range(40))
+    jobs = [(f"{j:05d}", InputShard("files", f"x[{j}]", "c", items=items)) for j in range(5)]
+    decoded = []
+
+    class Counting:  # an image encoder's preprocess, counting the images it is given
+        def preprocess(self, image):
+            decoded.append(image.size)
+            return np.zeros((2, 2, 3), np.uint8)
+
+    settings = BuildSettings(batch_size=4, decode_workers=2, thumbnails=False)
+    reader = Reader(jobs, Counting(), settings)
+    try:
+        time.sleep(1.0)  # nobody takes batches: the reader waits once its queue is full
+        # queue: decode_workers + 2 items (headers or batches), one more batch waiting
+        assert 0 < len(decoded) <= (settings.decode_workers + 3) * settings.batch_size
+        got = []
+        for name, shard, rows, skipped in reader.shards():
+            assert len(rows) == 40 and all(r.image is None for r in rows) and not skipped
+            for _ in range(10):
+                batch = reader.next_batch()
+                assert batch.ok == [0, 1, 2, 3] and batch.pixels.shape == (4, 2, 2, 3)
+            got.append(name)
+        assert got == [name for name, _ in jobs] and len(decoded) == 200
+    finally:
+        reader.close()
+    assert not pipeline_threads()
 
 
 # ---------------------------------------------------------------------------------------------

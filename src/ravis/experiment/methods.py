@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ..config import ExperimentConfig, TrainConfig
+from ..config import TrainConfig
 from ..encoders import create_text_encoder
 from ..encoders.embed import embed_texts
 from ..evaluation.metrics import prediction_metrics
 from ..fusion import FUSIONS, RetrievalClassifier, build_model, knn_vote
+from ..index.choose import parse_bytes
 from ..io import stable_hash
 from ..training.data import MemoryTensors, QuerySet
 from ..training.loss import log_prior
@@ -90,7 +91,7 @@ def train_method(method: str, prep: Prepared, cache_dir: Path, text_encoder: str
     mam_cfg = asdict(exp.mam) if method == "mam" else None
     best = None
     for tau in taus:
-        key = stable_hash("model-v1", method, asdict(cfg), mam_cfg, tau, prep.train.dataset.fingerprint,
+        key = stable_hash("model-v1", method, _train_key(cfg), mam_cfg, tau, prep.train.dataset.fingerprint,
                           prep.test.dataset.fingerprint,
                           prep.memory.digest if reads_memory else None,
                           stable_hash(prep.train_I) if reads_memory else None,
@@ -117,6 +118,11 @@ def train_method(method: str, prep: Prepared, cache_dir: Path, text_encoder: str
     return model, result
 
 
+def _train_key(cfg: TrainConfig) -> dict:
+    """The training settings that change the weights (where memory rows are read from does not)."""
+    return {k: v for k, v in asdict(cfg).items() if k != "memory_rows_budget"}
+
+
 def _memory_rows(prep: Prepared, reads_memory: bool):
     """(train memory rows, test memory rows, [train I], [test I]): the rows each query set
     retrieved, read from the memory once, with the neighbour ids renumbered into them. A
@@ -124,9 +130,10 @@ def _memory_rows(prep: Prepared, reads_memory: bool):
     if not reads_memory:
         empty = MemoryTensors(torch.zeros(0, prep.memory.dim), torch.zeros(0, prep.memory.value_dim))
         return empty, empty, [prep.train_I], [prep.test_I]
-    train_memory, train_I = MemoryTensors.gather(prep.memory, prep.train_I)
-    test_memory, test_I = MemoryTensors.gather(prep.memory, prep.test_I)
-    return train_memory, test_memory, train_I, test_I
+    budget = parse_bytes(prep.config.train.memory_rows_budget)
+    train_memory, train_I = MemoryTensors.for_queries(prep.memory, prep.train_I, budget)
+    test_memory, test_I = MemoryTensors.for_queries(prep.memory, prep.test_I, budget)
+    return train_memory, test_memory, [train_I], [test_I]
 
 
 def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau, cache_dir,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ConfigError, DataConfig, ExperimentConfig, RetrievalConfig, RunConfig, unset_variables
+from ..config import ConfigError, DataConfig, ExperimentConfig, RunConfig, unset_variables
 from ..data import (ImageDataset, Splits, load_dataset, longtail_indices, stratified_split)
 from ..encoders import create_image_encoder, create_text_encoder
 from ..encoders.embed import embed_images, is_embedded

@@ -3,40 +3,36 @@
 One input shard (a tar, a parquet file, a slice of a folder) becomes one memory shard:
 read rows -> decode images (bad ones skipped and counted) -> embed images in batches (keys,
 L2-normalised) and captions (values) -> write keys, values and metadata atomically -> record
-the shard in the manifest. Both engines run the same :func:`build_shard` on the same rows
-with the same batches, so they write the same bytes; the Ray engine runs one task per input
-shard and the driver records each as it finishes. A task whose worker dies is retried; its
-files are renamed into place only when complete, so a crash never leaves half a shard in
-the manifest. A rerun skips the shards whose files are in the manifest with matching
-checksums and redoes the rest.
+the shard in the manifest. Both engines run the same pipeline (:func:`build_shards`:
+reading and decoding ahead of the encoders, writing behind them) on the same rows with the
+same batches, so they write the same bytes; the local engine runs one pipeline over every
+input shard, the Ray engine one task per input shard, and the driver records each as it
+finishes. A task whose worker dies is retried; its files are renamed into place only when
+complete, so a crash never leaves half a shard in the manifest. A rerun skips the shards
+whose files are in the manifest with matching checksums and redoes the rest.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import io
 import logging
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-import numpy as np
-from PIL import Image
-
-from ..data.dataset import BadImageError
-from ..encoders.base import l2_normalize
-from ..encoders.embed import _check_rows, _in_order
+from ._shard_pipeline import Reader, encode, write
 from .sharded import (DTYPES, FORMAT, ShardedMemory, check_shard_files, load_manifest,
-                      meta_table, save_manifest, write_shard)
-from .sources import InputShard, ShardReadError, decode_image, read_rows, resolve_sources
+                      save_manifest)
+from .sources import InputShard, resolve_sources
 from .store import MemoryMismatchError
 
 log = logging.getLogger(__name__)
 
-THUMBNAIL_SIDE = 64
 RAY_MAX_RETRIES = 3  # a shard whose worker dies is rerun this many times before the build fails
 
 
@@ -51,7 +47,7 @@ class BuildSettings:
     strict: bool = False  # any skipped row, empty or unreadable shard is an error
     batch_size: int = 64  # images per encoder call (fixed: batches are part of the result)
     num_threads: int | None = None  # onnxruntime threads per encoder (None: all cores)
-    decode_workers: int = 2  # threads decoding and resizing ahead of the encoder
+    decode_workers: int = 2  # threads decoding, resizing, thumbnailing ahead of the encoders
     env: tuple = ()  # (name, value) pairs set in a worker before encoders load
 
     def __post_init__(self):
@@ -89,93 +85,57 @@ def load_encoders(settings: BuildSettings):
 
 
 # ---------------------------------------------------------------------------------------------
-# One shard
+# Shards, on a pipeline (:mod:`._shard_pipeline`)
 
 
 def build_shard(memdir: str, name: str, shard: InputShard, settings: BuildSettings) -> dict:
     """Builds memory shard ``name`` from ``shard``; returns its manifest entry.
 
     An unreadable input shard returns ``{"name", "input", "error"}`` instead (raises with
-    ``strict``). Runs in the driver (local engine) or in a Ray worker.
+    ``strict``). Runs in a Ray worker, or wherever one shard is built on its own.
+    """
+    with contextlib.closing(build_shards(memdir, [(name, shard)], settings)) as results:
+        return next(results)
+
+
+def build_shards(memdir: str, jobs, settings: BuildSettings) -> Iterator[dict]:
+    """The manifest entry of each job (name, input shard) in job order, the same as
+    :func:`build_shard` gives for each, from a pipeline that decodes ahead of the encoders
+    and writes behind them.
+
+    An entry comes once its files are in place, one shard behind the encoders. After a
+    failure the entries of the shards already written still come, then the error.
     """
     os.environ.update(dict(settings.env))
-    try:
-        read = read_rows(shard, settings.strict)
-    except ShardReadError as e:
-        if settings.strict:
-            raise
-        return {"name": name, "input": shard.input, "error": str(e)}
     image_encoder, text_encoder = load_encoders(settings)
-    rows, skipped = read.rows, read.skipped
-    keys, valid, thumbs = _embed_images(rows, image_encoder, shard.input, settings)
-    skipped["bad_image"] += int((~valid).sum())
-    kept = [r for r, ok in zip(rows, valid) if ok]
-    values = _embed_texts([r.text for r in kept], text_encoder, shard.input)
-    dtype = np.dtype(settings.dtype)
-    meta = meta_table(ids=[f"{name}/{r.key}" for r in kept], texts=[r.text for r in kept],
-                      sources=[shard.collection] * len(kept), labels=[r.label for r in kept],
-                      thumbnails=[t for t, ok in zip(thumbs, valid) if ok],
-                      jsons=[r.json for r in kept])
-    files = write_shard(Path(memdir), name, keys.astype(dtype), values.astype(dtype), meta)
-    return {"name": name, "input": shard.input, "rows": len(kept),
-            "skipped": {k: v for k, v in sorted(skipped.items()) if v}, "files": files}
-
-
-def _prepare(rows, encoder, where: str, settings: BuildSettings):
-    """(pixels or None, thumbnail or None, error or None) per row, on a decoding thread."""
-    out = []
-    for row in rows:
+    reader = Reader(jobs, image_encoder, settings)
+    writer = ThreadPoolExecutor(1, thread_name_prefix="ravis-write")
+    pending: collections.deque = collections.deque()  # entries or their writes, in job order
+    try:
         try:
-            image = decode_image(row.image, f"{where}: {row.key}")
-            pixels = encoder.preprocess(image)
-        except (BadImageError, OSError) as e:
-            if settings.strict:
-                raise BadImageError(f"{where}: {row.key}: {e}") from e
-            log.info("skipping %s: %s", row.key, e)
-            out.append((None, None, str(e)))
-            continue
-        out.append((pixels, _thumbnail(image) if settings.thumbnails else None, None))
-    return out
+            for name, shard, rows, skipped in reader.shards():
+                if rows is None:  # an unreadable input shard; skipped is the error
+                    pending.append({"name": name, "input": shard.input, "error": skipped})
+                else:
+                    encoded = encode(rows, skipped, reader.next_batch, image_encoder, text_encoder,
+                                     shard.input, settings.batch_size)
+                    pending.append(writer.submit(write, memdir, name, shard, *encoded,
+                                                 skipped, settings.dtype))
+                while len(pending) > 1:
+                    yield _entry(pending.popleft())
+        except Exception:
+            while pending:  # what was written before the failure is kept
+                yield _entry(pending.popleft())
+            raise
+        while pending:
+            yield _entry(pending.popleft())
+    finally:
+        reader.close()
+        writer.shutdown(wait=True, cancel_futures=True)
 
 
-def _embed_images(rows, encoder, where: str, settings: BuildSettings):
-    """((n, dim) float32 unit keys of the decodable rows, (len(rows),) valid, thumbnails)."""
-    dim, b = int(encoder.dim), settings.batch_size
-    chunks = [rows[i:i + b] for i in range(0, len(rows), b)]
-    prepared = _in_order(lambda chunk: _prepare(chunk, encoder, where, settings), chunks,
-                         settings.decode_workers, depth=settings.decode_workers + 2)
-    parts, valid, thumbs = [], [], []
-    with contextlib.closing(prepared):
-        for chunk, results in zip(chunks, prepared):
-            ok = [k for k, (pixels, _, _) in enumerate(results) if pixels is not None]
-            if ok:
-                pixels = np.stack([results[k][0] for k in ok])
-                out = _check_rows(encoder.encode_pixels(pixels), len(ok), dim, encoder.name,
-                                  lambda k: f"{where}: image {chunk[ok[k]].key}")
-                parts.append(l2_normalize(out))
-            valid += [p is not None for p, _, _ in results]
-            thumbs += [t for _, t, _ in results]
-    keys = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)  # (n, dim)
-    return keys, np.array(valid, dtype=bool), thumbs
-
-
-def _embed_texts(texts: list[str], encoder, where: str) -> np.ndarray:
-    dim = int(encoder.dim)
-    if not texts:
-        return np.zeros((0, dim), np.float32)
-    return _check_rows(encoder.encode_texts(texts), len(texts), dim, encoder.name,
-                       lambda k: f"{where}: caption {texts[k][:80]!r}")
-
-
-def _thumbnail(image: Image.Image) -> bytes:
-    """A JPEG whose longer side is at most THUMBNAIL_SIDE pixels."""
-    w, h = image.size
-    scale = min(1.0, THUMBNAIL_SIDE / max(w, h))
-    small = image.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                         Image.BICUBIC, reducing_gap=2.0) if scale < 1 else image
-    buf = io.BytesIO()
-    small.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
+def _entry(item) -> dict:
+    return item.result() if isinstance(item, Future) else item
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,8 +238,9 @@ def _run(memdir: Path, manifest: dict, jobs, settings: BuildSettings, engine: st
 
         try:
             if engine == "local":
-                for name, shard in todo:
-                    done(builder(str(memdir), name, shard, settings))
+                with contextlib.closing(_local_results(memdir, todo, settings, builder)) as results:
+                    for result in results:
+                        done(result)
             else:
                 _run_ray(memdir, todo, settings, ray_address, builder, done)
         finally:  # what finished before a failure or an interrupt is kept
@@ -287,6 +248,14 @@ def _run(memdir: Path, manifest: dict, jobs, settings: BuildSettings, engine: st
     _remove_temporaries(memdir / "shards")
     for failed in manifest["failed_shards"]:
         log.warning("input shard %s failed: %s", failed["input"], failed["error"])
+
+
+def _local_results(memdir: Path, todo, settings: BuildSettings, builder: Callable):
+    """The local engine's results in job order: from one pipeline over every shard, or
+    from a custom builder (tests inject faults with one) called once per shard."""
+    if builder is build_shard:
+        return build_shards(str(memdir), todo, settings)
+    return (builder(str(memdir), name, shard, settings) for name, shard in todo)
 
 
 def _keep_index_rows(memdir: Path, manifest: dict, todo: list) -> list:
