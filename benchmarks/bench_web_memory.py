@@ -16,6 +16,8 @@ run:   ``ravis run`` of fmnist-lt (the demo's long-tailed training set, 10k test
        allocations; mapped file pages are page cache the kernel can drop).
 serve: ``bench_serve.py latency`` on the run folder: p50 / p95 round trip and the ratio
        (search + fuse) / encode.
+reads: what one training step at k = 100 reads when its rows are not in RAM: keys and values
+       of 512 x 100 random rows from the mapped memory (three seeds), rows/s and MB/s.
 
 Ratios printed: peak RSS / index budget (goal < 1), the run's stage times, and each method's
 top-1 against the same experiment with the 60k memory (fmnist-lt/B of the demo, if
@@ -115,6 +117,23 @@ def make(memdir: Path, n: int, cache: Path, noise: float, shard_rows: int = SHAR
         print(f"make: shard {name} ({rows} rows) in {time.perf_counter() - t:.0f} s", flush=True)
 
 
+def random_reads(memdir: Path, rows: int = 512 * 100, seeds=(1, 2, 3)) -> list[dict]:
+    """Seconds to read keys and values of ``rows`` random rows (one training batch at k=100)."""
+    from ravis.memory import ShardedMemory
+
+    memory = ShardedMemory.open(memdir)
+    out = []
+    for seed in seeds:
+        picked = np.random.default_rng(seed).integers(0, len(memory), rows)
+        t = time.perf_counter()
+        nbytes = memory.keys_at(picked).nbytes + memory.values_at(picked).nbytes
+        seconds = time.perf_counter() - t
+        out.append({"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
+                    "mb_per_s": round(nbytes / seconds / 1e6, 1)})
+        print(f"reads: {rows} random rows in {seconds:.2f} s", flush=True)
+    return out
+
+
 def status_kib(pid: int, field: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -164,7 +183,7 @@ def main(argv=None) -> int:
     p.add_argument("--target-recall", type=float, default=0.9)
     p.add_argument("--noise", type=float, default=0.3)
     p.add_argument("--shard-rows", type=int, default=SHARD_ROWS)
-    p.add_argument("--stages", default="make,index,run,serve")
+    p.add_argument("--stages", default="make,index,run,serve,reads")
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--reference-results", type=Path, default=None,
                    help="results.json of the demo (fmnist-lt/B: the same run with the 60k memory)")
@@ -217,6 +236,9 @@ def main(argv=None) -> int:
                                         "--run", str(work / "run"), "--experiment", "fmnist-lt/web",
                                         "--requests", "100"], work / "serve.log")
         report["serve"]["output"] = (work / "serve.log").read_text().splitlines()[-30:]
+        save()
+    if "reads" in stages:
+        report["reads"] = random_reads(memdir)
         save()
     print(json.dumps(report, indent=1))
     if args.out:

@@ -144,3 +144,18 @@ class VerifiedStamps:
             self._dirty = False
         except OSError:  # read-only folder: next open hashes again
             pass
+
+
+def link_or_copy(src: Path | str, dst: Path | str) -> bool:
+    """``dst`` becomes ``src``'s content, atomically: a hard link where the filesystem allows
+    (no copy of a many-GB file), else a copy. True if linked."""
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+            return True
+        except OSError:  # another filesystem, or links not allowed
+            shutil.copyfile(src, tmp)
+            return False

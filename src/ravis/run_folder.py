@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from .config import RunConfig, resolve
-from .io import atomic_path, load_json, save_json
+from .io import atomic_path, link_or_copy, load_json, save_json
 from .memory.base import MemoryMismatchError
 from .memory.compose import ComposedMemory, compose, source_name
 from .memory.sharded import STAMPS_NAME, ShardedMemory
@@ -129,15 +129,6 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-
-
 def _link_same_files(memory: ShardedMemory, run_dir: Path) -> None:
     """Hard-links this memory's files to identical ones (same sha256) that another experiment
     of the run saved: the demo's B and C share their 60k keys."""
@@ -150,7 +141,7 @@ def _link_same_files(memory: ShardedMemory, run_dir: Path) -> None:
             for e in s["files"].values():
                 src, dst = other.parent / e["path"], mine.get(e["sha256"])
                 if dst is not None and src.is_file() and not _same_file(src, dst):
-                    _link_or_copy(src, dst)
+                    link_or_copy(src, dst)
 
 
 def _same_file(a: Path, b: Path) -> bool:

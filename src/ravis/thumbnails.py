@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from PIL import Image
 
 from .data.dataset import BadImageError, ImageDataset
 from .encoders.preprocess import to_rgb
-from .io import atomic_path, stable_hash
+from .io import atomic_path, link_or_copy, stable_hash
 
 THUMBNAIL_SIZE = 96  # long side in pixels: enough for a gallery tile, about 2-4 kB each
 
@@ -109,18 +108,8 @@ def write_thumbnails(path: Path | str, dataset: ImageDataset, rows=None, *, size
     if cache_dir is None:
         _write_store(path, dataset, rows, _render(dataset, rows, size, workers or os.cpu_count() or 1))
     else:
-        _link_or_copy(_cached_store(dataset, rows, size, Path(cache_dir), workers), path)
+        link_or_copy(_cached_store(dataset, rows, size, Path(cache_dir), workers), path)
     return path
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """dst becomes src's content, atomically; a hard link where the filesystem allows."""
-    with atomic_path(dst) as tmp:
-        tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
 
 
 class ThumbnailStore:

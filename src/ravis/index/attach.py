@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import faiss
 
-from ..io import atomic_path, load_json
+from ..io import link_or_copy, load_json
 from .base import META_NAME
 from .build import KeyShards, _tune, clear_build_files, sample_rows
 from .choose import IndexChoice
@@ -45,7 +44,7 @@ def attach_faiss(file: Path | str, vectors: KeyShards, folder: Path | str, *,
     infos = load_json(file.parent / INFOS_NAME) if (file.parent / INFOS_NAME).is_file() else {}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{INDEX_NAME}.attaching"
-    linked = _link_or_copy(file, tmp)
+    linked = link_or_copy(file, tmp)
     try:
         index = _read_checked(tmp, file, vectors)
     except BaseException:
@@ -66,17 +65,6 @@ def attach_faiss(file: Path | str, vectors: KeyShards, folder: Path | str, *,
     return out
 
 
-def _link_or_copy(src: Path, dst: Path) -> bool:
-    """Hard-links ``src`` to ``dst`` (same filesystem: no copy of a many-GB file), else
-    copies it; True if linked. A later change to the source shows as a checksum failure."""
-    dst.unlink(missing_ok=True)
-    try:
-        os.link(src, dst)
-        return True
-    except OSError:  # another filesystem, or links not allowed
-        with atomic_path(dst) as part:
-            shutil.copyfile(src, part)
-        return False
 
 
 def _read_checked(path: Path, file: Path, vectors: KeyShards):
