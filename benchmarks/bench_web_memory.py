@@ -240,9 +240,10 @@ def main(argv=None) -> int:
     if "reads" in stages:
         report["reads"] = random_reads(memdir)
         save()
-    print(json.dumps(report, indent=1))
+    text = json.dumps(report, indent=1).replace(str(work), "WORK")  # results name no machine paths
+    print(text)
     if args.out:
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        args.out.write_text(text + "\n")
     return 0
 
 
