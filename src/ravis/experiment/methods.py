@@ -131,9 +131,12 @@ def _memory_rows(prep: Prepared, reads_memory: bool):
         empty = MemoryTensors(torch.zeros(0, prep.memory.dim), torch.zeros(0, prep.memory.value_dim))
         return empty, empty, [prep.train_I], [prep.test_I]
     budget = parse_bytes(prep.config.train.memory_rows_budget)
-    train_memory, train_I = MemoryTensors.for_queries(prep.memory, prep.train_I, budget)
-    test_memory, test_I = MemoryTensors.for_queries(prep.memory, prep.test_I, budget)
-    return train_memory, test_memory, [train_I], [test_I]
+    if budget not in prep.rows_cache:  # read once per experiment, not once per method
+        train_memory, train_I = MemoryTensors.for_queries(prep.memory, prep.train_I, budget)
+        test_memory, test_I = MemoryTensors.for_queries(prep.memory, prep.test_I, budget)
+        prep.rows_cache.clear()
+        prep.rows_cache[budget] = (train_memory, test_memory, [train_I], [test_I])
+    return prep.rows_cache[budget]
 
 
 def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau, cache_dir,

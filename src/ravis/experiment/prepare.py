@@ -52,6 +52,8 @@ class Prepared:
     class_counts: np.ndarray  # (C,) training images per class
     skipped: list[tuple[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # memory rows the query sets retrieved, read once for every method (see methods._memory_rows)
+    rows_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
