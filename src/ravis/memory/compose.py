@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..index.multi import by_part
 from ..io import stable_hash
 from .base import Memory, MemoryMismatchError, as_rows, check_query_encoder
 
@@ -94,11 +95,7 @@ class ComposedMemory:
         check_query_encoder(self, encoder_fingerprint, dim, name=f"memory {self.parts[0][0]!r}")
 
     def _by_part(self, rows):
-        rows = as_rows(rows, len(self))
-        which = np.searchsorted(self.offsets, rows, side="right") - 1
-        for p in np.unique(which):
-            pos = np.flatnonzero(which == p)
-            yield int(p), pos, rows[pos] - self.offsets[p]
+        return by_part(as_rows(rows, len(self)), self.offsets)
 
     def _gather(self, rows, read, width: int | None, dtype) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)

@@ -25,6 +25,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..index.multi import by_part
 from ..io import VerifiedStamps, atomic_path, load_json, save_json, save_npy, sha256_file, stable_hash
 from .base import META_COLUMNS, MemoryMismatchError, as_rows, check_query_encoder
 
@@ -298,12 +299,9 @@ class ShardedMemory:
     # -- the Memory protocol: rows -----------------------------------------------------------
     def _by_shard(self, rows):
         """(shard, positions in rows, sorted unique local rows, inverse) per shard touched."""
-        rows = as_rows(rows, self.count)
-        which = np.searchsorted(self.offsets, rows, side="right") - 1
-        for i in np.unique(which):
-            pos = np.flatnonzero(which == i)
-            local, inverse = np.unique(rows[pos] - self.offsets[i], return_inverse=True)
-            yield int(i), pos, local, inverse
+        for i, pos, local in by_part(as_rows(rows, self.count), self.offsets):
+            local, inverse = np.unique(local, return_inverse=True)
+            yield i, pos, local, inverse
 
     def _gather(self, rows, kind: str, width: int) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
