@@ -99,8 +99,13 @@ class ComposedMemory:
 
     def _gather(self, rows, read, width: int | None, dtype) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        parts = list(self._by_part(rows))
+        if len(parts) == 1 and len(parts[0][1]) == len(rows):
+            p, _, local = parts[0]  # one part holds them all: its array as it comes, no copy
+            got = read(p, local)
+            return got if got.dtype == dtype else got.astype(dtype)
         out = np.empty((len(rows), width) if width else len(rows), dtype=dtype)
-        for p, pos, local in self._by_part(rows):
+        for p, pos, local in parts:
             out[pos] = read(p, local)
         return out
 
