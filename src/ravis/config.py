@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-METHODS = ("linear", "mlp", "mean_knn", "mam", "rac", "knn_vote")
+from .methods import METHODS
 
 
 class ConfigError(ValueError):
@@ -42,6 +42,9 @@ class MAMConfig:
     attn_dropout: float = 0.0  # dropout on attention weights
     qk_lr_scale: float = 0.01  # learning-rate multiplier for psiQ, psiK
     query_dropout: float = 0.0  # in training, drop a query's z term from the output with this probability
+    # the classifier also reads the neighbours' labels where the memory's entries carry
+    # labels in the experiment's classes (an attention-weighted vote; ravis.fusion.RetrievalClassifier)
+    label_evidence: bool = True
 
     def __post_init__(self):
         _check(self.num_layers >= 1, f"mam.num_layers must be >= 1, got {self.num_layers}")
@@ -62,11 +65,19 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to zero
     min_steps: int = 100  # stretch epochs so that small training sets still get this many steps
     label_smoothing: float = 0.1
-    tau: float | str = 1.0  # LACE strength in training, or "auto": chosen on validation from tau_grid
+    # LACE strength in training, or "auto": chosen on validation from tau_grid (a model per value)
+    tau: float | str = "auto"
     tau_grid: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
-    posthoc_tau: float = 0.0  # logit adjustment at prediction: logits - posthoc_tau * log(prior)
-    memory_tau: float | None = 0.0  # tau for methods that read the memory (None: tau)
-    memory_posthoc_tau: float | None = 0.5  # posthoc_tau for methods that read the memory (None: posthoc_tau)
+    # logit adjustment at prediction, logits - posthoc_tau * log(prior), or "auto": chosen on
+    # validation from posthoc_grid (no retraining: the validation logits are adjusted)
+    posthoc_tau: float | str = "auto"
+    posthoc_grid: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    memory_tau: float | str | None = 0.0  # tau for methods that read the memory (None: tau)
+    memory_posthoc_tau: float | str | None = None  # posthoc_tau for methods that read the memory (None: posthoc_tau)
+    # validation score that picks the epoch, tau, posthoc tau and the vote's k: "balanced"
+    # (mean per-class recall), "top1", or "auto": top1 where the test split is a stratified
+    # split of the same collection as training (it is as skewed as training), else balanced
+    select_on: str = "auto"
     val_fraction: float = 0.1  # > 0: a stratified validation split picks the epoch (and tau)
     patience: int = 0  # > 0: stop after this many epochs without validation improvement
     seed: int = 0
@@ -82,15 +93,22 @@ class TrainConfig:
         _check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs must be in [0, epochs]")
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing must be in [0, 1)")
         _check(0 <= self.val_fraction < 0.5, "train.val_fraction must be in [0, 0.5)")
-        if isinstance(self.tau, str):
-            _check(self.tau == "auto", f"train.tau must be a number or 'auto', got {self.tau!r}")
-            _check(self.val_fraction > 0, "train.tau='auto' needs train.val_fraction > 0")
-            _check(len(self.tau_grid) > 0, "train.tau_grid is empty")
+        for name, grid in (("tau", "tau_grid"), ("memory_tau", "tau_grid"),
+                           ("posthoc_tau", "posthoc_grid"), ("memory_posthoc_tau", "posthoc_grid")):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                _check(value == "auto", f"train.{name} must be a number or 'auto', got {value!r}")
+                _check(self.val_fraction > 0, f"train.{name}='auto' needs train.val_fraction > 0")
+                _check(len(getattr(self, grid)) > 0, f"train.{grid} is empty")
+            elif value is not None:
+                _check(value >= 0, f"train.{name} must be >= 0, got {value}")
+        _check(all(v >= 0 for v in self.tau_grid + self.posthoc_grid),
+               "train.tau_grid and train.posthoc_grid must hold values >= 0")
+        _check(self.select_on in ("auto", "balanced", "top1"),
+               f"train.select_on must be auto, balanced or top1, got {self.select_on!r}")
         _check(self.patience == 0 or self.val_fraction > 0, "train.patience needs train.val_fraction > 0")
-        _check(self.posthoc_tau >= 0 and (self.memory_posthoc_tau or 0) >= 0,
-               "train.posthoc_tau and train.memory_posthoc_tau must be >= 0")
 
-    def for_method(self, reads_memory: bool) -> tuple[float | str, float]:
+    def for_method(self, reads_memory: bool) -> tuple[float | str, float | str]:
         """(training tau, post-hoc tau) of a method: a memory that is balanced brings its own
         evidence for the tail classes, so memory methods may want less prior correction."""
         if not reads_memory:
@@ -227,7 +245,7 @@ RECIPES: dict[str, dict] = {
                   "val_fraction": 0.0, "patience": 0},
         "mam": {"num_layers": 8, "similarity_init": False, "learn_temperature": False,
                 "similarity_bias": False, "attn_dropout": 0.0, "qk_lr_scale": 1.0,
-                "query_dropout": 0.0},
+                "query_dropout": 0.0, "label_evidence": False},
         "retrieval": {"k": 100},
     },
 }
@@ -304,18 +322,24 @@ def resolve(tree: dict, overrides: list[str] = ()) -> RunConfig:
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
     shared = _deep_merge(RECIPES[recipe], shared)
-    tree["experiments"] = [_deep_merge(shared, e) for e in tree.get("experiments", [])]
-    # Overrides come last, so they win over the preset's experiments too.
+    parsed = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
-        value = _parse_value(raw)
+        parsed.append((key, _parse_value(raw)))
+    # Overrides of the run and of its experiments (``experiments=[...]`` included) come before
+    # the defaults are merged in, so a replaced experiment list gets them too; an
+    # experiment's own settings still win over the defaults.
+    for key, value in parsed:
+        if key.split(".", 1)[0] not in STAGE_KEYS:
+            _set_dotted(tree, key, value)
+    tree["experiments"] = [_deep_merge(shared, e) for e in tree.get("experiments", [])]
+    # Stage overrides (``train.lr=1e-3``) come last and apply to every experiment.
+    for key, value in parsed:
         if key.split(".", 1)[0] in STAGE_KEYS:
             for exp in tree["experiments"]:
                 _set_dotted(exp, key, value)
-        else:
-            _set_dotted(tree, key, value)
     return _build(RunConfig, tree, "config")
 
 

@@ -27,9 +27,10 @@ from safetensors.torch import load_file
 
 from .config import ExperimentConfig, RunConfig
 from .encoders import create_image_encoder
-from .fusion import FUSIONS, build_model
+from .fusion import build_model
 from .io import default_cache_dir
 from .memory.base import Memory
+from .methods import method as get_method
 from .retrieval.memory_index import memory_index
 from .run_folder import experiment_dir, load_config, open_run_memory, read_serving
 from .thumbnails import media_type
@@ -65,9 +66,9 @@ class Predictor:
         exp = next((e for e in cfg.experiments if e.name == (experiment or names[0])), None)
         if exp is None:
             raise ValueError(f"{run_dir}: no experiment {experiment!r}; it has {names}")
-        if method == "rac" or method == "knn_vote":
-            raise ValueError(f"predict serves trained models that read keys/values per neighbour, "
-                             f"not {method!r}")
+        if not get_method(method).servable:
+            raise ValueError(f"predict serves trained models whose inputs are the neighbours "
+                             f"themselves, not {method!r}")
         folder = experiment_dir(run_dir, exp.name)
         weights = folder / f"{method}.safetensors"
         if not weights.exists():
@@ -107,7 +108,10 @@ class Predictor:
         # only the retrieved rows are read from the (memory-mapped) memory
         keys = torch.from_numpy(self.memory.keys_at(rows.ravel()).astype(np.float32).reshape(B, k, -1))
         values = torch.from_numpy(self.memory.values_at(rows.ravel()).astype(np.float32).reshape(B, k, -1))
-        logits, attn = self.model(torch.from_numpy(z), keys, values)  # (B, C), (B, L, k)
+        labels = None
+        if "labels" in self.model.reads:  # -1: no neighbour, or no label in the classes
+            labels = torch.from_numpy(np.where(found, self.memory.labels_at(rows.ravel()).reshape(B, k), -1))
+        logits, attn = self.model(torch.from_numpy(z), keys, values, labels)  # (B, C), (B, L, k)
         logits = logits.numpy()
         if self.adjustment is not None:
             logits = logits - self.adjustment
@@ -140,7 +144,7 @@ class Predictor:
     def _describe(self, probs, D, rows, found, attn, top_classes, top_neighbors, timings, batch,
                   entries) -> dict:
         """One image's output: top classes, neighbours by attention, timings."""
-        reads = bool(getattr(FUSIONS[self.method], "reads", ("keys", "values")))
+        reads = get_method(self.method).reads_memory
         k = len(rows)
         if attn.shape[0]:
             last = attn[-1]  # (k,)

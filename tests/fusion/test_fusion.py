@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from ravis.fusion import FUSIONS, MeanKNN, MemoryAttention, RetrievalClassifier, create_fusion
+from ravis.methods import METHODS
+from ravis.fusion import MeanKNN, MemoryAttention, RetrievalClassifier, create_fusion
 
 B, K, D, DV = 5, 7, 16, 12
 
@@ -97,7 +98,7 @@ def test_neighbour_order_does_not_matter(name):
     torch.testing.assert_close(a1[..., perm], a2, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(FUSIONS))
+@pytest.mark.parametrize("name", [m.name for m in METHODS.values() if m.trains])
 def test_registry_forward_backward(name):
     fusion = create_fusion(name, D, DV)
     model = RetrievalClassifier(fusion, D, 4)
@@ -114,7 +115,7 @@ def test_registry_forward_backward(name):
 
 
 def test_unknown_fusion():
-    with pytest.raises(ValueError, match="unknown fusion"):
+    with pytest.raises(ValueError, match="unknown method"):
         create_fusion("nope", D, DV)
 
 
@@ -133,3 +134,47 @@ def test_knn_vote_matches_its_formula():
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
     with pytest.raises(ValueError, match="exceeds"):
         knn_vote(D, labels, 3, k=4)
+
+
+def test_label_evidence_matches_its_formula():
+    torch.manual_seed(0)
+    C, eps = 4, 0.01
+    fusion = create_fusion("mam", D, DV, num_layers=2, learn_temperature=True)
+    model = RetrievalClassifier(fusion, D, C, label_evidence=True, label_eps=eps)
+    with torch.no_grad():
+        model.label_weight.fill_(0.7)
+    z, keys, values = inputs()
+    labels = torch.randint(-1, C, (B, K))
+    logits, attn = model(z, keys, values, labels)
+    f, a = fusion(z, keys, values)
+    expected = model.head(f).clone()
+    for b in range(B):
+        for c in range(C):
+            mass = sum(float(a[b, -1, j].detach()) for j in range(K) if int(labels[b, j]) == c)
+            expected[b, c] += 0.7 * math.log(eps + mass)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert model.reads == ("keys", "values", "labels")
+
+
+def test_unlabelled_neighbours_move_no_class():
+    """Neighbours without a label in the class set (-1) shift every class alike."""
+    torch.manual_seed(1)
+    fusion = create_fusion("mam", D, DV, num_layers=1)
+    model = RetrievalClassifier(fusion, D, 3, label_evidence=True)
+    plain = RetrievalClassifier(fusion, D, 3)
+    plain.head.load_state_dict(model.head.state_dict())
+    z, keys, values = inputs()
+    with_labels, _ = model(z, keys, values, torch.full((B, K), -1))
+    without, _ = plain(z, keys, values)
+    torch.testing.assert_close(with_labels - without, torch.full_like(without, math.log(0.01)))
+
+
+def test_label_evidence_learns_and_needs_labels():
+    fusion = create_fusion("mam", D, DV, num_layers=1)
+    model = RetrievalClassifier(fusion, D, 3, label_evidence=True)
+    z, keys, values = inputs()
+    logits, _ = model(z, keys, values, torch.randint(0, 3, (B, K)))
+    logits.logsumexp(-1).sum().backward()
+    assert model.label_weight.grad is not None and torch.isfinite(model.label_weight.grad)
+    with pytest.raises(ValueError, match="labels"):
+        model(z, keys, values)

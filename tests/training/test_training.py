@@ -10,7 +10,8 @@ from ravis.config import TrainConfig
 from ravis.fusion import RetrievalClassifier, create_fusion
 from ravis.training import lace_loss, warmup_cosine
 from ravis.training.data import MemoryTensors, QuerySet
-from ravis.training.trainer import balanced_accuracy, epochs_for, fit, parameter_groups
+from ravis.evaluation.metrics import balanced_accuracy
+from ravis.training.trainer import epochs_for, fit, parameter_groups
 
 
 def test_lace_matches_formula():
@@ -112,7 +113,7 @@ def test_best_epoch_by_balanced_validation():
     result = fit(_model(), train.subset(np.arange(20, 96)), mem,
                  TrainConfig(lr=1e-2, epochs=5, batch_size=32, val_fraction=0.2, min_steps=0), [1, 1, 1],
                  tau=0.0, val=val)
-    scores = [h["val_balanced_acc"] for h in result.history]
+    scores = [h["val_score"] for h in result.history]
     assert result.best_epoch == int(np.argmax(scores)) + 1
 
 

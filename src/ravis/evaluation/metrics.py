@@ -28,9 +28,30 @@ def shot_accuracy(pred: np.ndarray, labels: np.ndarray, train_counts: np.ndarray
     return out
 
 
+def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes present of per-class accuracy (mean per-class recall)."""
+    classes = np.unique(labels)
+    if not len(classes):
+        return 0.0
+    return float(np.mean([(pred[labels == c] == c).mean() for c in classes]))
+
+
+def selection_score(pred: np.ndarray, labels: np.ndarray, metric: str) -> float:
+    """The validation score that picks epochs, tau and k: "balanced" accuracy where the test
+    set is balanced while the training set is not, "top1" where the test set is drawn like
+    the training set (a stratified split of one collection)."""
+    if metric == "top1":
+        return float((pred == labels).mean()) if len(labels) else 0.0
+    if metric == "balanced":
+        return balanced_accuracy(pred, labels)
+    raise ValueError(f"unknown selection metric {metric!r}; expected 'balanced' or 'top1'")
+
+
 def prediction_metrics(pred: np.ndarray, labels: np.ndarray, train_counts) -> tuple[dict, list]:
-    """(shot_accuracy, per-class accuracy as a JSON list with None for absent classes)."""
+    """(top1, many / mid / few and balanced accuracy; per-class accuracy as a JSON list with
+    None for absent classes)."""
     counts = np.asarray(train_counts)
     per_class = per_class_accuracy(pred, labels, len(counts))
-    return (shot_accuracy(pred, labels, counts),
-            [None if np.isnan(v) else float(v) for v in per_class])
+    metrics = shot_accuracy(pred, labels, counts)
+    metrics["balanced"] = balanced_accuracy(pred, labels) if len(labels) else None
+    return metrics, [None if np.isnan(v) else float(v) for v in per_class]

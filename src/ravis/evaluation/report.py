@@ -5,15 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import atomic_path
+from ..methods import METHODS
 
-METHOD_LABELS = {
-    "linear": "Linear (no memory)",
-    "mlp": "MLP (no memory)",
-    "mean_knn": "Mean kNN",
-    "mam": "MAM (memory attention)",
-    "rac": "RAC-style",
-    "knn_vote": "kNN vote",
-}
+METHOD_LABELS = {name: m.label for name, m in METHODS.items()}
 
 
 def _pct(v) -> str:
@@ -24,13 +18,13 @@ def format_table(experiment: dict) -> str:
     """One experiment's results in the shape of the paper's Table 1."""
     head = (f"{experiment['name']}  (dataset {experiment['dataset']}, memory {experiment['memory']}, "
             f"k={experiment['k']})")
-    lines = [head, f"{'method':<28} {'many':>6} {'mid':>6} {'few':>6} {'all':>6}"]
+    lines = [head, f"{'method':<28} {'many':>6} {'mid':>6} {'few':>6} {'all':>6} {'bal':>6}"]
     for name, m in experiment["methods"].items():
         label = METHOD_LABELS.get(name, name)
-        if name == "knn_vote" and "k" in m:
-            label = f"{label} (best k={m['k']})"
+        if "k" in m:
+            label = f"{label} (k={m['k']})"
         lines.append(f"{label:<28} {_pct(m['many']):>6} {_pct(m['mid']):>6} {_pct(m['few']):>6} "
-                     f"{_pct(m['top1']):>6}")
+                     f"{_pct(m['top1']):>6} {_pct(m.get('balanced')):>6}")
     return "\n".join(lines)
 
 

@@ -14,15 +14,16 @@ from safetensors.torch import load_file
 from ..config import TrainConfig
 from ..encoders import create_text_encoder
 from ..encoders.embed import embed_texts
-from ..evaluation.metrics import prediction_metrics
-from ..fusion import FUSIONS, RetrievalClassifier, build_model, knn_vote
+from ..evaluation.metrics import prediction_metrics, selection_score
+from ..fusion import RetrievalClassifier, build_model, knn_vote
 from ..index.choose import parse_bytes
 from ..io import stable_hash
-from ..training.data import MemoryTensors, QuerySet
+from ..methods import method
+from ..training.data import MemoryTensors, QuerySet, neighbor_labels
 from ..training.loss import log_prior
 from ..training.checkpoint import remove_checkpoint, save_weights
 from ..training.trainer import fit, predict
-from .prepare import Prepared
+from .prepare import Prepared, test_like_training
 
 log = logging.getLogger(__name__)
 
@@ -69,50 +70,82 @@ def rac_values(prep: Prepared, cache_dir: Path, text_encoder_spec: str) -> tuple
     return train[:, None, :], test[:, None, :]  # (N, 1, d')
 
 
-def train_method(method: str, prep: Prepared, cache_dir: Path, text_encoder: str, *,
+def selection_metric(exp) -> str:
+    """The validation score of experiment ``exp`` (``train.select_on``; see
+    :func:`ravis.evaluation.metrics.selection_score`). "auto" reads how the test split was
+    made, never its labels: a stratified split of one collection (Tux Paint, an ImageFolder)
+    without long-tail subsampling is as skewed as the training set, so top-1 on a validation
+    split drawn like it estimates test top-1; otherwise the test set is balanced (Fashion-MNIST,
+    ImageNet-LT and the other LT benchmarks) and balanced accuracy estimates it."""
+    if exp.train.select_on != "auto":
+        return exp.train.select_on
+    return "top1" if test_like_training(exp.data) else "balanced"
+
+
+def choose_on_validation(grid, score) -> float:
+    """The grid value with the best validation ``score``; among equal best scores, their
+    median (a small validation split often ties neighbouring values)."""
+    scores = {float(v): score(float(v)) for v in grid}
+    best = max(scores.values())
+    tied = sorted(v for v, sc in scores.items() if sc == best)
+    return tied[(len(tied) - 1) // 2]
+
+
+def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, *,
                  checkpoint_dir: Path, resume: bool = True, log_fn=None) -> tuple[RetrievalClassifier, MethodResult]:
-    """Trains ``method`` (choosing tau on validation when asked), evaluates it on the test set.
+    """Trains method ``name`` and evaluates it on the test set. Training tau, post-hoc tau and
+    the epoch are chosen on the validation split when the config says "auto"; the test
+    labels are read only to score the final predictions.
 
     Final weights are cached under a key of everything that determines them, so a warm
     rerun loads instead of training; the per-epoch checkpoint makes a killed run resume.
     """
+    spec = method(name)
     exp, cfg = prep.config, prep.config.train
-    reads_memory = bool(getattr(FUSIONS[method], "reads", ("keys", "values")))
-    memory, test_memory, (train_I,), (test_I,) = _memory_rows(prep, reads_memory)
-    direct = rac_values(prep, cache_dir, text_encoder) if method == "rac" else (None, None)
-    train = QuerySet.from_numpy(prep.train.z, train_I, prep.train.dataset.labels, direct[0])
-    test = QuerySet.from_numpy(prep.test.z, test_I, prep.test.dataset.labels, direct[1])
+    metric = selection_metric(exp)
+    memory, test_memory, (train_I,), (test_I,) = _memory_rows(prep, spec.reads_memory)
+    direct = rac_values(prep, cache_dir, text_encoder) if spec.extra == "texts" else (None, None)
+    reads_labels = "labels" in spec.reads
+    train = QuerySet.from_numpy(prep.train.z, train_I, prep.train.dataset.labels, direct[0],
+                                neighbor_labels(prep.memory, prep.train_I) if reads_labels else None)
+    test = QuerySet.from_numpy(prep.test.z, test_I, prep.test.dataset.labels, direct[1],
+                               neighbor_labels(prep.memory, prep.test_I) if reads_labels else None)
     val_mask = (validation_split(prep.train.dataset.labels, cfg.val_fraction, cfg.seed)
                 if cfg.val_fraction > 0 else np.zeros(len(train), dtype=bool))
     fit_set, val = train.subset(np.flatnonzero(~val_mask)), train.subset(np.flatnonzero(val_mask))
     counts = np.bincount(fit_set.labels.numpy(), minlength=prep.num_classes)
-    train_tau, posthoc_tau = cfg.for_method(reads_memory)
-    taus = cfg.tau_grid if train_tau == "auto" else [float(train_tau)]
-    mam_cfg = asdict(exp.mam) if method == "mam" else None
+    prior = log_prior(counts).numpy()
+    train_tau, posthoc = cfg.for_method(spec.reads_memory)
+    options = asdict(getattr(exp, spec.options)) if spec.options else None
     best = None
-    for tau in taus:
-        key = stable_hash("model-v1", method, _train_key(cfg), mam_cfg, tau, prep.train.dataset.fingerprint,
-                          prep.test.dataset.fingerprint,
-                          prep.memory.digest if reads_memory else None,
-                          stable_hash(prep.train_I) if reads_memory else None,
-                          exp.retrieval.rac_texts if method == "rac" else None, prep.num_classes)
-        model = build_model(method, exp, prep.memory.dim, prep.memory.value_dim, prep.num_classes)
-        details = _fit_cached(model, key, fit_set, val, memory, cfg, counts, tau, cache_dir,
-                              checkpoint_dir, resume, log_fn, f"{exp.name}/{method} tau={tau}")
-        score = details.get("val_balanced_acc", 0.0)
+    for tau in cfg.tau_grid if train_tau == "auto" else [float(train_tau)]:
+        key = stable_hash("model-v2", name, _train_key(cfg), metric, options, tau,
+                          prep.train.dataset.fingerprint, prep.test.dataset.fingerprint,
+                          prep.memory.digest if spec.reads_memory else None,
+                          stable_hash(prep.train_I) if spec.reads_memory else None,
+                          exp.retrieval.rac_texts if spec.extra == "texts" else None, prep.num_classes)
+        model = build_model(name, exp, prep.memory.dim, prep.memory.value_dim, prep.num_classes)
+        details = _fit_cached(model, key, fit_set, val, memory, cfg, counts, tau, metric, cache_dir,
+                              checkpoint_dir, resume, log_fn, f"{exp.name}/{name} tau={tau}")
+        score = details.get("val_score", 0.0)
         if best is None or score > best[0]:
             best = (score, tau, model, details)
     _, tau, model, details = best
+    if posthoc == "auto":  # adjusting the validation logits needs no retraining
+        val_logits, val_labels = predict(model, val, memory)[0], val.labels.numpy()
+        posthoc = choose_on_validation(
+            cfg.posthoc_grid, lambda p: selection_score((val_logits - p * prior).argmax(1), val_labels, metric))
+    posthoc_tau = float(posthoc)
     logits, attn = predict(model, test, test_memory)
-    logits = logits - posthoc_tau * log_prior(counts).numpy()
+    logits = logits - posthoc_tau * prior
     labels = prep.test.dataset.labels
     metrics, per_class = prediction_metrics(logits.argmax(1), labels, prep.class_counts)
     result = MethodResult(metrics=metrics, per_class=per_class,
-                          details={"tau": tau, "posthoc_tau": posthoc_tau, **details},
+                          details={"tau": tau, "posthoc_tau": posthoc_tau, "select_on": metric, **details},
                           logits=logits, attention=attn)
-    if method in ("mean_knn", "mam"):
+    if spec.reads_memory:
         curve = accuracy_vs_k(model, test, test_memory, [k for k in exp.retrieval.k_curve if k < test.neighbors.shape[1]],
-                              labels, posthoc_tau * log_prior(counts).numpy())
+                              labels, posthoc_tau * prior)
         curve[int(test.neighbors.shape[1])] = result.metrics["top1"]  # all k: the main prediction
         result.details["accuracy_vs_k"] = curve
     return model, result
@@ -139,7 +172,7 @@ def _memory_rows(prep: Prepared, reads_memory: bool):
     return prep.rows_cache[budget]
 
 
-def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau, cache_dir,
+def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau, metric, cache_dir,
                 checkpoint_dir, resume, log_fn, name) -> dict:
     final = cache_dir / "models" / f"{key}.safetensors"
     if final.exists():
@@ -152,12 +185,12 @@ def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau,
         return details
     ckpt = checkpoint_dir / f"{key}.ckpt.safetensors"
     result = fit(model, fit_set, memory, cfg, counts, tau=tau, val=val if len(val) else None,
-                 checkpoint=ckpt, resume=resume,
+                 checkpoint=ckpt, resume=resume, metric=metric,
                  log=(lambda s: log_fn(f"{name}: {s}")) if log_fn else None)
     details = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                "steps": result.steps, "history": result.history}
     if result.best_epoch is not None:  # the kept weights are that epoch's
-        details["val_balanced_acc"] = result.history[result.best_epoch - 1]["val_balanced_acc"]
+        details["val_score"] = result.history[result.best_epoch - 1]["val_score"]
     save_weights(model, final, {"details": json.dumps(details)})
     remove_checkpoint(ckpt)  # the final weights supersede it
     details["cached"] = False
@@ -171,29 +204,35 @@ def accuracy_vs_k(model, test: QuerySet, memory: MemoryTensors, ks, labels, adju
     for k in ks:
         if k > test.neighbors.shape[1]:
             continue
-        sub = QuerySet(test.z, test.neighbors[:, :k], test.labels, None)
+        nl = None if test.neighbor_labels is None else test.neighbor_labels[:, :k]
+        sub = QuerySet(test.z, test.neighbors[:, :k], test.labels, None, nl)
         out[int(k)] = float(((predict(model, sub, memory)[0] - adjust).argmax(1) == labels).mean())
     return out
 
 
 def vote_result(prep: Prepared) -> MethodResult:
-    """The kNN vote at each configured k; the row reports the best k and says which."""
-    r = prep.config.retrieval
-    found = prep.test_I >= 0
-    rows, inverse = np.unique(np.where(found, prep.test_I, 0), return_inverse=True)
-    mem_labels = np.where(found, prep.memory.labels_at(rows)[inverse.reshape(prep.test_I.shape)], -1)
+    """The kNN vote at the k of ``retrieval.vote_ks`` that scores best on the validation split
+    (the training queries held out for validation, their own entries excluded from their
+    neighbours); without a validation split, the largest. Accuracy at every k is reported."""
+    r, cfg = prep.config.retrieval, prep.config.train
+    C, T = prep.num_classes, r.vote_temperature
+    ks = [int(k) for k in r.vote_ks if k <= prep.test_I.shape[1]]
+    val_rows = (np.flatnonzero(validation_split(prep.train.dataset.labels, cfg.val_fraction, cfg.seed))
+                if cfg.val_fraction > 0 else np.zeros(0, np.int64))
+    if len(val_rows):
+        metric = selection_metric(prep.config)
+        val_D, val_labels = prep.train_D[val_rows], prep.train.dataset.labels[val_rows]
+        val_nl = neighbor_labels(prep.memory, prep.train_I[val_rows])
+        best_k = int(choose_on_validation(ks, lambda k: selection_score(
+            knn_vote(val_D, val_nl, C, int(k), T).argmax(1), val_labels, metric)))
+        note = f"k chosen on validation ({metric}): {best_k}"
+    else:
+        best_k, note = max(ks), f"no validation split: the largest k, {max(ks)}"
+    test_nl = neighbor_labels(prep.memory, prep.test_I)
     labels = prep.test.dataset.labels
-    by_k = {}
-    for k in r.vote_ks:
-        if k <= prep.test_I.shape[1]:
-            scores = knn_vote(prep.test_D, mem_labels, prep.num_classes, k, r.vote_temperature)
-            by_k[int(k)] = (scores.argmax(1), scores)
-    best_k = max(by_k, key=lambda k: (by_k[k][0] == labels).mean())
-    pred, scores = by_k[best_k]
-    curve = {int(k): float((by_k[k][0] == labels).mean()) for k in by_k}
-    metrics, per_class = prediction_metrics(pred, labels, prep.class_counts)
+    by_k = {k: knn_vote(prep.test_D, test_nl, C, k, T) for k in ks}
+    curve = {k: float((by_k[k].argmax(1) == labels).mean()) for k in ks}
+    metrics, per_class = prediction_metrics(by_k[best_k].argmax(1), labels, prep.class_counts)
     return MethodResult(metrics=metrics, per_class=per_class,
-                        details={"k": best_k, "accuracy_vs_k": curve,
-                                 "note": f"best k on the test set: {best_k}"},
-                        logits=scores)
-
+                        details={"k": best_k, "accuracy_vs_k": curve, "note": note},
+                        logits=by_k[best_k])

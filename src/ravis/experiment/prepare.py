@@ -60,6 +60,13 @@ class Prepared:
         return len(self.train.dataset.class_names)
 
 
+def test_like_training(cfg: DataConfig) -> bool:
+    """Whether the test split is drawn like the training set: a stratified split of one
+    collection (``load_splits`` cuts it) whose training side is not subsampled to a long tail."""
+    carved = cfg.dataset == "tuxpaint" or cfg.dataset.startswith("imagefolder:")
+    return carved and not cfg.longtail
+
+
 def load_splits(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset]:
     """(full training split, test split): datasets without a test split get a stratified one."""
     missing = unset_variables(cfg.dataset)

@@ -28,6 +28,7 @@ import yaml
 from ..config import RunConfig, to_dict
 from ..evaluation.report import format_table, plot_accuracy_vs_k, plot_shots
 from ..io import atomic_path, save_json
+from ..methods import method as get_method
 from ..training.checkpoint import save_weights
 from .methods import MethodResult, train_method, vote_result
 from .prepare import Prepared, prepare
@@ -76,7 +77,7 @@ def run_methods(cfg: RunConfig, prep: Prepared, out: Path, cache_dir: Path, *, r
     times = {}
     for method in exp.methods:
         t = time.perf_counter()
-        if method == "knn_vote":
+        if not get_method(method).trains:
             methods[method] = vote_result(prep)
         else:
             model, methods[method] = train_method(
@@ -115,7 +116,7 @@ def summarise(prep: Prepared, cfg: RunConfig, methods: dict[str, MethodResult]) 
         "class_names": list(prep.train.dataset.class_names),
         "class_counts": [int(c) for c in prep.class_counts],
         "skipped_images": [list(s) for s in prep.skipped],
-        "methods": {name: {**r.metrics, **({"k": r.details["k"]} if name == "knn_vote" else {})}
+        "methods": {name: {**r.metrics, **({"k": r.details["k"]} if "k" in r.details else {})}
                     for name, r in methods.items()},
         "per_class": {name: r.per_class for name, r in methods.items()},
         "details": {name: {k: v for k, v in r.details.items() if k != "history"}
@@ -129,8 +130,9 @@ def _write_experiment_outputs(folder: Path, prep: Prepared, entry: dict,
     arrays["labels"] = prep.test.dataset.labels
     arrays["neighbors"] = prep.test_I
     arrays["similarities"] = prep.test_D
-    if "mam" in methods and methods["mam"].attention is not None:
-        arrays["attention_mam"] = methods["mam"].attention.astype(np.float16)
+    for name, r in methods.items():
+        if get_method(name).attends and r.attention is not None:
+            arrays[f"attention_{name}"] = r.attention.astype(np.float16)
     with atomic_path(folder / "predictions.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)

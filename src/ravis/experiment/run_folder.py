@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..memory.store import ArrayMemory
+from ..methods import method as get_method
 from ..run_folder import save_memory_part, write_serving
 from ..thumbnails import thumbnail_bytes, write_thumbnails
 from ..training.loss import log_prior
@@ -56,7 +57,7 @@ def save_for_serving(folder: Path, run_dir: Path, prep: Prepared, methods: dict[
         "memory": {"class_names": memory.class_names, "rows": len(memory), "parts": parts},
         "test_thumbnails": "test_thumbnails.parquet",
         "logit_adjustment": {name: logit_adjustment(prep, name, r) for name, r in methods.items()
-                             if name != "knn_vote"},
+                             if get_method(name).trains},
     })
 
 

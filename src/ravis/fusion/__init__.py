@@ -7,7 +7,7 @@ They only read the memory. :class:`RetrievalClassifier` puts a linear classifier
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import asdict
 
 import torch
 from torch import nn
@@ -17,53 +17,71 @@ from .knn_vote import knn_vote
 from .mean_knn import MeanKNN
 from .memory_attention import MemoryAttention, MemoryAttentionLayer
 from .rac import RACFusion
-
-#: Method name -> fusion class. ``knn_vote`` is not here: it has no parameters.
-FUSIONS: dict[str, Callable[..., nn.Module]] = {
-    "linear": NoMemory,
-    "mlp": MLP,
-    "mean_knn": MeanKNN,
-    "mam": MemoryAttention,
-    "rac": RACFusion,
-}
-
+from ..methods import method
 
 def create_fusion(name: str, dim: int, value_dim: int, **kwargs) -> nn.Module:
-    """Builds a registered fusion module by name."""
-    if name not in FUSIONS:
-        raise ValueError(f"unknown fusion {name!r}; choose from {sorted(FUSIONS)}")
-    return FUSIONS[name](dim, value_dim, **kwargs)
+    """Builds the fusion module of registered method ``name`` (:mod:`ravis.methods`)."""
+    spec = method(name)
+    if not spec.trains:
+        raise ValueError(f"method {name!r} has no fusion module: it trains nothing")
+    return globals()[spec.fusion](dim, value_dim, **kwargs)
 
 
 class RetrievalClassifier(nn.Module):
-    """A fusion module followed by a linear classifier: logits = W f + b."""
+    """A fusion module followed by a linear classifier: logits = W f + b.
 
-    def __init__(self, fusion: nn.Module, dim: int, num_classes: int, *, device=None, dtype=None):
+    With ``label_evidence`` the classifier also reads the labels of the neighbours (where the
+    memory's entries carry labels in the experiment's classes), weighted by the fusion's
+    last-layer attention a:
+
+        logits_c = W_c f + b_c + beta * log(eps + sum_j a_j [y_j = c])
+
+    a product of the trained head and an attention-weighted vote, with beta learned (from 1).
+    A neighbour without a label in the class set (-1: a web caption, an emoji) adds no
+    evidence to any class, so unlabelled neighbours cannot push a prediction anywhere.
+    beta -> 0 gives the plain classifier, a large beta the vote; ``eps`` bounds how much a
+    class with no labelled neighbour is held back (log eps = -4.6 at 0.01).
+    """
+
+    def __init__(self, fusion: nn.Module, dim: int, num_classes: int, *, label_evidence: bool = False,
+                 label_eps: float = 0.01, device=None, dtype=None):
         super().__init__()
         self.fusion = fusion
         self.head = nn.Linear(dim, num_classes, device=device, dtype=dtype)
+        self.num_classes, self.label_eps = num_classes, label_eps
+        self.label_weight = nn.Parameter(torch.ones((), device=device, dtype=dtype)) if label_evidence else None
+        fusion_reads = tuple(getattr(fusion, "reads", ("keys", "values")))
+        #: what forward() reads of each neighbour (the training data gathers only these)
+        self.reads = fusion_reads + (("labels",) if label_evidence else ())
 
-    def forward(self, z: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
-        """Returns logits (B, C) and attention (B, L, k)."""
+    def forward(self, z: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                labels: torch.Tensor | None = None):
+        """Returns logits (B, C) and attention (B, L, k); ``labels`` (B, k), -1 where a
+        neighbour has none, is read only with label evidence."""
         f, attn = self.fusion(z, keys, values)
-        return self.head(f), attn
+        logits = self.head(f)
+        if self.label_weight is not None:
+            if labels is None:
+                raise ValueError("this classifier reads the neighbours' labels; none were given")
+            weight = attn[:, -1] * (labels >= 0)  # (B, k): the last layer's attention
+            votes = weight.new_zeros((weight.shape[0], self.num_classes))
+            votes.scatter_add_(1, labels.clamp(min=0), weight)  # (B, C)
+            logits = logits + self.label_weight * torch.log(votes + self.label_eps)
+        return logits, attn
 
 
-def build_model(method: str, exp, dim: int, value_dim: int, num_classes: int) -> RetrievalClassifier:
-    """The fusion module of ``method`` with a linear classifier, configured by the experiment
-    config ``exp`` (its ``mam`` section) and seeded by its train seed."""
+def build_model(name: str, exp, dim: int, value_dim: int, num_classes: int) -> RetrievalClassifier:
+    """The fusion module of method ``name`` with a linear classifier, configured by the
+    experiment config ``exp`` (the method's options section) and seeded by its train seed."""
+    spec = method(name)
     torch.manual_seed(exp.train.seed)
-    kwargs = {}
-    if method == "mam":
-        m = exp.mam
-        kwargs = dict(num_layers=m.num_layers, similarity_init=m.similarity_init,
-                      learn_temperature=m.learn_temperature, init_temperature=m.init_temperature,
-                      similarity_bias=m.similarity_bias, attn_dropout=m.attn_dropout,
-                      qk_lr_scale=m.qk_lr_scale, query_dropout=m.query_dropout)
-    return RetrievalClassifier(create_fusion(method, dim, value_dim, **kwargs), dim, num_classes)
+    options = asdict(getattr(exp, spec.options)) if spec.options else {}
+    label_evidence = bool(options.pop("label_evidence", False)) and "labels" in spec.reads
+    return RetrievalClassifier(create_fusion(name, dim, value_dim, **options), dim, num_classes,
+                               label_evidence=label_evidence)
 
 
 __all__ = [
-    "FUSIONS", "build_model", "MLP", "MeanKNN", "MemoryAttention", "MemoryAttentionLayer", "NoMemory",
+    "build_model", "MLP", "MeanKNN", "MemoryAttention", "MemoryAttentionLayer", "NoMemory",
     "RACFusion", "RetrievalClassifier", "create_fusion", "knn_vote",
 ]

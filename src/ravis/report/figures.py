@@ -8,6 +8,7 @@ import numpy as np
 
 from ..evaluation.report import METHOD_LABELS
 from ..io import atomic_path
+from ..methods import method as get_method
 
 
 def _pyplot():
@@ -72,7 +73,7 @@ def plot_memory_size(group: str, entries: list[dict], path: Path) -> None:
     experiment (memories of one size may differ in their values, e.g. noisy text)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    methods = [m for m in entries[0]["methods"] if m in ("mean_knn", "mam", "rac", "knn_vote")]
+    methods = [m for m in entries[0]["methods"] if get_method(m).reads_memory]
     for method in methods:
         pts = sorted((e["memory_size"], 100 * e["methods"][method]["top1"], e["name"])
                      for e in entries if e["methods"].get(method, {}).get("top1") is not None)

@@ -49,16 +49,17 @@ def _pct(v) -> str:
 
 def results_table(entry: dict) -> str:
     """One experiment in the shape of the paper's Table 1 (best of each column in bold)."""
-    cols = ("many", "mid", "few", "top1")
+    cols = ("many", "mid", "few", "top1", "balanced")
     best = {c: max((m.get(c) for m in entry["methods"].values() if m.get(c) is not None), default=None)
             for c in cols}
     rows = []
     for name, m in entry["methods"].items():
-        label = METHOD_LABELS.get(name, name) + (f" (best k={m['k']})" if name == "knn_vote" and "k" in m else "")
+        label = METHOD_LABELS.get(name, name) + (f" (k={m['k']}, chosen on validation)" if "k" in m else "")
         cells = "".join(f'<td class="{"best" if m.get(c) is not None and m.get(c) == best[c] else ""}">'
                         f"{_pct(m.get(c))}</td>" for c in cols)
         rows.append(f"<tr><td>{escape(label)}</td>{cells}</tr>")
-    return ("<table><tr><th>method</th><th>many</th><th>mid</th><th>few</th><th>all</th></tr>"
+    return ("<table><tr><th>method</th><th>many</th><th>mid</th><th>few</th><th>all</th>"
+            "<th>balanced</th></tr>"
             + "".join(rows) + "</table>")
 
 

@@ -76,29 +76,34 @@ class QuerySet:
 
     ``direct_values`` replaces the gathered values when a method brings its own per-query
     value (RAC-style fusion: one embedding of the neighbours' concatenated texts).
+    ``neighbor_labels`` are the neighbours' memory labels in the experiment's classes (-1:
+    none, or no neighbour), for a classifier that reads them (:func:`neighbor_labels`).
     """
 
     z: torch.Tensor  # (N, d)
     neighbors: torch.Tensor  # (N, k) indices into memory
     labels: torch.Tensor  # (N,)
     direct_values: torch.Tensor | None = None  # (N, k', d')
+    neighbor_labels: torch.Tensor | None = None  # (N, k)
 
     def __len__(self) -> int:
         return self.z.shape[0]
 
     @classmethod
-    def from_numpy(cls, z, neighbors, labels, direct_values=None) -> "QuerySet":
+    def from_numpy(cls, z, neighbors, labels, direct_values=None, neighbor_labels=None) -> "QuerySet":
         t = lambda a, dt: None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=dt))
         return cls(t(z, np.float32), t(neighbors, np.int64), t(labels, np.int64),
-                   t(direct_values, np.float32))
+                   t(direct_values, np.float32), t(neighbor_labels, np.int64))
 
     def subset(self, idx: np.ndarray) -> "QuerySet":
         idx = torch.as_tensor(idx, dtype=torch.long)
-        dv = None if self.direct_values is None else self.direct_values[idx]
-        return QuerySet(self.z[idx], self.neighbors[idx], self.labels[idx], dv)
+        pick = lambda t: None if t is None else t[idx]
+        return QuerySet(self.z[idx], self.neighbors[idx], self.labels[idx], pick(self.direct_values),
+                        pick(self.neighbor_labels))
 
     def batch(self, idx: torch.Tensor, memory: MemoryTensors, reads=("keys", "values")):
-        """(z (B, d), keys (B, k, d), values (B, k, d'), labels (B,)) for the rows ``idx``.
+        """(inputs, labels (B,)) for the rows ``idx``: inputs (z (B, d), keys (B, k, d),
+        values (B, k, d'), neighbour labels (B, k) or None) are the model's arguments.
 
         A method that does not read keys or values (``reads``) gets (B, k, 0) placeholders:
         gathering 512 x 100 x 1280 keys per batch would dominate a linear probe's step.
@@ -110,4 +115,17 @@ class QuerySet:
             values = self.direct_values[idx]
         else:
             values = memory.values[nbr].float() if "values" in reads else empty  # (B, k, d')
-        return self.z[idx], keys, values, self.labels[idx]
+        nbr_labels = None
+        if "labels" in reads:
+            if self.neighbor_labels is None:
+                raise ValueError("the model reads its neighbours' labels; this query set has none")
+            nbr_labels = self.neighbor_labels[idx]
+        return (self.z[idx], keys, values, nbr_labels), self.labels[idx]
+
+
+def neighbor_labels(memory, neighbors: np.ndarray) -> np.ndarray:
+    """(N, k) memory labels of each query's neighbours (-1 for a missing neighbour or an
+    entry without a label in the experiment's classes), read once per distinct row."""
+    found = neighbors >= 0
+    rows, inverse = np.unique(np.where(found, neighbors, 0), return_inverse=True)
+    return np.where(found, memory.labels_at(rows)[inverse.reshape(neighbors.shape)], -1)

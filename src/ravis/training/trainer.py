@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
+from ..evaluation.metrics import selection_score
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import MemoryTensors, QuerySet
 from .loss import lace_loss
@@ -58,9 +59,10 @@ def epochs_for(cfg: TrainConfig, n: int) -> tuple[int, int]:
 
 def fit(model: torch.nn.Module, train: QuerySet, memory: MemoryTensors, cfg: TrainConfig,
         class_counts, *, tau: float, val: QuerySet | None = None,
-        checkpoint: Path | None = None, resume: bool = False,
+        checkpoint: Path | None = None, resume: bool = False, metric: str = "balanced",
         log: Callable[[str], None] | None = None) -> FitResult:
-    """Trains ``model`` in place; with ``val`` keeps the epoch with the best balanced accuracy."""
+    """Trains ``model`` in place; with ``val`` keeps the epoch with the best validation score
+    (``metric``: see :func:`ravis.evaluation.metrics.selection_score`)."""
     opt = torch.optim.AdamW(parameter_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr)
     epochs, steps_per_epoch = epochs_for(cfg, len(train))
     total = epochs * steps_per_epoch
@@ -75,10 +77,10 @@ def fit(model: torch.nn.Module, train: QuerySet, memory: MemoryTensors, cfg: Tra
                             steps_per_epoch, total, warmup)
         entry = {"epoch": epoch + 1, "loss": loss}
         if val is not None and len(val):
-            entry["val_balanced_acc"] = balanced_accuracy(predict(model, val, memory)[0].argmax(1),
-                                                          val.labels.numpy())
-            if entry["val_balanced_acc"] > best_score:
-                best_score, result.best_epoch = entry["val_balanced_acc"], epoch + 1
+            entry["val_score"] = selection_score(predict(model, val, memory)[0].argmax(1),
+                                                 val.labels.numpy(), metric)
+            if entry["val_score"] > best_score:
+                best_score, result.best_epoch = entry["val_score"], epoch + 1
                 best_state = copy.deepcopy(model.state_dict())
         result.history.append(entry)
         if log:
@@ -108,9 +110,9 @@ def _train_epoch(model, opt, train, memory, cfg, class_counts, tau, epoch, steps
         step = epoch * steps_per_epoch + b
         for group in opt.param_groups:
             group["lr"] = cfg.lr * group["lr_scale"] * warmup_cosine(step, total, warmup)
-        z, keys, values, y = train.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], memory,
-                                        reads_of(model))
-        logits, _ = model(z, keys, values)
+        inputs, y = train.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], memory,
+                                reads_of(model))
+        logits, _ = model(*inputs)
         loss = lace_loss(logits, y, class_counts, tau=tau, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -127,24 +129,16 @@ def predict(model: torch.nn.Module, queries: QuerySet, memory: MemoryTensors,
     logits, attns = [], []
     for start in range(0, len(queries), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(queries)))
-        z, keys, values, _ = queries.batch(idx, memory, reads_of(model))
-        out, attn = model(z, keys, values)
+        inputs, _ = queries.batch(idx, memory, reads_of(model))
+        out, attn = model(*inputs)
         logits.append(out.numpy())
         attns.append(attn.numpy())
     return np.concatenate(logits), np.concatenate(attns)
 
 
 def reads_of(model: torch.nn.Module) -> tuple[str, ...]:
-    """Which parts of the memory the model's fusion module reads (both unless it says)."""
-    fusion = getattr(model, "fusion", model)
-    return getattr(fusion, "reads", ("keys", "values"))
+    """What the model reads of each neighbour (keys and values unless it says)."""
+    return getattr(model, "reads", ("keys", "values"))
 
 
-def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
-    """Mean over the classes present of per-class accuracy: the validation score that matches
-    a balanced test set even when validation is carved from a long-tailed training set."""
-    accs = [float((pred[labels == c] == c).mean()) for c in np.unique(labels)]
-    return float(np.mean(accs)) if accs else 0.0
-
-
-__all__ = ["FitResult", "balanced_accuracy", "epochs_for", "fit", "parameter_groups", "predict"]
+__all__ = ["FitResult", "epochs_for", "fit", "parameter_groups", "predict"]

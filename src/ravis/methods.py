@@ -1,0 +1,68 @@
+"""The methods ravis compares, each declared once.
+
+An entry says how to build the method (its fusion module, configured by which config
+section), how the results name it, whether it reads the memory and which parts of it per
+neighbour, whether it trains, and what extra per-query input it takes. Every other module
+asks the registry instead of testing method names.
+
+    >>> from ravis.methods import METHODS, method
+    >>> method("mam").reads, method("knn_vote").trains
+    (('keys', 'values', 'labels'), False)
+
+Nothing here imports torch: the config validates method names against this table, and the
+fusion modules are named, then imported when a model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str  # how tables, the report and the page name it
+    # The class in ravis.fusion that builds it (None: nothing to train, the kNN vote).
+    fusion: str | None
+    # What it reads of each retrieved neighbour: "keys", "values", "labels" (memory labels in
+    # the experiment's classes; only where the config section turns it on). () = no memory.
+    reads: tuple[str, ...]
+    # The config section (a field of ExperimentConfig) whose options build the module.
+    options: str | None = None
+    # An input computed per query before training, in place of per-neighbour values:
+    # "texts" = one embedding of the nearest neighbours' texts joined (RAC).
+    extra: str | None = None
+    # Whether it gives per-neighbour weights that explain a prediction (the attention).
+    attends: bool = False
+
+    @property
+    def trains(self) -> bool:
+        return self.fusion is not None
+
+    @property
+    def reads_memory(self) -> bool:
+        return bool(self.reads)
+
+    @property
+    def servable(self) -> bool:
+        """Whether ``ravis predict`` / ``serve`` can run it on a new image: a trained model
+        whose inputs are the neighbours themselves (RAC's joined texts are not)."""
+        return self.trains and self.extra is None
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("linear", "Linear (no memory)", "NoMemory", ()),
+    Method("mlp", "MLP (no memory)", "MLP", ()),
+    Method("mean_knn", "Mean kNN", "MeanKNN", ("values",)),
+    Method("mam", "MAM (memory attention)", "MemoryAttention", ("keys", "values", "labels"),
+           options="mam", attends=True),
+    Method("rac", "RAC-style", "RACFusion", ("values",), extra="texts"),
+    Method("knn_vote", "kNN vote", None, ("labels",)),
+)}
+
+
+def method(name: str) -> Method:
+    """The registry entry of ``name``; a clear error for an unknown one."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {list(METHODS)}")
+    return METHODS[name]

@@ -1,0 +1,104 @@
+"""Every tuned value (training tau, post-hoc tau, epoch, the vote's k) is chosen on the
+validation split, and the choice keeps every method above a majority-class guess even on
+an extreme imbalance (classes of 2 next to classes of 2,000)."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from ravis.config import DataConfig, ExperimentConfig, RetrievalConfig, TrainConfig
+from ravis.data.dataset import ImageDataset
+from ravis.experiment.methods import choose_on_validation, selection_metric, train_method, vote_result
+from ravis.experiment.prepare import Prepared, SplitData
+from ravis.memory import ArrayMemory
+
+DIM, DV, K = 24, 8, 10
+
+
+def dataset(name, labels, classes):
+    ids = [f"{name}/{i}" for i in range(len(labels))]
+    return ImageDataset(name, ids, labels, classes, [None] * len(labels), f"fp-{name}-{len(labels)}",
+                        loader=lambda i: None)
+
+
+def synthetic(train_counts, test_counts, dataset_spec="imagefolder:synthetic", seed=0, noise=0.9):
+    """A prepared experiment on Gaussian class clusters whose memory is the training split
+    (neighbours found exactly, each training query's own entry excluded)."""
+    rng = np.random.default_rng(seed)
+    C = len(train_counts)
+    centres = rng.standard_normal((C, DIM))
+
+    def draw(counts):
+        labels = np.repeat(np.arange(C), counts)
+        z = centres[labels] + noise * rng.standard_normal((len(labels), DIM)) * np.sqrt(DIM) / 4
+        return (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32), labels
+
+    classes = [f"c{i}" for i in range(C)]
+    z_tr, y_tr = draw(train_counts)
+    z_te, y_te = draw(test_counts)
+    prompts = rng.standard_normal((C, DV)).astype(np.float32)
+    memory = ArrayMemory(keys=z_tr, values=prompts[y_tr] / np.linalg.norm(prompts[y_tr], axis=1, keepdims=True),
+                         labels=y_tr, texts=[classes[y] for y in y_tr], ids=[f"train/{i}" for i in range(len(y_tr))],
+                         sources=["train"] * len(y_tr), key_encoder="synthetic", value_encoder="synthetic",
+                         class_names=classes)
+
+    def search(q, exclude_self):
+        s = q @ z_tr.T
+        if exclude_self:
+            np.fill_diagonal(s, -np.inf)
+        I = np.argsort(-s, axis=1, kind="stable")[:, :K]
+        return np.take_along_axis(s, I, 1).astype(np.float32), I.astype(np.int64)
+
+    train_D, train_I = search(z_tr, True)
+    test_D, test_I = search(z_te, False)
+    exp = ExperimentConfig(name="synthetic", data=DataConfig(dataset=dataset_spec),
+                           retrieval=RetrievalConfig(k=K, vote_ks=[1, 5, 10], k_curve=[1, 5, 10]),
+                           train=TrainConfig(epochs=4, min_steps=60, batch_size=256))
+    return Prepared(exp, SplitData(dataset("train", y_tr, classes), z_tr),
+                    SplitData(dataset("test", y_te, classes), z_te), memory,
+                    train_D, train_I, test_D, test_I, np.bincount(y_tr, minlength=C))
+
+
+def choices(result):
+    d = result.details
+    return {key: d.get(key) for key in ("tau", "posthoc_tau", "best_epoch", "k", "select_on")}
+
+
+@pytest.mark.parametrize("name", ["linear", "mam"])
+def test_test_labels_do_not_change_any_choice(name, tmp_path):
+    prep = synthetic([300, 120, 40, 12, 6, 3], [60, 60, 60, 60, 60, 60], dataset_spec="fashion-mnist")
+    blind = copy.deepcopy(prep)
+    blind.test.dataset.labels = np.zeros_like(prep.test.dataset.labels)  # the labels are gone
+    a = train_method(name, prep, tmp_path / "a", "minilm", checkpoint_dir=tmp_path / "a-ckpt")[1]
+    b = train_method(name, blind, tmp_path / "b", "minilm", checkpoint_dir=tmp_path / "b-ckpt")[1]
+    assert choices(a) == choices(b)
+    np.testing.assert_array_equal(a.logits, b.logits)
+    assert a.details["select_on"] == "balanced"  # balanced test set, long-tailed training set
+
+
+def test_vote_k_is_chosen_without_the_test_labels():
+    prep = synthetic([300, 120, 40, 12, 6, 3], [60] * 6, dataset_spec="fashion-mnist")
+    blind = copy.deepcopy(prep)
+    blind.test.dataset.labels = np.zeros_like(prep.test.dataset.labels)
+    assert vote_result(prep).details["k"] == vote_result(blind).details["k"]
+    assert "validation" in vote_result(prep).details["note"]
+
+
+def test_extreme_imbalance_stays_above_the_majority_share(tmp_path):
+    """Classes of 2,000 next to classes of 2, test split drawn like training (an ImageFolder
+    with a stratified split): every trained method beats always guessing the largest class."""
+    counts = [2000, 400, 60, 8, 2, 2]
+    prep = synthetic(counts, [c // 4 + 1 for c in counts], noise=1.1)
+    assert selection_metric(prep.config) == "top1"
+    majority = np.bincount(prep.test.dataset.labels).max() / len(prep.test.dataset.labels)
+    for name in ("linear", "mlp", "mean_knn", "mam"):
+        result = train_method(name, prep, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
+        assert result.metrics["top1"] > majority, (name, result.metrics, choices(result))
+    assert vote_result(prep).metrics["top1"] > majority
+
+
+def test_choose_on_validation_takes_the_median_of_ties():
+    scores = {0.0: 0.5, 0.25: 0.7, 0.5: 0.7, 0.75: 0.7, 1.0: 0.6}
+    assert choose_on_validation(list(scores), scores.get) == 0.5
+    assert choose_on_validation([0.0, 1.0], {0.0: 0.1, 1.0: 0.2}.get) == 1.0
