@@ -104,7 +104,8 @@ def _memory_verbs(sub) -> None:
     def sources(p):
         p.add_argument("--source", dest="sources", action="append", required=True, metavar="SPEC",
                        help="wds:PATTERN (tar shards, braces allowed), parquet:PATTERN[:IMAGE_COL"
-                            "[:CAPTION_COL]], imagefolder:PATH, tuxpaint[:ROOT] (repeatable)")
+                            "[:CAPTION_COL]], imagefolder:PATH, tuxpaint[:ROOT], emoji[:ROOT] "
+                            "(repeatable)")
         p.add_argument("--rows-per-shard", type=int, default=10000,
                        help="shard size for folder sources (a tar or parquet file is one shard)")
         p.add_argument("--engine", choices=["local", "ray"], default="local",

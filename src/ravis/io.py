@@ -19,6 +19,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RAVIS_CACHE", Path.home() / ".cache" / "ravis"))
 
 
+def default_data_dir() -> Path:
+    """Where scripts/setup.sh puts downloaded collections (the emoji packages):
+    $RAVIS_DATA or ~/.local/share/ravis. Not under the cache, which tests and users point
+    elsewhere or wipe: this data is fetched once per machine."""
+    return Path(os.environ.get("RAVIS_DATA") or Path.home() / ".local" / "share" / "ravis")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; renames it onto ``path`` only on success.

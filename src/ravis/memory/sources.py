@@ -10,6 +10,9 @@ A source spec names a collection:
   ``{"bytes", "path"}`` struct; one input shard per file.
 * ``imagefolder:PATH`` and ``tuxpaint[:ROOT]``: the core's folder layouts (label = folder,
   caption = sidecar ``.txt``), cut into input shards of ``rows_per_shard`` items.
+* ``emoji[:ROOT]``: the emoji packages of :mod:`ravis.data.emoji`, one row per emoji and
+  artist (caption = its name, no label, the category in the row's JSON), collection
+  ``emoji-<artist>``; input shards of ``rows_per_shard`` items of one artist.
 
 Patterns take braces (``shards/{00000..00099}.tar``, via braceexpand) and globs; the files of
 one spec are sorted, specs keep their order, so shard order is deterministic.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import itertools
 import os
 import tarfile
 import zlib
@@ -73,7 +77,7 @@ class InputShard:
     path: str = ""  # the tar or parquet file
     image_col: str | None = None
     caption_col: str | None = None
-    items: tuple = ()  # "files" kind: (key, image path, caption, label) per row
+    items: tuple = ()  # "files" kind: (key, image path, caption, label[, json]) per row
 
 
 @dataclass
@@ -116,6 +120,8 @@ def resolve_sources(specs: str | list[str], rows_per_shard: int = 10000,
             shards += [InputShard("parquet", p, _collection(p), path=p,
                                   image_col=image_col or None, caption_col=caption_col or None)
                        for p in expand(pattern, spec)]
+        elif kind == "emoji":
+            shards += _emoji_shards(arg, spec, rows_per_shard)
         else:
             shards += _folder_shards(kind, arg, spec, rows_per_shard, class_names)
     return shards, class_names
@@ -125,15 +131,15 @@ def _kind(spec: str) -> tuple[str, str]:
     kind, sep, arg = spec.partition(":")
     if sep and kind in ("wds", "parquet", "imagefolder") and arg:
         return kind, arg
-    if kind == "tuxpaint":
-        return "tuxpaint", arg
+    if kind in ("tuxpaint", "emoji"):
+        return kind, arg
     if spec.endswith((".tar", ".tar.gz", ".tgz")) or (spec.endswith("}") and ".tar" in spec):
         return "wds", spec
     if spec.endswith(".parquet"):
         return "parquet", spec
     raise SourceError(f"unknown source spec {spec!r}; expected wds:PATTERN, "
                       "parquet:PATTERN[:IMAGE_COL[:CAPTION_COL]], imagefolder:PATH, "
-                      "tuxpaint[:ROOT], or a path ending in .tar / .parquet")
+                      "tuxpaint[:ROOT], emoji[:ROOT], or a path ending in .tar / .parquet")
 
 
 def expand(pattern: str, spec: str | None = None) -> list[str]:
@@ -196,6 +202,28 @@ def _folder_shards(kind: str, arg: str, spec: str, rows_per_shard: int,
             for chunk in [items[start:start + rows_per_shard]]]
 
 
+def _emoji_shards(arg: str, spec: str, rows_per_shard: int) -> list[InputShard]:
+    """The artists' rows in turn, each artist's cut into shards of its own collection. The
+    package version is part of each shard's input, so that a resumed build redoes the
+    shards of a package that was updated since."""
+    from ..data.emoji import default_root, load_emoji
+
+    root = Path(arg) if arg else default_root()
+    name = spec if arg else f"emoji:{root}"
+    images = load_emoji(root)
+    if not images:
+        raise SourceError(f"source {spec!r}: no emoji PNG below {root} is listed in its emoji.json")
+    shards = []
+    for artist, group in itertools.groupby(images, key=lambda e: e.artist):
+        group = list(group)
+        items = [(e.key, e.path, e.caption, -1, e.meta) for e in group]
+        shards += [InputShard("files", f"{name}:{group[0].package}[{start}:{start + len(chunk)}]",
+                              f"emoji-{artist}", items=tuple(chunk))
+                   for start in range(0, len(items), rows_per_shard)
+                   for chunk in [items[start:start + rows_per_shard]]]
+    return shards
+
+
 # ---------------------------------------------------------------------------------------------
 # Input shard -> rows
 
@@ -208,7 +236,7 @@ def read_rows(shard: InputShard, strict: bool = False) -> ShardRows:
         SourceError: with ``strict``, the first row that would be skipped, or an empty shard.
     """
     if shard.kind == "files":
-        out = ShardRows([Row(k, p, t, label) for k, p, t, label in shard.items])
+        out = ShardRows([Row(*item) for item in shard.items])
     elif shard.kind == "wds":
         out = _read_tar(shard.path, strict)
     elif shard.kind == "parquet":
