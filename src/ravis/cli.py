@@ -37,6 +37,12 @@ def _config_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", default="minilm", help="text encoder spec")
 
 
+def _seeds(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="run each experiment once per seed (training seed and split seed) and report "
+                        "mean and standard deviation, e.g. --seeds 0,1,2 (default: the config's)")
+
+
 def _copy_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument("--copy-memory", action="store_true",
                    help="copy the memory folders the run reads into the run folder (self-contained; "
@@ -49,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the embedded-default experiments (Fashion-MNIST-LT, Tux Paint)")
     p.add_argument("--out", type=Path, default=Path("demo-out"))
+    _seeds(p)
     _copy_memory(p)
     _common(p)
 
@@ -56,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_source(p)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-resume", action="store_true", help="ignore per-epoch checkpoints")
+    _seeds(p)
     _copy_memory(p)
     _common(p)
 
@@ -74,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", default=True,
                    help="resume from the last completed epoch (default)")
     p.add_argument("--no-resume", dest="resume", action="store_false")
+    _seeds(p)
     _copy_memory(p)
     _common(p)
 
@@ -186,6 +195,12 @@ def load_run_config(args):
     overrides = list(args.overrides)
     if args.recipe:
         overrides.append(f"recipe={args.recipe}")
+    if getattr(args, "seeds", None):
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise SystemExit(f"ravis: --seeds takes integers separated by commas, got {args.seeds!r}")
+        overrides.append(f"seeds={seeds}")
     if args.verb == "demo":
         return load_preset(CONFIG_DIR / "demo.yaml", overrides)
     if getattr(args, "config", None):

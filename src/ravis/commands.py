@@ -103,6 +103,7 @@ def cmd_eval(args) -> int:
     from .evaluation.metrics import prediction_metrics
     from .evaluation.report import format_table, plot_shots
     from .experiment import experiment_dir
+    from .experiment.run import aggregate_seeds
     from .io import load_json, save_json
     from .run_folder import open_run_memory, read_serving
 
@@ -110,12 +111,17 @@ def cmd_eval(args) -> int:
     for entry in results["experiments"]:
         folder = experiment_dir(args.run_dir, entry["name"])
         open_run_memory(folder, read_serving(folder))  # refuses a memory gone or changed since
+        # The run folder holds the first seed's predictions; the other seeds' results stay.
+        served = entry["seeds"][0] if "seeds" in entry else entry
         with np.load(folder / "predictions.npz", allow_pickle=False) as f:
             labels = f["labels"]
-            for name in entry["methods"]:
-                metrics, entry["per_class"][name] = prediction_metrics(
+            for name in served["methods"]:
+                metrics, served["per_class"][name] = prediction_metrics(
                     f[f"logits_{name}"].argmax(1), labels, entry["class_counts"])
-                entry["methods"][name].update(metrics)
+                served["methods"][name].update(metrics)
+        if "seeds" in entry:
+            entry.update(aggregate_seeds([{**entry, **s} for s in entry["seeds"]],
+                                         [s["seed"] for s in entry["seeds"]]))
         plot_shots(entry, folder / "shots.png")
         print(format_table(entry))
         print()

@@ -209,9 +209,14 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     mam: MAMConfig = field(default_factory=MAMConfig)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
+    # Run once per seed (train.seed and data.split_seed both set to it) and report mean and
+    # standard deviation; None: once, with train.seed. The run folder serves the first seed.
+    seeds: list[int] | None = None
 
     def __post_init__(self):
         _check(bool(self.name), "experiment name is empty")
+        _check(self.seeds is None or (len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds)),
+               f"{self.name}: seeds must be a non-empty list without repeats, got {self.seeds}")
         unknown = sorted(set(self.methods) - set(METHODS))
         _check(not unknown, f"{self.name}: unknown methods {unknown}; choose from {list(METHODS)}")
 
@@ -297,7 +302,7 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
 
 
 #: Config sections that belong to each experiment; a preset may give them once for all.
-STAGE_KEYS = ("data", "memory", "retrieval", "train", "mam", "methods")
+STAGE_KEYS = ("data", "memory", "retrieval", "train", "mam", "methods", "seeds")
 
 
 def _parse_value(raw: str):

@@ -15,16 +15,21 @@ def _pct(v) -> str:
 
 
 def format_table(experiment: dict) -> str:
-    """One experiment's results in the shape of the paper's Table 1."""
+    """One experiment's results in the shape of the paper's Table 1 (mean +- standard
+    deviation over the seeds where it ran with several)."""
+    seeds = [s["seed"] for s in experiment.get("seeds", [])]
     head = (f"{experiment['name']}  (dataset {experiment['dataset']}, memory {experiment['memory']}, "
-            f"k={experiment['k']})")
-    lines = [head, f"{'method':<28} {'many':>6} {'mid':>6} {'few':>6} {'all':>6} {'bal':>6}"]
+            f"k={experiment['k']}" + (f", mean +- std over seeds {seeds}" if seeds else "") + ")")
+    cols = ("many", "mid", "few", "top1", "balanced")
+    width = 11 if seeds else 6
+    lines = [head, f"{'method':<28} " + " ".join(f"{c if c != 'top1' else 'all':>{width}}" for c in cols)]
     for name, m in experiment["methods"].items():
         label = METHOD_LABELS.get(name, name)
         if "k" in m:
             label = f"{label} (k={m['k']})"
-        lines.append(f"{label:<28} {_pct(m['many']):>6} {_pct(m['mid']):>6} {_pct(m['few']):>6} "
-                     f"{_pct(m['top1']):>6} {_pct(m.get('balanced')):>6}")
+        std = experiment.get("std", {}).get(name, {})
+        cells = [_pct(m.get(c)) + (f" +-{100 * std[c]:4.1f}" if std.get(c) is not None else "") for c in cols]
+        lines.append(f"{label:<28} " + " ".join(f"{c:>{width}}" for c in cells))
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ Run folder layout (``--out DIR``):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
-from ..config import RunConfig, to_dict
+from ..config import ExperimentConfig, RunConfig, to_dict
 from ..evaluation.report import format_table, plot_accuracy_vs_k, plot_shots
 from ..io import atomic_path, save_json
 from ..methods import method as get_method
@@ -49,16 +50,24 @@ def run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool = True, prog
     refers to the memory folders it read; ``copy_memory`` copies them in instead."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # The saved config is the first seed's: the run folder serves that seed's models.
+    cfg = dataclasses.replace(cfg, experiments=[with_seed(e, seeds_of(e)[0]) for e in cfg.experiments])
     save_config(cfg, out)
     results, timings = {"experiments": []}, {}
     for exp in cfg.experiments:
         t0 = time.perf_counter()
-        echo(f"== {exp.name}")
-        prep = prepare(cfg, exp, cache_dir, progress=progress)
-        entry, times = run_methods(cfg, prep, out, cache_dir, resume=resume, echo=echo,
-                                   copy_memory=copy_memory)
+        per_seed, times = [], {}
+        for i, seed in enumerate(seeds_of(exp)):
+            echo(f"== {exp.name}" + (f" (seed {seed})" if exp.seeds else ""))
+            prep = prepare(cfg, with_seed(exp, seed), cache_dir, progress=progress)
+            entry, seed_times = run_methods(cfg, prep, out, cache_dir, resume=resume, echo=echo,
+                                            copy_memory=copy_memory, write_folder=i == 0)
+            per_seed.append(entry)
+            for k, v in {**prep.timings, **seed_times}.items():  # summed over seeds
+                times[k] = times.get(k, 0.0) + v
+        entry = aggregate_seeds(per_seed, exp.seeds) if exp.seeds else per_seed[0]
         results["experiments"].append(entry)
-        timings[exp.name] = {**prep.timings, **times, "total": time.perf_counter() - t0}
+        timings[exp.name] = {**times, "total": time.perf_counter() - t0}
         echo(format_table(entry))
         echo("")
         save_json(out / "results.json", results)  # after each experiment: partial results survive
@@ -67,9 +76,46 @@ def run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool = True, prog
     return results
 
 
+def seeds_of(exp: ExperimentConfig) -> list[int]:
+    return list(exp.seeds) if exp.seeds else [exp.train.seed]
+
+
+def with_seed(exp: ExperimentConfig, seed: int) -> ExperimentConfig:
+    """``exp`` with its training seed (initialisation, batch order, validation split) and its
+    split seed (the test split of a collection that comes without one) set to ``seed``."""
+    return dataclasses.replace(exp, train=dataclasses.replace(exp.train, seed=seed),
+                               data=dataclasses.replace(exp.data, split_seed=seed))
+
+
+def aggregate_seeds(entries: list[dict], seeds: list[int]) -> dict:
+    """One results entry from an experiment's per-seed entries: each metric's mean over the
+    seeds under "methods", its standard deviation (ddof 0) under "std", and every seed's own
+    methods, per-class accuracies and details under "seeds"."""
+    out = {k: v for k, v in entries[0].items() if k not in ("methods", "per_class", "details")}
+    out["methods"], out["std"] = {}, {}
+    for name in entries[0]["methods"]:
+        rows = [e["methods"][name] for e in entries]
+        mean, std = {}, {}
+        for metric in rows[0]:
+            if metric == "k":
+                continue
+            vals = [r[metric] for r in rows if r.get(metric) is not None]
+            mean[metric] = float(np.mean(vals)) if vals else None
+            std[metric] = float(np.std(vals)) if vals else None
+        out["methods"][name], out["std"][name] = mean, std
+    out["per_class"] = entries[0]["per_class"]  # the served (first) seed's
+    out["details"] = entries[0]["details"]
+    out["seeds"] = [{"seed": s, "num_test": e["num_test"], "methods": e["methods"],
+                     "per_class": e["per_class"], "details": e["details"]} for s, e in zip(seeds, entries)]
+    return out
+
+
 def run_methods(cfg: RunConfig, prep: Prepared, out: Path, cache_dir: Path, *, resume: bool,
-                echo: Callable[[str], None], copy_memory: bool = False) -> tuple[dict, dict]:
-    """Trains and evaluates every method of one prepared experiment; writes its folder."""
+                echo: Callable[[str], None], copy_memory: bool = False,
+                write_folder: bool = True) -> tuple[dict, dict]:
+    """Trains and evaluates every method of one prepared experiment; writes its folder
+    (models, predictions, what serving needs) unless ``write_folder`` is False (the
+    experiment's other seeds)."""
     exp = prep.config
     folder = experiment_dir(out, exp.name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,16 +129,18 @@ def run_methods(cfg: RunConfig, prep: Prepared, out: Path, cache_dir: Path, *, r
             model, methods[method] = train_method(
                 method, prep, cache_dir, cfg.text_encoder, checkpoint_dir=cache_dir / "checkpoints",
                 resume=resume, log_fn=lambda s: log.info(s))
-            save_weights(model, folder / f"{method}.safetensors")
+            if write_folder:
+                save_weights(model, folder / f"{method}.safetensors")
         times[f"method:{method}"] = time.perf_counter() - t
         m = methods[method].metrics
         echo(f"   {method:<9} top1 {100 * m['top1']:5.1f}  ({times[f'method:{method}']:.1f} s"
              f"{', cached' if methods[method].details.get('cached') else ''})")
     entry = summarise(prep, cfg, methods)
-    _write_experiment_outputs(folder, prep, entry, methods)
-    t = time.perf_counter()
-    save_for_serving(folder, out, prep, methods, cache_dir, copy_memory)
-    times["run_folder"] = time.perf_counter() - t
+    if write_folder:
+        _write_experiment_outputs(folder, prep, entry, methods)
+        t = time.perf_counter()
+        save_for_serving(folder, out, prep, methods, cache_dir, copy_memory)
+        times["run_folder"] = time.perf_counter() - t
     return entry, times
 
 

@@ -48,15 +48,19 @@ def _pct(v) -> str:
 
 
 def results_table(entry: dict) -> str:
-    """One experiment in the shape of the paper's Table 1 (best of each column in bold)."""
+    """One experiment in the shape of the paper's Table 1 (best of each column in bold; mean
+    and standard deviation where it ran with several seeds)."""
     cols = ("many", "mid", "few", "top1", "balanced")
     best = {c: max((m.get(c) for m in entry["methods"].values() if m.get(c) is not None), default=None)
             for c in cols}
     rows = []
     for name, m in entry["methods"].items():
         label = METHOD_LABELS.get(name, name) + (f" (k={m['k']}, chosen on validation)" if "k" in m else "")
+        std = entry.get("std", {}).get(name, {})  # over the seeds, where it ran with several
         cells = "".join(f'<td class="{"best" if m.get(c) is not None and m.get(c) == best[c] else ""}">'
-                        f"{_pct(m.get(c))}</td>" for c in cols)
+                        f"{_pct(m.get(c))}"
+                        + (f" &plusmn; {100 * std[c]:.1f}" if std.get(c) is not None else "") + "</td>"
+                        for c in cols)
         rows.append(f"<tr><td>{escape(label)}</td>{cells}</tr>")
     return ("<table><tr><th>method</th><th>many</th><th>mid</th><th>few</th><th>all</th>"
             "<th>balanced</th></tr>"
