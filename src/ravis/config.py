@@ -67,12 +67,12 @@ class TrainConfig:
     label_smoothing: float = 0.1
     # LACE strength in training, or "auto": chosen on validation from tau_grid (a model per value)
     tau: float | str = "auto"
-    tau_grid: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    tau_grid: list[float] = field(default_factory=lambda: [0.0, 1.0])
     # logit adjustment at prediction, logits - posthoc_tau * log(prior), or "auto": chosen on
     # validation from posthoc_grid (no retraining: the validation logits are adjusted)
     posthoc_tau: float | str = "auto"
     posthoc_grid: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    memory_tau: float | str | None = 0.0  # tau for methods that read the memory (None: tau)
+    memory_tau: float | str | None = None  # tau for methods that read the memory (None: tau)
     memory_posthoc_tau: float | str | None = None  # posthoc_tau for methods that read the memory (None: posthoc_tau)
     # validation score that picks the epoch, tau, posthoc tau and the vote's k: "balanced"
     # (mean per-class recall), "top1", or "auto": top1 where the test split is a stratified
@@ -132,6 +132,11 @@ class DataConfig:
     longtail_seed: int = 0
     limit_train: int | None = None  # keep at most this many training images (stratified; tiny runs)
     limit_test: int | None = None  # keep at most this many test images (stratified; tiny runs)
+    # replace this fraction of the training labels with a wrong class (uniform over the others;
+    # the paper's noisy WebVision at toy scale): the training queries and a "train" memory
+    # carry the noisy labels, the test split and a "full-train" memory the clean ones
+    label_noise: float = 0.0
+    label_noise_seed: int = 0
 
     def __post_init__(self):
         _check(bool(self.dataset), "data.dataset is empty")
@@ -139,6 +144,7 @@ class DataConfig:
         _check(0 < self.test_fraction < 1, "data.test_fraction must be in (0, 1)")
         _check(self.imbalance_ratio >= 1, "data.imbalance_ratio must be >= 1")
         _check(self.max_per_class >= 1, "data.max_per_class must be >= 1")
+        _check(0 <= self.label_noise < 1, f"data.label_noise must be in [0, 1), got {self.label_noise}")
 
 
 @dataclass
@@ -147,7 +153,8 @@ class MemoryConfig:
 
     # "train": the (long-tailed) training split; "full-train": the whole training split; a saved
     # memory folder; a sharded memory (ravis memory build); or a list of these, concatenated
-    # in order (the paper's "All" memory), each entry keeping its source name
+    # in order (the paper's "All" memory), each entry keeping its source name; "emoji": the
+    # emoji of three npm packages (captions, no labels; ravis.memory.collections)
     source: str | list[str] = "train"
     values: str = "label_prompt"  # label_prompt | caption | image
     prompt: str = "a photo of a {label}"  # label prompt for images without a caption

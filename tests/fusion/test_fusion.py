@@ -138,22 +138,44 @@ def test_knn_vote_matches_its_formula():
 
 def test_label_evidence_matches_its_formula():
     torch.manual_seed(0)
-    C, eps = 4, 0.01
+    C, eps, top = 4, 0.01, 3
     fusion = create_fusion("mam", D, DV, num_layers=2, learn_temperature=True)
-    model = RetrievalClassifier(fusion, D, C, label_evidence=True, label_eps=eps)
+    model = RetrievalClassifier(fusion, D, C, label_evidence=True, label_k=top, label_eps=eps)
     with torch.no_grad():
         model.label_weight.fill_(0.7)
+        model.head.weight.normal_()
     z, keys, values = inputs()
     labels = torch.randint(-1, C, (B, K))
     logits, attn = model(z, keys, values, labels)
     f, a = fusion(z, keys, values)
-    expected = model.head(f).clone()
+    expected = model.head(f).detach().clone()
+    s = float(model.label_log_scale.detach().exp())
     for b in range(B):
+        e = [math.exp(s * float(z[b] @ keys[b, j])) for j in range(top)]  # the top-3 nearest only
         for c in range(C):
-            mass = sum(float(a[b, -1, j].detach()) for j in range(K) if int(labels[b, j]) == c)
+            mass = sum(e[j] for j in range(top) if int(labels[b, j]) == c) / sum(e)
             expected[b, c] += 0.7 * math.log(eps + mass)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
-    assert model.reads == ("keys", "values", "labels")
+    torch.testing.assert_close(attn, a)
+    assert set(model.reads) == {"keys", "values", "labels"}
+
+
+def test_untrained_label_evidence_is_the_knn_vote():
+    """Zero head, sharpness 1 / T: the prediction is the kNN vote's at the same k."""
+    import numpy as np
+
+    from ravis.fusion import knn_vote
+
+    torch.manual_seed(2)
+    C, top = 5, 4
+    model = RetrievalClassifier(create_fusion("mam", D, DV, num_layers=1), D, C, label_evidence=True,
+                                label_k=top, label_temperature=0.07)
+    z, keys, values = inputs()
+    labels = torch.randint(0, C, (B, K))
+    logits, _ = model(z, keys, values, labels)
+    sim = torch.einsum("bd,bkd->bk", z, keys).numpy()
+    vote = knn_vote(sim, labels.numpy(), C, top, 0.07)
+    np.testing.assert_array_equal(logits.argmax(1).numpy(), vote.argmax(1))
 
 
 def test_unlabelled_neighbours_move_no_class():
@@ -175,6 +197,7 @@ def test_label_evidence_learns_and_needs_labels():
     z, keys, values = inputs()
     logits, _ = model(z, keys, values, torch.randint(0, 3, (B, K)))
     logits.logsumexp(-1).sum().backward()
-    assert model.label_weight.grad is not None and torch.isfinite(model.label_weight.grad)
+    for p in (model.label_weight, model.label_log_scale):
+        assert p.grad is not None and torch.isfinite(p.grad)
     with pytest.raises(ValueError, match="labels"):
         model(z, keys, values)

@@ -172,8 +172,11 @@ def test_demo_preset_matches_the_issue():
 
     cfg = load_preset(ROOT / "configs" / "demo.yaml")
     names = [e.name for e in cfg.experiments]
-    assert names == ["fmnist-lt/A", "fmnist-lt/B", "fmnist-lt/C", "tuxpaint"]
-    a, b, c, tux = cfg.experiments
+    assert names == ["fmnist-lt/A", "fmnist-lt/B", "fmnist-lt/C", "tuxpaint", "tuxpaint+emoji", "fmnist-lt/noisy"]
+    a, b, c, tux, tux_emoji, noisy = cfg.experiments
+    assert tux.seeds == tux_emoji.seeds == [0, 1, 2]  # 163 test images: one seed is noise
+    assert tux_emoji.memory.source == ["train", "emoji"] and tux_emoji.data == tux.data
+    assert noisy.data.label_noise == 0.4 and noisy.data.longtail and noisy.memory.source == "full-train"
     assert a.data.longtail and a.data.imbalance_ratio == 100 and a.data.max_per_class == 1000
     assert (a.memory.source, b.memory.source, c.memory.source) == ("train", "full-train", "full-train")
     assert c.memory.wrong_value_fraction == 0.4

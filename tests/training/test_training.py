@@ -113,8 +113,8 @@ def test_best_epoch_by_balanced_validation():
     result = fit(_model(), train.subset(np.arange(20, 96)), mem,
                  TrainConfig(lr=1e-2, epochs=5, batch_size=32, val_fraction=0.2, min_steps=0), [1, 1, 1],
                  tau=0.0, val=val)
-    scores = [h["val_score"] for h in result.history]
-    assert result.best_epoch == int(np.argmax(scores)) + 1
+    scores = [result.initial_score] + [h["val_score"] for h in result.history]  # epoch 0: untrained
+    assert result.best_epoch == int(np.argmax(scores))
 
 
 def test_balanced_accuracy():

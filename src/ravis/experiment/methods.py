@@ -117,14 +117,16 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     prior = log_prior(counts).numpy()
     train_tau, posthoc = cfg.for_method(spec.reads_memory)
     options = asdict(getattr(exp, spec.options)) if spec.options else None
+    # label evidence starts as the kNN vote at the k the vote itself is run with
+    label_k = vote_k(prep)[0] if (options or {}).get("label_evidence") and reads_labels else 0
     best = None
     for tau in cfg.tau_grid if train_tau == "auto" else [float(train_tau)]:
-        key = stable_hash("model-v2", name, _train_key(cfg), metric, options, tau,
+        key = stable_hash("model-v3", name, _train_key(cfg), metric, options, tau, label_k,
                           prep.train.dataset.fingerprint, prep.test.dataset.fingerprint,
                           prep.memory.digest if spec.reads_memory else None,
                           stable_hash(prep.train_I) if spec.reads_memory else None,
                           exp.retrieval.rac_texts if spec.extra == "texts" else None, prep.num_classes)
-        model = build_model(name, exp, prep.memory.dim, prep.memory.value_dim, prep.num_classes)
+        model = build_model(name, exp, prep.memory.dim, prep.memory.value_dim, prep.num_classes, label_k)
         details = _fit_cached(model, key, fit_set, val, memory, cfg, counts, tau, metric, cache_dir,
                               checkpoint_dir, resume, log_fn, f"{exp.name}/{name} tau={tau}")
         score = details.get("val_score", 0.0)
@@ -141,7 +143,8 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     labels = prep.test.dataset.labels
     metrics, per_class = prediction_metrics(logits.argmax(1), labels, prep.class_counts)
     result = MethodResult(metrics=metrics, per_class=per_class,
-                          details={"tau": tau, "posthoc_tau": posthoc_tau, "select_on": metric, **details},
+                          details={"tau": tau, "posthoc_tau": posthoc_tau, "select_on": metric,
+                                   **({"label_k": label_k} if label_k else {}), **details},
                           logits=logits, attention=attn)
     if spec.reads_memory:
         curve = accuracy_vs_k(model, test, test_memory, [k for k in exp.retrieval.k_curve if k < test.neighbors.shape[1]],
@@ -190,7 +193,7 @@ def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau,
     details = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                "steps": result.steps, "history": result.history}
     if result.best_epoch is not None:  # the kept weights are that epoch's
-        details["val_score"] = result.history[result.best_epoch - 1]["val_score"]
+        details["val_score"] = result.best_score
     save_weights(model, final, {"details": json.dumps(details)})
     remove_checkpoint(ckpt)  # the final weights supersede it
     details["cached"] = False
@@ -210,27 +213,33 @@ def accuracy_vs_k(model, test: QuerySet, memory: MemoryTensors, ks, labels, adju
     return out
 
 
-def vote_result(prep: Prepared) -> MethodResult:
-    """The kNN vote at the k of ``retrieval.vote_ks`` that scores best on the validation split
-    (the training queries held out for validation, their own entries excluded from their
-    neighbours); without a validation split, the largest. Accuracy at every k is reported."""
+def vote_k(prep: Prepared) -> tuple[int, str]:
+    """(k, how it was chosen): the k of ``retrieval.vote_ks`` whose kNN vote scores best on
+    the validation split (the training queries held out for validation, their own entries
+    excluded from their neighbours); without a validation split, the largest."""
     r, cfg = prep.config.retrieval, prep.config.train
-    C, T = prep.num_classes, r.vote_temperature
     ks = [int(k) for k in r.vote_ks if k <= prep.test_I.shape[1]]
     val_rows = (np.flatnonzero(validation_split(prep.train.dataset.labels, cfg.val_fraction, cfg.seed))
                 if cfg.val_fraction > 0 else np.zeros(0, np.int64))
-    if len(val_rows):
-        metric = selection_metric(prep.config)
-        val_D, val_labels = prep.train_D[val_rows], prep.train.dataset.labels[val_rows]
-        val_nl = neighbor_labels(prep.memory, prep.train_I[val_rows])
-        best_k = int(choose_on_validation(ks, lambda k: selection_score(
-            knn_vote(val_D, val_nl, C, int(k), T).argmax(1), val_labels, metric)))
-        note = f"k chosen on validation ({metric}): {best_k}"
-    else:
-        best_k, note = max(ks), f"no validation split: the largest k, {max(ks)}"
+    if not len(val_rows):
+        return max(ks), f"no validation split: the largest k, {max(ks)}"
+    metric = selection_metric(prep.config)
+    val_D, val_labels = prep.train_D[val_rows], prep.train.dataset.labels[val_rows]
+    val_nl = neighbor_labels(prep.memory, prep.train_I[val_rows])
+    best = int(choose_on_validation(ks, lambda k: selection_score(
+        knn_vote(val_D, val_nl, prep.num_classes, int(k), r.vote_temperature).argmax(1), val_labels, metric)))
+    return best, f"k chosen on validation ({metric}): {best}"
+
+
+def vote_result(prep: Prepared) -> MethodResult:
+    """The kNN vote at the k chosen on validation (:func:`vote_k`); accuracy at every k of
+    ``retrieval.vote_ks`` is reported too."""
+    r = prep.config.retrieval
+    best_k, note = vote_k(prep)
+    ks = [int(k) for k in r.vote_ks if k <= prep.test_I.shape[1]]
     test_nl = neighbor_labels(prep.memory, prep.test_I)
     labels = prep.test.dataset.labels
-    by_k = {k: knn_vote(prep.test_D, test_nl, C, k, T) for k in ks}
+    by_k = {k: knn_vote(prep.test_D, test_nl, prep.num_classes, k, r.vote_temperature) for k in ks}
     curve = {k: float((by_k[k].argmax(1) == labels).mean()) for k in ks}
     metrics, per_class = prediction_metrics(by_k[best_k].argmax(1), labels, prep.class_counts)
     return MethodResult(metrics=metrics, per_class=per_class,

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import ConfigError, DataConfig, ExperimentConfig, RunConfig, unset_variables
 from ..data import (ImageDataset, Splits, load_dataset, longtail_indices, stratified_split)
+from ..data.noise import with_label_noise
 from ..encoders import create_image_encoder, create_text_encoder
 from ..encoders.embed import embed_images, is_embedded
 from ..io import stable_hash
@@ -136,6 +137,9 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
     full_z[base_rows], full_valid[base_rows] = base_emb.embeddings, base_emb.valid
     train_rows = train_rows[full_valid[train_rows]]
     train = SplitData(full_train.subset(train_rows), full_z[train_rows])
+    if exp.data.label_noise > 0:
+        train = SplitData(with_label_noise(train.dataset, exp.data.label_noise, exp.data.label_noise_seed),
+                          train.z)
     test_ok = np.flatnonzero(test_emb.valid)
     test_split = SplitData(test.subset(test_ok), test_emb.embeddings[test_ok])
     counts = np.bincount(train.dataset.labels, minlength=train.dataset.num_classes)
@@ -143,7 +147,8 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
         return Prepared(exp, train, test_split, None, None, None, None, None, counts, skipped, timings)
 
     t = time.perf_counter()
-    memory = make_memory(run, exp, encoder, full_train, full_z, full_valid, train_rows, cache_dir)
+    memory = make_memory(run, exp, encoder, full_train, train.dataset, full_z, full_valid, train_rows,
+                         cache_dir)
     timings["memory"] = time.perf_counter() - t
     if stage == "memory":
         return Prepared(exp, train, test_split, memory, None, None, None, None, counts, skipped, timings)
@@ -165,27 +170,35 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
 
 
 def make_memory(run: RunConfig, exp: ExperimentConfig, encoder, full_train: ImageDataset,
-                full_z: np.ndarray, full_valid: np.ndarray, train_rows: np.ndarray,
-                cache_dir: Path) -> ComposedMemory:
+                train_set: ImageDataset, full_z: np.ndarray, full_valid: np.ndarray,
+                train_rows: np.ndarray, cache_dir: Path) -> ComposedMemory:
     """The experiment's memory: its training set, the full training split, a memory folder
     (``ravis memory build`` / ``import``, memory-mapped), or several of these composed in
     order (a view: no part is copied)."""
     class_names = list(full_train.class_names)
-    parts = [(spec, memory_part(run, exp, spec, encoder, full_train, full_z, full_valid, train_rows,
-                                cache_dir)) for spec in exp.memory.sources]
+    parts = [(spec, memory_part(run, exp, spec, encoder, full_train, train_set, full_z, full_valid,
+                                train_rows, cache_dir)) for spec in exp.memory.sources]
     return compose(parts, class_names)
 
 
 def memory_part(run: RunConfig, exp: ExperimentConfig, spec: str, encoder, full_train: ImageDataset,
-                full_z: np.ndarray, full_valid: np.ndarray, train_rows: np.ndarray,
-                cache_dir: Path) -> Memory:
+                train_set: ImageDataset, full_z: np.ndarray, full_valid: np.ndarray,
+                train_rows: np.ndarray, cache_dir: Path) -> Memory:
+    """One memory part; "train" is the training set as training sees it (its labels noisy
+    where data.label_noise says so), "full-train" the whole training split as published."""
     mcfg = exp.memory
+    if spec in COLLECTIONS:  # built once per encoder pair into the cache
+        from ..memory.collections import emoji_memory
+
+        memory = ShardedMemory.open(emoji_memory(cache_dir, run.encoder, run.text_encoder), verify=True)
+        memory.check_query_encoder(encoder.fingerprint(), encoder.dim)
+        return memory
     if spec not in DATASET_PARTS:
         memory = open_memory_folder(spec)
         memory.check_query_encoder(encoder.fingerprint(), encoder.dim)
         return memory
     rows = train_rows if spec == "train" else np.flatnonzero(full_valid)
-    dataset = full_train.subset(rows)
+    dataset = train_set if spec == "train" else full_train.subset(rows)
     text_encoder = create_text_encoder(run.text_encoder)
     image_values, value_fp = None, None
     if mcfg.values == "image":
@@ -204,6 +217,9 @@ def memory_part(run: RunConfig, exp: ExperimentConfig, spec: str, encoder, full_
 #: memory.source entries made from the experiment's own dataset (in RAM); any other entry
 #: is a memory folder.
 DATASET_PARTS = ("train", "full-train")
+#: Built-in image-text collections without labels in any experiment's classes
+#: (:mod:`ravis.memory.collections`): "emoji", the emoji of three npm packages.
+COLLECTIONS = ("emoji",)
 
 
 def open_memory_folder(spec: str) -> ShardedMemory:

@@ -7,6 +7,7 @@ They only read the memory. :class:`RetrievalClassifier` puts a linear classifier
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 
 import torch
@@ -31,54 +32,79 @@ class RetrievalClassifier(nn.Module):
     """A fusion module followed by a linear classifier: logits = W f + b.
 
     With ``label_evidence`` the classifier also reads the labels of the neighbours (where the
-    memory's entries carry labels in the experiment's classes), weighted by the fusion's
-    last-layer attention a:
+    memory's entries carry labels in the experiment's classes) as a learned kNN vote:
 
-        logits_c = W_c f + b_c + beta * log(eps + sum_j a_j [y_j = c])
+        w_j      = softmax_j(s * z.m_j) over the ``label_k`` nearest neighbours (0: all k)
+        logits_c = W_c f + b_c + beta * log(eps + sum_j w_j [y_j = c])
 
-    a product of the trained head and an attention-weighted vote, with beta learned (from 1).
-    A neighbour without a label in the class set (-1: a web caption, an emoji) adds no
-    evidence to any class, so unlabelled neighbours cannot push a prediction anywhere.
-    beta -> 0 gives the plain classifier, a large beta the vote; ``eps`` bounds how much a
-    class with no labelled neighbour is held back (log eps = -4.6 at 0.01).
+    a product of the trained head and a vote, with the vote's sharpness s (from 1 / 0.07,
+    the vote's temperature) and its weight beta (from 1) learned, and the head starting at
+    zero: an untrained model predicts exactly what the kNN vote at ``label_k`` predicts, and
+    training can only move it where the training data say the head helps. A neighbour
+    without a label in the class set (-1: a web caption, an emoji) takes its share of w and
+    gives it to no class, so unlabelled neighbours push a prediction nowhere. ``eps`` bounds
+    how much a class with no labelled neighbour is held back (log 0.01 = -4.6).
     """
 
     def __init__(self, fusion: nn.Module, dim: int, num_classes: int, *, label_evidence: bool = False,
-                 label_eps: float = 0.01, device=None, dtype=None):
+                 label_k: int = 0, label_temperature: float = 0.07, label_eps: float = 0.01,
+                 device=None, dtype=None):
         super().__init__()
         self.fusion = fusion
         self.head = nn.Linear(dim, num_classes, device=device, dtype=dtype)
         self.num_classes, self.label_eps = num_classes, label_eps
-        self.label_weight = nn.Parameter(torch.ones((), device=device, dtype=dtype)) if label_evidence else None
         fusion_reads = tuple(getattr(fusion, "reads", ("keys", "values")))
+        self.label_weight = None
+        if label_evidence:
+            kw = dict(device=device, dtype=dtype)
+            self.label_weight = nn.Parameter(torch.ones((), **kw))
+            self.label_log_scale = nn.Parameter(torch.full((), math.log(1 / label_temperature), **kw))
+            # a buffer, so the served model reads it from its weights file
+            self.register_buffer("label_k", torch.tensor(int(label_k)))
+            with torch.no_grad():
+                self.head.weight.zero_()
+                self.head.bias.zero_()
+            fusion_reads = tuple(dict.fromkeys(fusion_reads + ("keys", "labels")))
         #: what forward() reads of each neighbour (the training data gathers only these)
-        self.reads = fusion_reads + (("labels",) if label_evidence else ())
+        self.reads = fusion_reads
 
     def forward(self, z: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 labels: torch.Tensor | None = None):
         """Returns logits (B, C) and attention (B, L, k); ``labels`` (B, k), -1 where a
-        neighbour has none, is read only with label evidence."""
+        neighbour has none, is read only with label evidence. Neighbours come nearest first."""
         f, attn = self.fusion(z, keys, values)
         logits = self.head(f)
         if self.label_weight is not None:
-            if labels is None:
-                raise ValueError("this classifier reads the neighbours' labels; none were given")
-            weight = attn[:, -1] * (labels >= 0)  # (B, k): the last layer's attention
-            votes = weight.new_zeros((weight.shape[0], self.num_classes))
-            votes.scatter_add_(1, labels.clamp(min=0), weight)  # (B, C)
-            logits = logits + self.label_weight * torch.log(votes + self.label_eps)
+            logits = logits + self.label_weight * torch.log(self.label_votes(z, keys, labels) + self.label_eps)
         return logits, attn
 
+    def label_votes(self, z: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """(B, C) the learned vote's mass per class."""
+        if labels is None:
+            raise ValueError("this classifier reads the neighbours' labels; none were given")
+        k = keys.shape[1]
+        top = int(self.label_k) or k
+        scores = torch.einsum("bd,bkd->bk", z, keys) * self.label_log_scale.exp()  # (B, k)
+        if top < k:
+            scores = scores.masked_fill(torch.arange(k, device=z.device) >= top, float("-inf"))
+        weight = scores.softmax(dim=-1) * (labels >= 0)  # (B, k)
+        votes = weight.new_zeros((weight.shape[0], self.num_classes))
+        return votes.scatter_add_(1, labels.clamp(min=0), weight)  # (B, C)
 
-def build_model(name: str, exp, dim: int, value_dim: int, num_classes: int) -> RetrievalClassifier:
+
+def build_model(name: str, exp, dim: int, value_dim: int, num_classes: int,
+                label_k: int = 0) -> RetrievalClassifier:
     """The fusion module of method ``name`` with a linear classifier, configured by the
-    experiment config ``exp`` (the method's options section) and seeded by its train seed."""
+    experiment config ``exp`` (the method's options section) and seeded by its train seed.
+    ``label_k``: how many nearest neighbours the label evidence reads (a trained model's own
+    value is in its weights)."""
     spec = method(name)
     torch.manual_seed(exp.train.seed)
     options = asdict(getattr(exp, spec.options)) if spec.options else {}
     label_evidence = bool(options.pop("label_evidence", False)) and "labels" in spec.reads
     return RetrievalClassifier(create_fusion(name, dim, value_dim, **options), dim, num_classes,
-                               label_evidence=label_evidence)
+                               label_evidence=label_evidence, label_k=label_k,
+                               label_temperature=exp.retrieval.vote_temperature)
 
 
 __all__ = [

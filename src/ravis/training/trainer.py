@@ -29,7 +29,9 @@ class FitResult:
     """What training produced besides the weights (which stay in the model)."""
 
     history: list[dict] = field(default_factory=list)  # one entry per epoch
-    best_epoch: int | None = None  # 1-based; None when no validation set was given
+    best_epoch: int | None = None  # 1-based, 0: untrained; None when no validation set was given
+    initial_score: float | None = None  # validation score before training
+    best_score: float | None = None  # validation score of the kept weights
     steps: int = 0
 
 
@@ -72,6 +74,13 @@ def fit(model: torch.nn.Module, train: QuerySet, memory: MemoryTensors, cfg: Tra
         progress, best_state = load_checkpoint(checkpoint, model, opt)
         start, result.history = progress["epoch"], progress["history"]
         result.best_epoch, best_score = progress["best_epoch"], progress["best_score"]
+    if start == 0 and val is not None and len(val):
+        # The untrained model is a candidate too: a model that starts as the kNN vote (label
+        # evidence, zero head) keeps it when no epoch of training beats it on validation.
+        result.initial_score = selection_score(predict(model, val, memory)[0].argmax(1),
+                                               val.labels.numpy(), metric)
+        best_score, result.best_epoch = result.initial_score, 0
+        best_state = copy.deepcopy(model.state_dict())
     for epoch in range(start, epochs):
         loss = _train_epoch(model, opt, train, memory, cfg, class_counts, tau, epoch,
                             steps_per_epoch, total, warmup)
@@ -96,6 +105,7 @@ def fit(model: torch.nn.Module, train: QuerySet, memory: MemoryTensors, cfg: Tra
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+        result.best_score = best_score
     result.steps = total
     return result
 
