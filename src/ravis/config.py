@@ -43,7 +43,8 @@ class MAMConfig:
     qk_lr_scale: float = 0.01  # learning-rate multiplier for psiQ, psiK
     query_dropout: float = 0.0  # in training, drop a query's z term from the output with this probability
     # the classifier also reads the neighbours' labels where the memory's entries carry
-    # labels in the experiment's classes (an attention-weighted vote; ravis.fusion.RetrievalClassifier)
+    # labels in the experiment's classes: a learned kNN vote that it starts as
+    # (ravis.fusion.RetrievalClassifier)
     label_evidence: bool = True
 
     def __post_init__(self):

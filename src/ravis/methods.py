@@ -43,6 +43,13 @@ class Method:
     def reads_memory(self) -> bool:
         return bool(self.reads)
 
+    def reads_labels(self, exp) -> bool:
+        """Whether it reads its neighbours' labels in experiment config ``exp``: a method
+        with options reads them only where its section's ``label_evidence`` says so."""
+        if "labels" not in self.reads:
+            return False
+        return self.options is None or bool(getattr(getattr(exp, self.options), "label_evidence", True))
+
     @property
     def servable(self) -> bool:
         """Whether ``ravis predict`` / ``serve`` can run it on a new image: a trained model

@@ -29,7 +29,7 @@ from .config import ExperimentConfig, RunConfig
 from .encoders import create_image_encoder
 from .fusion import build_model
 from .io import default_cache_dir
-from .memory.base import Memory
+from .memory.base import Memory, neighbor_labels
 from .methods import method as get_method
 from .retrieval.memory_index import memory_index
 from .run_folder import experiment_dir, load_config, open_run_memory, read_serving
@@ -110,7 +110,7 @@ class Predictor:
         values = torch.from_numpy(self.memory.values_at(rows.ravel()).astype(np.float32).reshape(B, k, -1))
         labels = None
         if "labels" in self.model.reads:  # -1: no neighbour, or no label in the classes
-            labels = torch.from_numpy(np.where(found, self.memory.labels_at(rows.ravel()).reshape(B, k), -1))
+            labels = torch.from_numpy(neighbor_labels(self.memory, I))
         logits, attn = self.model(torch.from_numpy(z), keys, values, labels)  # (B, C), (B, L, k)
         logits = logits.numpy()
         if self.adjustment is not None:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..io import sha256_file
 from .base import l2_normalize
 from .preprocess import resize_center_crop, to_chw, to_rgb
 
@@ -134,11 +135,7 @@ def import_without_torchvision(name: str, importers: tuple[str, ...] = ("timm", 
 
 def file_digest(path: str | Path) -> str:
     """sha256 of a file's bytes, 16 hex digits."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return sha256_file(path)[:16]
 
 
 def state_digest(module: torch.nn.Module) -> str:

@@ -19,7 +19,7 @@ from ..fusion import RetrievalClassifier, build_model, knn_vote
 from ..index.choose import parse_bytes
 from ..io import stable_hash
 from ..methods import method
-from ..training.data import MemoryTensors, QuerySet, neighbor_labels
+from ..training.data import MemoryTensors, QuerySet
 from ..training.loss import log_prior
 from ..training.checkpoint import remove_checkpoint, save_weights
 from ..training.trainer import fit, predict
@@ -105,11 +105,11 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     metric = selection_metric(exp)
     memory, test_memory, (train_I,), (test_I,) = _memory_rows(prep, spec.reads_memory)
     direct = rac_values(prep, cache_dir, text_encoder) if spec.extra == "texts" else (None, None)
-    reads_labels = "labels" in spec.reads
+    reads_labels = spec.reads_labels(exp)
     train = QuerySet.from_numpy(prep.train.z, train_I, prep.train.dataset.labels, direct[0],
-                                neighbor_labels(prep.memory, prep.train_I) if reads_labels else None)
+                                prep.neighbor_labels("train") if reads_labels else None)
     test = QuerySet.from_numpy(prep.test.z, test_I, prep.test.dataset.labels, direct[1],
-                               neighbor_labels(prep.memory, prep.test_I) if reads_labels else None)
+                               prep.neighbor_labels("test") if reads_labels else None)
     val_mask = (validation_split(prep.train.dataset.labels, cfg.val_fraction, cfg.seed)
                 if cfg.val_fraction > 0 else np.zeros(len(train), dtype=bool))
     fit_set, val = train.subset(np.flatnonzero(~val_mask)), train.subset(np.flatnonzero(val_mask))
@@ -118,7 +118,7 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     train_tau, posthoc = cfg.for_method(spec.reads_memory)
     options = asdict(getattr(exp, spec.options)) if spec.options else None
     # label evidence starts as the kNN vote at the k the vote itself is run with
-    label_k = vote_k(prep)[0] if (options or {}).get("label_evidence") and reads_labels else 0
+    label_k = vote_k(prep)[0] if reads_labels else 0
     best = None
     for tau in cfg.tau_grid if train_tau == "auto" else [float(train_tau)]:
         key = stable_hash("model-v3", name, _train_key(cfg), metric, options, tau, label_k,
@@ -213,19 +213,24 @@ def accuracy_vs_k(model, test: QuerySet, memory: MemoryTensors, ks, labels, adju
     return out
 
 
+def _vote_ks(prep: Prepared) -> list[int]:
+    """The k of ``retrieval.vote_ks`` that the precomputed neighbours allow."""
+    return [int(k) for k in prep.config.retrieval.vote_ks if k <= prep.test_I.shape[1]]
+
+
 def vote_k(prep: Prepared) -> tuple[int, str]:
     """(k, how it was chosen): the k of ``retrieval.vote_ks`` whose kNN vote scores best on
     the validation split (the training queries held out for validation, their own entries
     excluded from their neighbours); without a validation split, the largest."""
     r, cfg = prep.config.retrieval, prep.config.train
-    ks = [int(k) for k in r.vote_ks if k <= prep.test_I.shape[1]]
+    ks = _vote_ks(prep)
     val_rows = (np.flatnonzero(validation_split(prep.train.dataset.labels, cfg.val_fraction, cfg.seed))
                 if cfg.val_fraction > 0 else np.zeros(0, np.int64))
     if not len(val_rows):
         return max(ks), f"no validation split: the largest k, {max(ks)}"
     metric = selection_metric(prep.config)
     val_D, val_labels = prep.train_D[val_rows], prep.train.dataset.labels[val_rows]
-    val_nl = neighbor_labels(prep.memory, prep.train_I[val_rows])
+    val_nl = prep.neighbor_labels("train")[val_rows]
     best = int(choose_on_validation(ks, lambda k: selection_score(
         knn_vote(val_D, val_nl, prep.num_classes, int(k), r.vote_temperature).argmax(1), val_labels, metric)))
     return best, f"k chosen on validation ({metric}): {best}"
@@ -236,8 +241,8 @@ def vote_result(prep: Prepared) -> MethodResult:
     ``retrieval.vote_ks`` is reported too."""
     r = prep.config.retrieval
     best_k, note = vote_k(prep)
-    ks = [int(k) for k in r.vote_ks if k <= prep.test_I.shape[1]]
-    test_nl = neighbor_labels(prep.memory, prep.test_I)
+    ks = _vote_ks(prep)
+    test_nl = prep.neighbor_labels("test")
     labels = prep.test.dataset.labels
     by_k = {k: knn_vote(prep.test_D, test_nl, prep.num_classes, k, r.vote_temperature) for k in ks}
     curve = {k: float((by_k[k].argmax(1) == labels).mean()) for k in ks}

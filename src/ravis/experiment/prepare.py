@@ -20,7 +20,7 @@ from ..data.noise import with_label_noise
 from ..encoders import create_image_encoder, create_text_encoder
 from ..encoders.embed import embed_images, is_embedded
 from ..io import stable_hash
-from ..memory.base import Memory
+from ..memory.base import Memory, neighbor_labels
 from ..memory.build import build_memory, with_wrong_values
 from ..memory.compose import ComposedMemory, compose
 from ..memory.sharded import ShardedMemory
@@ -55,6 +55,14 @@ class Prepared:
     timings: dict[str, float] = field(default_factory=dict)
     # memory rows the query sets retrieved, read once for every method (see methods._memory_rows)
     rows_cache: dict = field(default_factory=dict, repr=False)
+    _labels: dict = field(default_factory=dict, repr=False)
+
+    def neighbor_labels(self, split: str) -> np.ndarray:
+        """(N, k) memory labels of the "train" or "test" queries' neighbours (-1: none), read
+        from the memory once for the vote and every method that reads them."""
+        if split not in self._labels:
+            self._labels[split] = neighbor_labels(self.memory, {"train": self.train_I, "test": self.test_I}[split])
+        return self._labels[split]
 
     @property
     def num_classes(self) -> int:

@@ -101,9 +101,9 @@ def build_model(name: str, exp, dim: int, value_dim: int, num_classes: int,
     spec = method(name)
     torch.manual_seed(exp.train.seed)
     options = asdict(getattr(exp, spec.options)) if spec.options else {}
-    label_evidence = bool(options.pop("label_evidence", False)) and "labels" in spec.reads
+    options.pop("label_evidence", None)  # the classifier's, not the fusion module's
     return RetrievalClassifier(create_fusion(name, dim, value_dim, **options), dim, num_classes,
-                               label_evidence=label_evidence, label_k=label_k,
+                               label_evidence=spec.reads_labels(exp), label_k=label_k,
                                label_temperature=exp.retrieval.vote_temperature)
 
 

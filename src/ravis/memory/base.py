@@ -119,3 +119,11 @@ def sorted_read(read, rows: np.ndarray):
     memory map in ascending order touch each page once."""
     uniq, inverse = np.unique(rows, return_inverse=True)
     return read(uniq), inverse
+
+
+def neighbor_labels(memory, neighbors: np.ndarray) -> np.ndarray:
+    """(N, k) labels of each query's neighbour rows (-1 for a missing neighbour, -1 in
+    ``neighbors``, and for an entry without a label), each distinct row read once."""
+    found = neighbors >= 0
+    labels, inverse = sorted_read(memory.labels_at, np.where(found, neighbors, 0).ravel())
+    return np.where(found, labels[inverse].reshape(neighbors.shape), -1)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 from pathlib import Path
 
-from ..io import stable_hash
+from ..io import sha256_file, stable_hash
 from .shard_build import BuildSettings, build_sharded_memory, load_encoders
 from .sharded import FORMAT
 
@@ -56,7 +55,7 @@ def emoji_memory(cache_dir: Path | str, image_encoder_spec: str = "efficientnet_
     digest = stable_hash("emoji-memory-v1", FORMAT, image_encoder.fingerprint(),
                          text_encoder.fingerprint(), dtype, settings.batch_size,
                          settings.thumbnails, EMOJI_ROWS_PER_SHARD,
-                         [(e.key, e.caption, e.meta, _file_digest(e.path)) for e in images])
+                         [(e.key, e.caption, e.meta, sha256_file(e.path)) for e in images])
     memories = Path(cache_dir) / "memories"
     final = memories / f"emoji-{digest}"
     if (final / "manifest.json").is_file():
@@ -72,11 +71,6 @@ def emoji_memory(cache_dir: Path | str, image_encoder_spec: str = "efficientnet_
                                  rows_per_shard=EMOJI_ROWS_PER_SHARD)
             os.replace(partial, final)
     return final
-
-
-def _file_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
 
 
 @contextlib.contextmanager

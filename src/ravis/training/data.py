@@ -77,7 +77,7 @@ class QuerySet:
     ``direct_values`` replaces the gathered values when a method brings its own per-query
     value (RAC-style fusion: one embedding of the neighbours' concatenated texts).
     ``neighbor_labels`` are the neighbours' memory labels in the experiment's classes (-1:
-    none, or no neighbour), for a classifier that reads them (:func:`neighbor_labels`).
+    none, or no neighbour), for a classifier that reads them (:func:`ravis.memory.base.neighbor_labels`).
     """
 
     z: torch.Tensor  # (N, d)
@@ -122,10 +122,3 @@ class QuerySet:
             nbr_labels = self.neighbor_labels[idx]
         return (self.z[idx], keys, values, nbr_labels), self.labels[idx]
 
-
-def neighbor_labels(memory, neighbors: np.ndarray) -> np.ndarray:
-    """(N, k) memory labels of each query's neighbours (-1 for a missing neighbour or an
-    entry without a label in the experiment's classes), read once per distinct row."""
-    found = neighbors >= 0
-    rows, inverse = np.unique(np.where(found, neighbors, 0), return_inverse=True)
-    return np.where(found, memory.labels_at(rows)[inverse.reshape(neighbors.shape)], -1)
