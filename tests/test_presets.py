@@ -1,6 +1,7 @@
 """Every shipped preset loads and validates; each paper preset's tiny counterpart runs."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,27 @@ def test_bad_override_is_a_clear_error():
         load_preset(Path(__file__).parents[1] / "configs" / "tiny.yaml", ["train.lr=-1"])
     with pytest.raises(ConfigError, match="unknown keys"):
         load_preset(Path(__file__).parents[1] / "configs" / "tiny.yaml", ["train.lrr=1"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=abc", "train.lr must be a number, got 'abc'"),
+    ("train.epochs=2.5", "train.epochs must be an integer, got 2.5"),
+    ("train.epochs=true", "train.epochs must be an integer, got True"),
+    ("mam.label_evidence=1", "mam.label_evidence must be true or false, got 1"),
+    ("retrieval.vote_ks=[10, x]", r"retrieval.vote_ks.1 must be an integer, got 'x'"),
+    ("encoder=[a]", "encoder must be a string"),
+])
+def test_a_value_of_the_wrong_type_is_named(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_preset(Path(__file__).parents[1] / "configs" / "tiny.yaml", [override])
+
+
+def test_numbers_are_read_as_their_fields_want():
+    cfg = load_preset(Path(__file__).parents[1] / "configs" / "tiny.yaml",
+                      ["train.lr=1", "train.epochs=3", "train.tau=auto", "train.posthoc_tau=0"])
+    train = cfg.experiments[0].train
+    assert isinstance(train.lr, float) and train.epochs == 3 and train.tau == "auto"
+    assert train.posthoc_tau == 0.0
 
 
 def make_lt_split(root: Path) -> tuple[Path, Path]:

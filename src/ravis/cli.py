@@ -8,6 +8,7 @@ build|add|verify (sharded web-scale memories). ``main(argv)`` is callable from t
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -244,13 +245,22 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import BadImageError, MissingDataError
     from .memory.base import MemoryMismatchError
+    from .io import FolderBusyError
     from .run_folder import RunFolderError
 
     try:
         return _dispatch(args)
     except (ConfigError, MissingDataError, BadImageError, MemoryMismatchError, RunFolderError, FileNotFoundError,
-            ValueError) as e:
+            FolderBusyError, ValueError) as e:
         print(f"ravis {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # every output is written to a temporary name and renamed: what was finished is kept
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"ravis {args.verb}: error: the disk is full{where} ({e.strerror}); nothing "
+              "finished was lost: free space and run the same command again to resume", file=sys.stderr)
         return 2
 
 

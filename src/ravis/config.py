@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,13 +67,17 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to zero
     min_steps: int = 100  # stretch epochs so that small training sets still get this many steps
     label_smoothing: float = 0.1
-    # LACE strength in training, or "auto": chosen on validation from tau_grid (a model per value)
+    # LACE strength in training, or "auto": chosen on validation from tau_grid (a model per
+    # value). One model at tau 1 is the default: a post-hoc tau of -1 puts back the prior that
+    # LACE took out, so the post-hoc grid below covers what training at tau 0 would give
+    # (docs/method.md, "Choosing on validation"), at half the training time.
     tau: float | str = "auto"
-    tau_grid: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    tau_grid: list[float] = field(default_factory=lambda: [1.0])
     # logit adjustment at prediction, logits - posthoc_tau * log(prior), or "auto": chosen on
     # validation from posthoc_grid (no retraining: the validation logits are adjusted)
     posthoc_tau: float | str = "auto"
-    posthoc_grid: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    posthoc_grid: list[float] = field(
+        default_factory=lambda: [-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0])
     memory_tau: float | str | None = None  # tau for methods that read the memory (None: tau)
     memory_posthoc_tau: float | str | None = None  # posthoc_tau for methods that read the memory (None: posthoc_tau)
     # validation score that picks the epoch, tau, posthoc tau and the vote's k: "balanced"
@@ -80,8 +85,16 @@ class TrainConfig:
     # split of the same collection as training (it is as skewed as training), else balanced
     select_on: str = "auto"
     val_fraction: float = 0.1  # > 0: a stratified validation split picks the epoch (and tau)
+    # A trained model with label evidence replaces the untrained one (exactly the kNN vote)
+    # only when it scores better on validation by more than this many standard errors of the
+    # paired difference: the one-standard-error rule. 0: whichever scores higher.
+    select_margin: float = 1.0
     patience: int = 0  # > 0: stop after this many epochs without validation improvement
     seed: int = 0
+    # Seconds between training checkpoints (written at the end of an epoch; 0: every epoch).
+    # A MAM checkpoint holds weights, Adam's moments and the best weights (about 100 MB at
+    # d 1280): written each of 50 short epochs it cost more than the training.
+    checkpoint_every: float = 60.0
     # RAM for the memory rows a query set retrieved (read once); past it, every batch reads its
     # rows from the memory-mapped memory instead. Results are the same either way.
     memory_rows_budget: str = "4G"
@@ -101,12 +114,13 @@ class TrainConfig:
                 _check(value == "auto", f"train.{name} must be a number or 'auto', got {value!r}")
                 _check(self.val_fraction > 0, f"train.{name}='auto' needs train.val_fraction > 0")
                 _check(len(getattr(self, grid)) > 0, f"train.{grid} is empty")
-            elif value is not None:
+            elif value is not None and name in ("tau", "memory_tau"):
                 _check(value >= 0, f"train.{name} must be >= 0, got {value}")
-        _check(all(v >= 0 for v in self.tau_grid + self.posthoc_grid),
-               "train.tau_grid and train.posthoc_grid must hold values >= 0")
+        _check(all(v >= 0 for v in self.tau_grid), "train.tau_grid must hold values >= 0")
         _check(self.select_on in ("auto", "balanced", "top1"),
                f"train.select_on must be auto, balanced or top1, got {self.select_on!r}")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
+        _check(self.select_margin >= 0, f"train.select_margin must be >= 0, got {self.select_margin}")
         _check(self.patience == 0 or self.val_fraction > 0, "train.patience needs train.val_fraction > 0")
 
     def for_method(self, reads_memory: bool) -> tuple[float | str, float | str]:
@@ -220,6 +234,9 @@ class ExperimentConfig:
     # Run once per seed (train.seed and data.split_seed both set to it) and report mean and
     # standard deviation; None: once, with train.seed. The run folder serves the first seed.
     seeds: list[int] | None = None
+    # The query/key image encoder spec of this experiment; None: the run's ``encoder``
+    # (filled in by RunConfig). Fashion-MNIST's 28 px images need no 224 px encoder.
+    encoder: str | None = None
 
     def __post_init__(self):
         _check(bool(self.name), "experiment name is empty")
@@ -243,6 +260,8 @@ class RunConfig:
         _check(self.recipe in RECIPES, f"recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
         names = [e.name for e in self.experiments]
         _check(len(names) == len(set(names)), f"experiment names repeat: {names}")
+        for e in self.experiments:
+            e.encoder = e.encoder or self.encoder
 
 
 # ---- Recipes, YAML presets and dotted overrides -------------------------------------------
@@ -263,6 +282,40 @@ RECIPES: dict[str, dict] = {
     },
 }
 
+def _typed(value, hint, where: str):
+    """``value`` as the field type ``hint`` wants it (an int is a float; a float is not an
+    int), or a ConfigError naming the field, the type and the value."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _typed(value, arg, where)
+            except ConfigError:
+                continue
+        names = " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in args)
+        raise ConfigError(f"{where} must be {names}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_typed(v, args[0], f"{where}.{i}") for i, v in enumerate(value)] if args else value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+    return value
+
+
 def _build(cls, data, where: str):
     """Dataclass ``cls`` from a dict, recursively, refusing unknown keys."""
     if data is None:
@@ -280,7 +333,11 @@ def _build(cls, data, where: str):
         if dataclasses.is_dataclass(hint):
             value = _build(hint, value, f"{where}.{key}")
         elif key == "experiments":
-            value = [_build(ExperimentConfig, v, f"{where}.experiments.{i}") for i, v in enumerate(value)]
+            value = [_build(ExperimentConfig, v, f"{where}.experiments.{i}"
+                            + (f" ({v['name']})" if isinstance(v, dict) and "name" in v else ""))
+                     for i, v in enumerate(value)]
+        else:
+            value = _typed(value, hint, f"{where}.{key}")
         kwargs[key] = value
     try:
         return cls(**kwargs)

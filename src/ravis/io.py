@@ -39,10 +39,26 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp creates the file 0600 whatever the umask; give it what open() would have
+        os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~current_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc); elsewhere
+    it is set and put back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_npy(path: Path | str, array: np.ndarray) -> None:
@@ -166,3 +182,25 @@ def link_or_copy(src: Path | str, dst: Path | str) -> bool:
         except OSError:  # another filesystem, or links not allowed
             shutil.copyfile(src, tmp)
             return False
+
+
+class FolderBusyError(RuntimeError):
+    """Another process holds the lock of a folder this one would write."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path | str, *, wait: bool = False, busy: str = "",
+                   error: type[Exception] = FolderBusyError) -> Iterator[None]:
+    """Holds an exclusive lock on ``path`` (created if absent) while the block runs. It dies
+    with its process, so a killed writer never blocks the rerun. ``wait=False`` raises
+    ``error`` with the message ``busy`` when another process holds it."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise error(busy or f"{path} is held by another process") from None
+        yield

@@ -75,7 +75,7 @@ class Predictor:
             raise FileNotFoundError(f"{weights}: no trained {method!r} model in this run")
         info = read_serving(folder)
         memory = open_run_memory(folder, info)
-        encoder = create_image_encoder(cfg.encoder)
+        encoder = create_image_encoder(exp.encoder)
         memory.check_query_encoder(encoder.fingerprint(), encoder.dim)
         class_names = list(info["class_names"])
         model = build_model(method, exp, memory.dim, memory.value_dim, len(class_names))

@@ -134,3 +134,19 @@ def test_stratified_split_of_imagefolder(tmp_path):
     # classes of 2 split 1/1; the single-image classes stay in train
     assert splits.test.class_counts().tolist() == [0, 1, 1, 0, 1]
     assert splits.train.class_counts().tolist() == [1, 1, 1, 1, 1]
+
+
+def test_a_name_that_is_not_utf8_is_skipped_and_named(tmp_path, caplog):
+    import os
+
+    _make(tmp_path)
+    bad = os.path.join(os.fsencode(tmp_path), b"animals", b"cats", b"caf\xe9.png")
+    Image.new("RGB", (4, 4)).save(open(bad, "wb"), format="PNG")
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"anim\xe4ls"))  # a whole folder too
+    Image.new("RGB", (4, 4)).save(open(os.path.join(os.fsencode(tmp_path), b"anim\xe4ls", b"x.png"), "wb"),
+                                  format="PNG")
+    with caplog.at_level("WARNING"):
+        ds = load_imagefolder(tmp_path)
+    assert ds.ids == sorted(FILES)
+    assert "caf\\xe9.png" in caplog.text and "anim\\xe4ls" in caplog.text and "not valid UTF-8" in caplog.text
+    ds.fingerprint.encode("utf-8")

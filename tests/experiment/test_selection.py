@@ -9,6 +9,7 @@ import pytest
 
 from ravis.config import DataConfig, ExperimentConfig, RetrievalConfig, TrainConfig
 from ravis.data.dataset import ImageDataset
+from ravis.evaluation.metrics import paired_gain
 from ravis.experiment.methods import choose_on_validation, selection_metric, train_method, vote_result
 from ravis.experiment.prepare import Prepared, SplitData
 from ravis.memory import ArrayMemory
@@ -82,7 +83,7 @@ def test_vote_k_is_chosen_without_the_test_labels():
     blind = copy.deepcopy(prep)
     blind.test.dataset.labels = np.zeros_like(prep.test.dataset.labels)
     assert vote_result(prep).details["k"] == vote_result(blind).details["k"]
-    assert "validation" in vote_result(prep).details["note"]
+    assert "leave-one-out" in vote_result(prep).details["note"]
 
 
 def test_extreme_imbalance_stays_above_the_majority_share(tmp_path):
@@ -102,3 +103,47 @@ def test_choose_on_validation_takes_the_median_of_ties():
     scores = {0.0: 0.5, 0.25: 0.7, 0.5: 0.7, 0.75: 0.7, 1.0: 0.6}
     assert choose_on_validation(list(scores), scores.get) == 0.5
     assert choose_on_validation([0.0, 1.0], {0.0: 0.1, 1.0: 0.2}.get) == 1.0
+
+
+def test_paired_gain_counts_only_disagreements():
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    ref = np.array([0, 0, 1, 1, 1, 0])
+    pred = np.array([0, 0, 0, 1, 1, 0])  # one more right than ref, nothing else changed
+    gain, se = paired_gain(pred, ref, labels, "top1")
+    assert gain == pytest.approx(1 / 6) and se == pytest.approx(1 / 6)
+    gain, se = paired_gain(pred, ref, labels, "balanced")  # class 0 has 4 images of 2 classes
+    assert gain == pytest.approx(1 / 8) and se == pytest.approx(1 / 8)
+    assert paired_gain(ref, ref, labels, "top1") == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("margin, kept", [(0.0, "trained"), (1e6, "untrained")])
+def test_the_vote_is_kept_unless_training_beats_it_by_the_margin(margin, kept, tmp_path):
+    """With label evidence the untrained model is the kNN vote; an impossible margin keeps
+    it (its predictions are the vote's), no margin keeps what scores best on validation."""
+    prep = synthetic([300, 120, 40, 12, 6, 3], [60] * 6, dataset_spec="fashion-mnist", noise=1.2)
+    prep.config.train.select_margin = margin
+    result = train_method("mam", prep, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
+    assert result.details["kept"] in ("trained", "untrained")
+    if kept == "untrained":
+        assert result.details["kept"] == "untrained" and result.details["posthoc_tau"] == 0.0
+        vote = vote_result(prep)
+        assert result.details["label_k"] == vote.details["k"]
+        np.testing.assert_array_equal(result.logits.argmax(1), vote.logits.argmax(1))
+    else:  # the best on validation, which scores at least the vote
+        gain = result.details["vs_vote_on_validation"]["gain"]
+        assert gain >= 0
+        plain_vote = result.details["kept"] == "untrained" and result.details["posthoc_tau"] == 0.0
+        assert plain_vote == (gain == 0)
+
+
+def test_model_cache_is_keyed_on_the_embeddings(tmp_path):
+    """The same images embedded by another encoder (or at another image size) keep their
+    dataset fingerprints; a model cached for the first embeddings must not be loaded."""
+    prep = synthetic([60, 30, 10], [20, 20, 20])
+    other = copy.deepcopy(prep)
+    other.train.z = other.train.z[:, ::-1].copy()  # another encoder's view of the same images
+    first = train_method("linear", prep, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
+    again = train_method("linear", prep, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
+    moved = train_method("linear", other, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
+    assert not first.details["cached"] and again.details["cached"]
+    assert not moved.details["cached"]

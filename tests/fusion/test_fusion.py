@@ -130,7 +130,7 @@ def test_knn_vote_matches_its_formula():
     expected = np.zeros((2, 3))
     expected[0, 1] += np.exp(9.0)
     expected[0, 0] += np.exp(8.0)
-    expected[1, 2] += np.exp(5.0)  # the unlabelled neighbour does not vote
+    expected[1, 2] += np.exp(5.0) + np.exp(3.0)  # the unlabelled one is passed over, not counted
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
     with pytest.raises(ValueError, match="exceeds"):
         knn_vote(D, labels, 3, k=4)
@@ -151,9 +151,10 @@ def test_label_evidence_matches_its_formula():
     expected = model.head(f).detach().clone()
     s = float(model.label_log_scale.detach().exp())
     for b in range(B):
-        e = [math.exp(s * float(z[b] @ keys[b, j])) for j in range(top)]  # the top-3 nearest only
+        voters = [j for j in range(K) if int(labels[b, j]) >= 0][:top]  # the 3 nearest labelled
+        e = {j: math.exp(s * float(z[b] @ keys[b, j])) for j in voters}
         for c in range(C):
-            mass = sum(e[j] for j in range(top) if int(labels[b, j]) == c) / sum(e)
+            mass = sum(e[j] for j in voters if int(labels[b, j]) == c) / sum(e.values()) if e else 0.0
             expected[b, c] += 0.7 * math.log(eps + mass)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(attn, a)
@@ -189,6 +190,32 @@ def test_unlabelled_neighbours_move_no_class():
     with_labels, _ = model(z, keys, values, torch.full((B, K), -1))
     without, _ = plain(z, keys, values)
     torch.testing.assert_close(with_labels - without, torch.full_like(without, math.log(0.01)))
+    with_labels.sum().backward()  # no labelled neighbour at all: no NaN reaches the weights
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_unlabelled_neighbours_are_passed_over():
+    """Putting unlabelled entries between the labelled ones changes neither the vote nor
+    the label evidence: both read the k nearest labelled neighbours."""
+    import numpy as np
+
+    from ravis.fusion import knn_vote
+
+    torch.manual_seed(3)
+    C, top = 4, 3
+    model = RetrievalClassifier(create_fusion("mam", D, DV, num_layers=1), D, C, label_evidence=True,
+                                label_k=top)
+    z, keys, values = inputs()
+    labels = torch.randint(0, C, (B, K))
+    mixed = labels.clone()
+    mixed[:, 1::2] = -1  # every other neighbour is now an unlabelled web entry
+    keep = torch.arange(0, K, 2)
+    plain, _ = model(z, keys[:, keep], values[:, keep], labels[:, keep])
+    passed_over, _ = model(z, keys, values, mixed)  # the head is zero: the logits are the evidence
+    torch.testing.assert_close(passed_over, plain)
+    sim = torch.einsum("bd,bkd->bk", z, keys).numpy()
+    np.testing.assert_allclose(knn_vote(sim, mixed.numpy(), C, top),
+                               knn_vote(sim[:, ::2], labels[:, keep].numpy(), C, top))
 
 
 def test_label_evidence_learns_and_needs_labels():

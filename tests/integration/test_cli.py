@@ -86,7 +86,7 @@ def test_train_resumes_after_interruption(tmp_path, ravis_cache, monkeypatch, me
     cache = tmp_path / "cache"
     shutil.copytree(ravis_cache / "embeddings", cache / "embeddings")  # embeddings warm
     args = ["-c", str(TINY), "--quiet", "--set", "methods=[mam]", "--set", "train.epochs=4",
-            "--cache", str(cache)]
+            "--set", "train.checkpoint_every=0", "--cache", str(cache)]
     if memory == "mapped":
         from ravis.config import load_preset
         from ravis.experiment import prepare
@@ -182,3 +182,30 @@ def test_demo_preset_matches_the_issue():
     assert c.memory.wrong_value_fraction == 0.4
     assert tux.data.dataset == "tuxpaint" and tux.data.class_depth == 2 and tux.memory.values == "caption"
     assert np.isclose(a.retrieval.k, 100)
+
+
+def test_a_busy_out_folder_is_refused(tmp_path, capsys):
+    """One writer per run folder: a second run on a folder being written fails at once,
+    saying why, and leaves the folder alone."""
+    from ravis.io import exclusive_lock
+
+    out = tmp_path / "run"
+    with exclusive_lock(out / ".lock"):  # a first `ravis run` is writing it
+        assert main(["run", "-c", str(TINY), "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "another `ravis run`" in err and str(out) in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_a_full_disk_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from ravis import commands
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.npy"))
+
+    monkeypatch.setattr(commands, "cmd_run", full)
+    assert main(["run", "-c", str(TINY), "--quiet", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "disk is full" in err and "x.npy" in err and "Traceback" not in err

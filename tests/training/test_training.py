@@ -75,7 +75,8 @@ def _model():
 
 def test_resume_reaches_the_same_weights(tmp_path):
     train, mem = toy_problem()
-    cfg = TrainConfig(lr=1e-2, epochs=4, batch_size=32, warmup_epochs=1, seed=5, min_steps=0)
+    cfg = TrainConfig(lr=1e-2, epochs=4, batch_size=32, warmup_epochs=1, seed=5, min_steps=0,
+                      checkpoint_every=0)
     counts = np.bincount(train.labels.numpy(), minlength=3)
     full = _model()
     fit(full, train, mem, cfg, counts, tau=1.0)
@@ -93,6 +94,26 @@ def test_resume_reaches_the_same_weights(tmp_path):
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_checkpoints_are_written_at_most_every_checkpoint_every_seconds(tmp_path):
+    """Killed before the first checkpoint is due, a rerun starts over and still ends with
+    the weights of an uninterrupted run."""
+    train, mem = toy_problem()
+    cfg = TrainConfig(lr=1e-2, epochs=4, batch_size=32, seed=5, min_steps=0, checkpoint_every=3600)
+    counts = np.bincount(train.labels.numpy(), minlength=3)
+    full = _model()
+    fit(full, train, mem, cfg, counts, tau=1.0)
+    ckpt = tmp_path / "run.ckpt.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), train, mem, cfg, counts, tau=1.0, checkpoint=ckpt,
+            log=lambda s: _kill_after(s, epoch=3))
+    assert not ckpt.exists()
+    rerun = _model()
+    result = fit(rerun, train, mem, cfg, counts, tau=1.0, checkpoint=ckpt, resume=True)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    for (name, a), b in zip(full.state_dict().items(), rerun.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
 def _kill_after(line: str, epoch: int):
     if line.startswith(f"epoch={epoch} "):
         raise KeyboardInterrupt  # killed before epoch 2 is checkpointed: resume from epoch 1
@@ -101,7 +122,8 @@ def _kill_after(line: str, epoch: int):
 def test_checkpoint_is_not_pickle(tmp_path):
     train, mem = toy_problem()
     ckpt = tmp_path / "c.safetensors"
-    fit(_model(), train, mem, TrainConfig(epochs=1, batch_size=32, min_steps=0), [1, 1, 1], tau=0.0, checkpoint=ckpt)
+    fit(_model(), train, mem, TrainConfig(epochs=1, batch_size=32, min_steps=0, checkpoint_every=0), [1, 1, 1],
+        tau=0.0, checkpoint=ckpt)
     assert ckpt.read_bytes()[:1] != b"\x80"  # pickle protocol marker
     from safetensors.torch import load_file
     assert any(k.startswith("opt/") for k in load_file(str(ckpt)))

@@ -16,6 +16,7 @@ by its deepest folder).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path, PurePosixPath
 
@@ -24,6 +25,8 @@ import numpy as np
 from ..io import stable_hash
 from .dataset import ImageDataset, Splits
 from .images import open_image
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _BLOCK = 1 << 20  # 1 MiB
@@ -66,16 +69,28 @@ def load_imagefolder(root: Path | str, class_depth: int = 1,
 
 def find_files(root: Path, extensions) -> list[str]:
     """Relative POSIX paths of the non-hidden files below ``root`` with one of ``extensions``,
-    sorted. Symlinked folders are not followed (they could loop)."""
+    sorted. Symlinked folders are not followed (they could loop).
+
+    A path that is not valid UTF-8 is skipped with a warning naming its bytes: ids, captions
+    and manifests are UTF-8 text, and such a name cannot be written into them."""
     exts = tuple(e.lower() for e in extensions)
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and _utf8(Path(dirpath) / d)]
         rel_dir = Path(dirpath).relative_to(root)
         for f in filenames:
-            if not f.startswith(".") and f.lower().endswith(exts):
+            if not f.startswith(".") and f.lower().endswith(exts) and _utf8(Path(dirpath) / f):
                 found.append((rel_dir / f).as_posix())
     return sorted(found)
+
+
+def _utf8(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # os.walk decodes undecodable bytes to lone surrogates
+        log.warning("skipping %r: its name is not valid UTF-8", os.fsencode(path))
+        return False
 
 
 def check_class_depth(class_depth: int) -> None:

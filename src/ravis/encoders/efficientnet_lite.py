@@ -69,11 +69,19 @@ class EfficientNetLite0Encoder:
     name = "efficientnet_lite0"
     dim = 1280
 
-    def __init__(self, image_size: int = 224, num_threads: int | None = None,
+    def __init__(self, image_size: int | str = 224, num_threads: int | None = None,
                  cache_dir: Path | None = None):
         import onnxruntime as ort
 
+        # the spec "efficientnet_lite0:112" embeds at 112 px (resize 128, crop 112)
+        try:
+            image_size = int(image_size)
+        except ValueError:
+            raise ValueError(f"efficientnet_lite0:SIZE takes an image size in pixels, got {image_size!r}") from None
+        if not 32 <= image_size <= 1024:
+            raise ValueError(f"efficientnet_lite0:{image_size}: the image size must be in [32, 1024]")
         self.image_size = image_size
+        self.name = "efficientnet_lite0" if image_size == 224 else f"efficientnet_lite0:{image_size}"
         weights = _weights_path()
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
         self._fingerprint = f"efficientnet_lite0-{digest}-{image_size}-crop0.875-bicubic-tf"
@@ -90,7 +98,7 @@ class EfficientNetLite0Encoder:
         return self._fingerprint
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """(224, 224, 3) uint8; the graph scales it."""
+        """(size, size, 3) uint8; the graph scales it."""
         return np.asarray(resized_rgb(image, self.image_size), dtype=np.uint8)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:

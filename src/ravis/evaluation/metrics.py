@@ -47,6 +47,27 @@ def selection_score(pred: np.ndarray, labels: np.ndarray, metric: str) -> float:
     raise ValueError(f"unknown selection metric {metric!r}; expected 'balanced' or 'top1'")
 
 
+def sample_weights(labels: np.ndarray, metric: str) -> np.ndarray:
+    """(N,) weights w with ``selection_score = sum_i w_i [pred_i == label_i]``."""
+    labels = np.asarray(labels)
+    if metric == "top1":
+        return np.full(len(labels), 1.0 / max(len(labels), 1))
+    if metric == "balanced":
+        counts = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
+        present = int((counts > 0).sum())
+        return 1.0 / (present * counts[labels]) if len(labels) else np.zeros(0)
+    raise ValueError(f"unknown selection metric {metric!r}; expected 'balanced' or 'top1'")
+
+
+def paired_gain(pred: np.ndarray, reference: np.ndarray, labels: np.ndarray, metric: str) -> tuple[float, float]:
+    """(gain, standard error): how much ``pred`` scores above ``reference`` on the same
+    images, and the standard error of that difference (McNemar's: only the images on which
+    the two disagree in correctness count, each with its weight in the score)."""
+    w = sample_weights(labels, metric)
+    d = w * ((pred == labels).astype(float) - (reference == labels).astype(float))
+    return float(d.sum()), float(np.sqrt(np.square(d).sum()))
+
+
 def prediction_metrics(pred: np.ndarray, labels: np.ndarray, train_counts) -> tuple[dict, list]:
     """(top1, many / mid / few and balanced accuracy; per-class accuracy as a JSON list with
     None for absent classes)."""

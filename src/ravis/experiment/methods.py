@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from ..config import TrainConfig
 from ..encoders import create_text_encoder
 from ..encoders.embed import embed_texts
-from ..evaluation.metrics import prediction_metrics, selection_score
+from ..evaluation.metrics import paired_gain, prediction_metrics, selection_score
 from ..fusion import RetrievalClassifier, build_model, knn_vote
 from ..index.choose import parse_bytes
 from ..io import stable_hash
@@ -119,10 +119,14 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     options = asdict(getattr(exp, spec.options)) if spec.options else None
     # label evidence starts as the kNN vote at the k the vote itself is run with
     label_k = vote_k(prep)[0] if reads_labels else 0
+    # the embeddings themselves: the datasets' fingerprints do not say which encoder (or
+    # image size) made them
+    embeddings = stable_hash(prep.train.z, prep.test.z)
     best = None
     for tau in cfg.tau_grid if train_tau == "auto" else [float(train_tau)]:
-        key = stable_hash("model-v3", name, _train_key(cfg), metric, options, tau, label_k,
+        key = stable_hash("model-v7", name, _train_key(cfg), metric, options, tau, label_k,
                           prep.train.dataset.fingerprint, prep.test.dataset.fingerprint,
+                          embeddings,
                           prep.memory.digest if spec.reads_memory else None,
                           stable_hash(prep.train_I) if spec.reads_memory else None,
                           exp.retrieval.rac_texts if spec.extra == "texts" else None, prep.num_classes)
@@ -133,11 +137,16 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
         if best is None or score > best[0]:
             best = (score, tau, model, details)
     _, tau, model, details = best
+    posthoc_fixed = posthoc != "auto"
     if posthoc == "auto":  # adjusting the validation logits needs no retraining
         val_logits, val_labels = predict(model, val, memory)[0], val.labels.numpy()
         posthoc = choose_on_validation(
             cfg.posthoc_grid, lambda p: selection_score((val_logits - p * prior).argmax(1), val_labels, metric))
     posthoc_tau = float(posthoc)
+    if reads_labels and len(val):
+        model, posthoc_tau, details = _simplest_within_margin(
+            model, posthoc_tau, details, name, prep, val, memory, prior, metric, label_k,
+            [float(posthoc)] if posthoc_fixed else cfg.posthoc_grid)
     logits, attn = predict(model, test, test_memory)
     logits = logits - posthoc_tau * prior
     labels = prep.test.dataset.labels
@@ -154,9 +163,37 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     return model, result
 
 
+def _simplest_within_margin(model, posthoc_tau, details, name, prep, val, memory, prior, metric,
+                            label_k, posthoc_grid):
+    """(model, post-hoc tau, details): the trained model, or the untrained one where training
+    did not earn its place. A model with label evidence starts as the kNN vote at
+    ``label_k`` (zero head); the untrained model, also with each post-hoc adjustment, and the
+    trained one are scored on validation, and the best replaces the plain vote only when its
+    paired gain exceeds ``train.select_margin`` standard errors (the one-standard-error rule:
+    validation splits of a few hundred images rank close candidates by chance, and an epoch
+    chosen for a lucky validation score lost 1-5 points on the demo's test sets)."""
+    labels = val.labels.numpy()
+    untrained = build_model(name, prep.config, prep.memory.dim, prep.memory.value_dim,
+                            prep.num_classes, label_k)
+    base_logits, trained_logits = predict(untrained, val, memory)[0], predict(model, val, memory)[0]
+    reference = base_logits.argmax(1)  # the kNN vote at label_k
+    candidates = [("untrained", p, (base_logits - p * prior).argmax(1)) for p in posthoc_grid]
+    candidates.append(("trained", posthoc_tau, (trained_logits - posthoc_tau * prior).argmax(1)))
+    scores = [selection_score(pred, labels, metric) for _, _, pred in candidates]
+    which, tau, pred = candidates[int(np.argmax(scores))]  # first best: untrained before trained
+    gain, se = paired_gain(pred, reference, labels, metric)
+    margin = prep.config.train.select_margin
+    if gain <= margin * se:
+        which, tau = "untrained", 0.0
+    details = {**details, "kept": which,
+               "vs_vote_on_validation": {"gain": gain, "se": se, "margin": margin}}
+    return (model if which == "trained" else untrained), tau, details
+
+
 def _train_key(cfg: TrainConfig) -> dict:
-    """The training settings that change the weights (where memory rows are read from does not)."""
-    return {k: v for k, v in asdict(cfg).items() if k != "memory_rows_budget"}
+    """The training settings that change the weights (where memory rows are read from, how
+    often a checkpoint is written and what replaces the trained model afterwards do not)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("memory_rows_budget", "select_margin", "checkpoint_every")}
 
 
 def _memory_rows(prep: Prepared, reads_memory: bool):
@@ -220,20 +257,17 @@ def _vote_ks(prep: Prepared) -> list[int]:
 
 def vote_k(prep: Prepared) -> tuple[int, str]:
     """(k, how it was chosen): the k of ``retrieval.vote_ks`` whose kNN vote scores best on
-    the validation split (the training queries held out for validation, their own entries
-    excluded from their neighbours); without a validation split, the largest."""
-    r, cfg = prep.config.retrieval, prep.config.train
+    every training query, each with its own memory entry excluded from its neighbours
+    (leave-one-out). The vote trains nothing, so no image needs holding out for it, and ten
+    times the queries of the validation split make the choice far less noisy (Tux Paint's
+    validation split holds 61 images)."""
+    r = prep.config.retrieval
     ks = _vote_ks(prep)
-    val_rows = (np.flatnonzero(validation_split(prep.train.dataset.labels, cfg.val_fraction, cfg.seed))
-                if cfg.val_fraction > 0 else np.zeros(0, np.int64))
-    if not len(val_rows):
-        return max(ks), f"no validation split: the largest k, {max(ks)}"
     metric = selection_metric(prep.config)
-    val_D, val_labels = prep.train_D[val_rows], prep.train.dataset.labels[val_rows]
-    val_nl = prep.neighbor_labels("train")[val_rows]
+    labels, nl = prep.train.dataset.labels, prep.neighbor_labels("train")
     best = int(choose_on_validation(ks, lambda k: selection_score(
-        knn_vote(val_D, val_nl, prep.num_classes, int(k), r.vote_temperature).argmax(1), val_labels, metric)))
-    return best, f"k chosen on validation ({metric}): {best}"
+        knn_vote(prep.train_D, nl, prep.num_classes, int(k), r.vote_temperature).argmax(1), labels, metric)))
+    return best, f"k chosen leave-one-out on the training queries ({metric}): {best}"
 
 
 def vote_result(prep: Prepared) -> MethodResult:

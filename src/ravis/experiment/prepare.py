@@ -112,8 +112,10 @@ def training_rows(cfg: DataConfig, full_train: ImageDataset) -> np.ndarray:
 
 
 def needs_whole_split(run: RunConfig, exp: ExperimentConfig) -> bool:
-    """Whether any experiment of the run on the same data uses the whole training split."""
-    return any(e.data == exp.data and "full-train" in e.memory.sources for e in run.experiments)
+    """Whether any experiment of the run on the same data and encoder uses the whole
+    training split."""
+    return any(e.data == exp.data and e.encoder == exp.encoder and "full-train" in e.memory.sources
+               for e in run.experiments)
 
 
 def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
@@ -127,7 +129,7 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
     timings["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    encoder = create_image_encoder(run.encoder)
+    encoder = create_image_encoder(exp.encoder)
     # Embed the whole training split when a memory of the run needs it or it is cached: the
     # long-tailed set is a row subset of it, so one cache entry serves every experiment on
     # the dataset. Otherwise embed just the training rows (a tiny run never pays for 60k).
@@ -198,7 +200,7 @@ def memory_part(run: RunConfig, exp: ExperimentConfig, spec: str, encoder, full_
     if spec in COLLECTIONS:  # built once per encoder pair into the cache
         from ..memory.collections import emoji_memory
 
-        memory = ShardedMemory.open(emoji_memory(cache_dir, run.encoder, run.text_encoder), verify=True)
+        memory = ShardedMemory.open(emoji_memory(cache_dir, exp.encoder, run.text_encoder), verify=True)
         memory.check_query_encoder(encoder.fingerprint(), encoder.dim)
         return memory
     if spec not in DATASET_PARTS:

@@ -28,7 +28,7 @@ import yaml
 
 from ..config import ExperimentConfig, RunConfig, to_dict
 from ..evaluation.report import format_table, plot_accuracy_vs_k, plot_shots
-from ..io import atomic_path, save_json
+from ..io import atomic_path, exclusive_lock, save_json
 from ..methods import method as get_method
 from ..training.checkpoint import save_weights
 from .methods import MethodResult, train_method, vote_result
@@ -49,7 +49,14 @@ def run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool = True, prog
     """Runs every experiment of ``cfg``; writes and returns the results dict. The run folder
     refers to the memory folders it read; ``copy_memory`` copies them in instead."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out / ".lock", busy=f"{out}: another `ravis run`, `train` or `demo` is "
+                                           "writing this folder; wait for it or choose another --out"):
+        return _run(cfg, out, cache_dir, resume=resume, progress=progress, copy_memory=copy_memory,
+                    echo=echo)
+
+
+def _run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool, progress: bool,
+         copy_memory: bool, echo: Callable[[str], None]) -> dict:
     # The saved config is the first seed's: the run folder serves that seed's models.
     cfg = dataclasses.replace(cfg, experiments=[with_seed(e, seeds_of(e)[0]) for e in cfg.experiments])
     save_config(cfg, out)
@@ -156,7 +163,7 @@ def summarise(prep: Prepared, cfg: RunConfig, methods: dict[str, MethodResult]) 
         "dataset": exp.data.dataset + (" (long-tailed)" if exp.data.longtail else ""),
         "memory": memory_desc,
         "memory_size": len(prep.memory),
-        "encoder": cfg.encoder,
+        "encoder": exp.encoder,
         "text_encoder": cfg.text_encoder,
         "k": int(prep.test_I.shape[1]),
         "num_train": len(prep.train.z),

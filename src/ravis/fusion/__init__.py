@@ -34,15 +34,15 @@ class RetrievalClassifier(nn.Module):
     With ``label_evidence`` the classifier also reads the labels of the neighbours (where the
     memory's entries carry labels in the experiment's classes) as a learned kNN vote:
 
-        w_j      = softmax_j(s * z.m_j) over the ``label_k`` nearest neighbours (0: all k)
+        w_j      = softmax_j(s * z.m_j) over the ``label_k`` nearest labelled neighbours (0: all)
         logits_c = W_c f + b_c + beta * log(eps + sum_j w_j [y_j = c])
 
     a product of the trained head and a vote, with the vote's sharpness s (from 1 / 0.07,
     the vote's temperature) and its weight beta (from 1) learned, and the head starting at
     zero: an untrained model predicts exactly what the kNN vote at ``label_k`` predicts, and
     training can only move it where the training data say the head helps. A neighbour
-    without a label in the class set (-1: a web caption, an emoji) takes its share of w and
-    gives it to no class, so unlabelled neighbours push a prediction nowhere. ``eps`` bounds
+    without a label in the class set (-1: a web caption, an emoji) is passed over, as the
+    vote passes it over, so unlabelled neighbours push a prediction nowhere. ``eps`` bounds
     how much a class with no labelled neighbour is held back (log 0.01 = -4.6).
     """
 
@@ -82,12 +82,13 @@ class RetrievalClassifier(nn.Module):
         """(B, C) the learned vote's mass per class."""
         if labels is None:
             raise ValueError("this classifier reads the neighbours' labels; none were given")
-        k = keys.shape[1]
-        top = int(self.label_k) or k
+        top = int(self.label_k) or keys.shape[1]
+        labelled = labels >= 0
+        votes_mask = labelled & (labelled.cumsum(dim=1) <= top)  # the first `top` labelled
         scores = torch.einsum("bd,bkd->bk", z, keys) * self.label_log_scale.exp()  # (B, k)
-        if top < k:
-            scores = scores.masked_fill(torch.arange(k, device=z.device) >= top, float("-inf"))
-        weight = scores.softmax(dim=-1) * (labels >= 0)  # (B, k)
+        scores = scores.masked_fill(~votes_mask, float("-inf"))
+        # a query with no labelled neighbour gets no votes (softmax over nothing is NaN)
+        weight = scores.softmax(dim=-1).nan_to_num(0.0)  # (B, k)
         votes = weight.new_zeros((weight.shape[0], self.num_classes))
         return votes.scatter_add_(1, labels.clamp(min=0), weight)  # (B, C)
 

@@ -9,12 +9,10 @@ name is always whole.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 from pathlib import Path
 
-from ..io import sha256_file, stable_hash
+from ..io import exclusive_lock, sha256_file, stable_hash
 from .shard_build import BuildSettings, build_sharded_memory, load_encoders
 from .sharded import FORMAT
 
@@ -61,7 +59,7 @@ def emoji_memory(cache_dir: Path | str, image_encoder_spec: str = "efficientnet_
     if (final / "manifest.json").is_file():
         return final
     memories.mkdir(parents=True, exist_ok=True)
-    with _locked(memories / f".emoji-{digest}.lock"):
+    with exclusive_lock(memories / f".emoji-{digest}.lock", wait=True):
         if not (final / "manifest.json").is_file():  # nobody built it while we waited
             partial = memories / f".emoji-{digest}.partial"
             # strict: a PNG that fails to decode stops the build rather than leaving a
@@ -72,10 +70,3 @@ def emoji_memory(cache_dir: Path | str, image_encoder_spec: str = "efficientnet_
             os.replace(partial, final)
     return final
 
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock held while the block runs; it dies with its process."""
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield

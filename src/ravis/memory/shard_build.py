@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..io import exclusive_lock
 from ._shard_pipeline import Reader, encode, write
 from .sharded import (DTYPES, FORMAT, ShardedMemory, check_shard_files, load_manifest,
                       save_manifest)
@@ -333,20 +334,11 @@ class MemoryBusyError(ValueError):
     """Another build or add is writing the same memory folder."""
 
 
-@contextlib.contextmanager
 def _exclusive(memdir: Path):
     """Holds MEMDIR/.lock: two writers would each rewrite the manifest without the other's
-    shards. The lock dies with its process, so a killed build never blocks the rerun."""
-    import fcntl
-
-    memdir.mkdir(parents=True, exist_ok=True)
-    with open(memdir / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise MemoryBusyError(f"{memdir}: another `ravis memory build` or `add` is "
-                                  "writing this memory") from None
-        yield
+    shards."""
+    return exclusive_lock(memdir / ".lock", error=MemoryBusyError,
+                          busy=f"{memdir}: another `ravis memory build` or `add` is writing this memory")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,20 +101,24 @@ class QuerySet:
         return QuerySet(self.z[idx], self.neighbors[idx], self.labels[idx], pick(self.direct_values),
                         pick(self.neighbor_labels))
 
-    def batch(self, idx: torch.Tensor, memory: MemoryTensors, reads=("keys", "values")):
+    def batch(self, idx: torch.Tensor, memory: MemoryTensors, reads=("keys", "values"),
+              buffers: "BatchBuffers | None" = None):
         """(inputs, labels (B,)) for the rows ``idx``: inputs (z (B, d), keys (B, k, d),
         values (B, k, d'), neighbour labels (B, k) or None) are the model's arguments.
 
         A method that does not read keys or values (``reads``) gets (B, k, 0) placeholders:
         gathering 512 x 100 x 1280 keys per batch would dominate a linear probe's step.
+        With ``buffers`` the keys and values are gathered into arrays reused from the last
+        batch, so they are only valid until the next call.
         """
         nbr = self.neighbors[idx]  # (B, k)
         empty = self.z.new_zeros((*nbr.shape, 0))
-        keys = memory.keys[nbr].float() if "keys" in reads else empty  # (B, k, d)
+        gather = buffers.gather if buffers is not None else _gather
+        keys = gather("keys", memory.keys, nbr) if "keys" in reads else empty  # (B, k, d)
         if self.direct_values is not None:
             values = self.direct_values[idx]
         else:
-            values = memory.values[nbr].float() if "values" in reads else empty  # (B, k, d')
+            values = gather("values", memory.values, nbr) if "values" in reads else empty  # (B, k, d')
         nbr_labels = None
         if "labels" in reads:
             if self.neighbor_labels is None:
@@ -122,3 +126,36 @@ class QuerySet:
             nbr_labels = self.neighbor_labels[idx]
         return (self.z[idx], keys, values, nbr_labels), self.labels[idx]
 
+
+
+def _gather(name: str, table, nbr: torch.Tensor) -> torch.Tensor:
+    return table[nbr].float()
+
+
+class BatchBuffers:
+    """Output arrays for the per-batch gathers of keys and values, reused from batch to batch.
+
+    A fresh (512, 100, 1280) float32 array per step costs more in page faults than the copy
+    into it: the gather takes 0.24 s into a new array and 0.09 s into a reused one. A
+    training step or a prediction batch reads its keys before the next batch is gathered,
+    so the loops in :mod:`ravis.training.trainer` can share one set.
+    """
+
+    def __init__(self):
+        self._flat: dict[tuple, torch.Tensor] = {}
+
+    def _buffer(self, name: str, dtype: torch.dtype, n: int) -> torch.Tensor:
+        buf = self._flat.get((name, dtype))
+        if buf is None or buf.numel() < n:
+            buf = self._flat[(name, dtype)] = torch.empty(n, dtype=dtype)
+        return buf[:n]
+
+    def gather(self, name: str, table, nbr: torch.Tensor) -> torch.Tensor:
+        if not isinstance(table, torch.Tensor):  # rows read from a mapped memory are fresh anyway
+            return _gather(name, table, nbr)
+        width = table.shape[1]
+        rows = self._buffer(name, table.dtype, nbr.numel() * width).view(-1, width)
+        torch.index_select(table, 0, nbr.reshape(-1), out=rows)
+        if table.dtype != torch.float32:
+            rows = self._buffer(name + "/float32", torch.float32, rows.numel()).view(-1, width).copy_(rows)
+        return rows.view(*nbr.shape, width)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,7 @@ import torch
 from ..config import TrainConfig
 from ..evaluation.metrics import selection_score
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import MemoryTensors, QuerySet
+from .data import BatchBuffers, MemoryTensors, QuerySet
 from .loss import lace_loss
 from .schedule import warmup_cosine
 
@@ -70,6 +71,7 @@ def fit(model: torch.nn.Module, train: QuerySet, memory: MemoryTensors, cfg: Tra
     total = epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     result, best_state, best_score, start = FitResult(), None, -1.0, 0
+    last_saved = time.monotonic()
     if resume and checkpoint is not None and checkpoint.exists():
         progress, best_state = load_checkpoint(checkpoint, model, opt)
         start, result.history = progress["epoch"], progress["history"]
@@ -95,7 +97,8 @@ def fit(model: torch.nn.Module, train: QuerySet, memory: MemoryTensors, cfg: Tra
         if log:
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in entry.items()))
-        if checkpoint is not None:
+        if checkpoint is not None and time.monotonic() - last_saved >= cfg.checkpoint_every:
+            last_saved = time.monotonic()
             save_checkpoint(checkpoint, model, opt,
                             {"epoch": epoch + 1, "history": result.history,
                              "best_epoch": result.best_epoch, "best_score": best_score},
@@ -115,13 +118,13 @@ def _train_epoch(model, opt, train, memory, cfg, class_counts, tau, epoch, steps
     model.train()
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
     torch.manual_seed(cfg.seed * 104729 + epoch)  # dropout draws depend on (seed, epoch) only
-    losses = []
+    losses, buffers = [], BatchBuffers()
     for b in range(steps_per_epoch):
         step = epoch * steps_per_epoch + b
         for group in opt.param_groups:
             group["lr"] = cfg.lr * group["lr_scale"] * warmup_cosine(step, total, warmup)
         inputs, y = train.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], memory,
-                                reads_of(model))
+                                reads_of(model), buffers)
         logits, _ = model(*inputs)
         loss = lace_loss(logits, y, class_counts, tau=tau, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
@@ -136,10 +139,10 @@ def predict(model: torch.nn.Module, queries: QuerySet, memory: MemoryTensors,
             batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Raw logits (N, C) and attention (N, L, k) in evaluation mode."""
     model.eval()
-    logits, attns = [], []
+    logits, attns, buffers = [], [], BatchBuffers()
     for start in range(0, len(queries), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(queries)))
-        inputs, _ = queries.batch(idx, memory, reads_of(model))
+        inputs, _ = queries.batch(idx, memory, reads_of(model), buffers)
         out, attn = model(*inputs)
         logits.append(out.numpy())
         attns.append(attn.numpy())
