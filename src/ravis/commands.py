@@ -100,16 +100,31 @@ def cmd_knn(args) -> int:
 
 def cmd_eval(args) -> int:
     """Recomputes every metric from the saved test logits and redraws the plots."""
+    from .io import exclusive_lock
+    from .run_folder import finish_run, open_run, verify_files
+
+    run_dir = Path(args.run_dir)
+    with exclusive_lock(run_dir / ".lock", busy=f"{run_dir}: another ravis command is writing this "
+                                               "folder; wait for it"):
+        _, record = open_run(run_dir)  # refuses an unfinished run, saying how to finish it
+        verify_files(run_dir, record, ["results.json"])
+        _eval(run_dir, record)
+        finish_run(run_dir)  # results.json and the plots changed: record them
+    return 0
+
+
+def _eval(run_dir: Path, record: dict) -> None:
     from .evaluation.metrics import prediction_metrics
     from .evaluation.report import format_table, plot_shots
     from .experiment import experiment_dir
     from .experiment.run import aggregate_seeds
     from .io import load_json, save_json
-    from .run_folder import open_run_memory, read_serving
+    from .run_folder import open_run_memory, read_serving, verify_files
 
-    results = load_json(Path(args.run_dir) / "results.json")
+    results = load_json(run_dir / "results.json")
     for entry in results["experiments"]:
-        folder = experiment_dir(args.run_dir, entry["name"])
+        folder = experiment_dir(run_dir, entry["name"])
+        verify_files(run_dir, record, [f"{folder.name}/predictions.npz", f"{folder.name}/serving.json"])
         open_run_memory(folder, read_serving(folder))  # refuses a memory gone or changed since
         # The run folder holds the first seed's predictions; the other seeds' results stay.
         served = entry["seeds"][0] if "seeds" in entry else entry
@@ -125,8 +140,7 @@ def cmd_eval(args) -> int:
         plot_shots(entry, folder / "shots.png")
         print(format_table(entry))
         print()
-    save_json(Path(args.run_dir) / "results.json", results)
-    return 0
+    save_json(run_dir / "results.json", results)
 
 
 def cmd_serve(args) -> int:

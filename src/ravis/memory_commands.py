@@ -127,7 +127,9 @@ def cmd_search(args) -> int:
     from .memory.store import MemoryMismatchError
 
     _use_cache(args)
-    memory = ShardedMemory.open(args.memdir)
+    # every shard checked against its sha256 before a byte is searched (once per file: later
+    # opens re-hash only files whose size, mtime or inode changed)
+    memory = ShardedMemory.open(args.memdir, verify=True)
     if args.queries is not None:
         queries, names = np.load(args.queries, allow_pickle=False).astype(np.float32), None
         if queries.ndim != 2 or queries.shape[1] != memory.dim:

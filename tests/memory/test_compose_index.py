@@ -45,6 +45,24 @@ def test_index_search_cli(memdir, tmp_path, capsys):
     assert found[0]["neighbors"][0]["id"] == first and found[0]["neighbors"][0]["score"] == pytest.approx(1, abs=2e-3)
 
 
+def test_exact_search_refuses_a_damaged_key_shard(memdir, tmp_path, capsys):
+    """--exact reads the key shards directly: a flipped byte in one is refused, named,
+    before any result is printed."""
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(memdir, damaged)
+    keys = key_paths(ShardedMemory.open(damaged))[0]
+    raw = bytearray(Path(keys).read_bytes())
+    raw[-3] ^= 0x40  # inside the last key row
+    Path(keys).write_bytes(bytes(raw))
+    np.save(tmp_path / "q.npy", np.asarray(ShardedMemory.open(memdir).keys(0)[:1], dtype=np.float32))
+    assert main(["memory", "search", str(damaged), "--queries", str(tmp_path / "q.npy"), "--exact",
+                 "--json"]) == 2
+    captured = capsys.readouterr()
+    assert Path(keys).name in captured.err and captured.out == ""
+
+
 def test_search_refuses_wrong_query_dimension(memdir, tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.zeros((2, 7), np.float32))
     assert main(["memory", "search", str(memdir), "--queries", str(tmp_path / "bad.npy")]) == 2

@@ -90,11 +90,61 @@ def test_unfinished_or_old_run_folder_is_refused(tiny_run, tmp_path):
     info_path = old / "tiny-fmnist" / "serving.json"
     info = json.loads(info_path.read_text())
     info_path.write_text(json.dumps({**info, "format": 1}))
+    with pytest.raises(run_folder.RunFolderError, match="serving.json: changed or damaged"):
+        ravis.load(old)  # the completion record's checksum catches the edit first
+    run_folder.finish_run(old)  # as if an older ravis had finished it
     with pytest.raises(run_folder.RunFolderError, match="serving.json: format 1"):
         ravis.load(old)
     info_path.unlink()
-    with pytest.raises(FileNotFoundError, match="serving.json: missing"):
+    with pytest.raises(run_folder.RunFolderError, match="serving.json: missing"):
         ravis.load(old)
+
+
+def test_a_run_without_its_completion_record_is_refused_by_every_reader(tiny_run, tmp_path, capsys):
+    """A run killed while writing its outputs is never served, evaluated or reported: each
+    verb says how to finish it."""
+    from ravis.cli import main
+    from ravis.report import write_report
+
+    killed = tmp_path / "killed"
+    shutil.copytree(tiny_run, killed)
+    (killed / run_folder.COMPLETE_FILE).unlink()
+    for load in (lambda: ravis.load(killed), lambda: write_report(killed)):
+        with pytest.raises(run_folder.RunFolderError, match="did not finish.*ravis run"):
+            load()
+    for verb in (["eval", str(killed)], ["predict", "--run", str(killed), str(tmp_path / "x.png")],
+                 ["report", str(killed)]):
+        Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+        assert main(verb) == 2, verb
+        assert "did not finish" in capsys.readouterr().err
+
+
+def test_a_flipped_byte_in_a_model_file_is_refused(tiny_run, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_run, damaged)
+    weights = damaged / "tiny-fmnist" / "mam.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(run_folder.RunFolderError, match="mam.safetensors: changed or damaged"):
+        ravis.load(damaged)
+    ravis.load(damaged, method="linear")  # the other models are intact
+
+
+def test_rerun_finishes_an_unfinished_folder_and_removes_stale_temporaries(tiny_run, tmp_path, ravis_cache):
+    from pathlib import Path
+
+    from ravis.cli import main
+
+    killed = tmp_path / "killed"
+    shutil.copytree(tiny_run, killed)
+    (killed / run_folder.COMPLETE_FILE).unlink()
+    stale = killed / "tiny-fmnist" / ".predictions.npz.abc123.tmp"
+    stale.write_bytes(b"half a file")
+    tiny = Path(__file__).parents[2] / "configs" / "tiny.yaml"
+    assert main(["run", "-c", str(tiny), "--out", str(killed), "--quiet", "--cache", str(ravis_cache)]) == 0
+    assert not stale.exists() and (killed / run_folder.COMPLETE_FILE).is_file()
+    ravis.load(killed)
 
 
 def test_serving_json_names_everything(tiny_run):

@@ -33,7 +33,7 @@ from ..methods import method as get_method
 from ..training.checkpoint import save_weights
 from .methods import MethodResult, train_method, vote_result
 from .prepare import Prepared, prepare
-from ..run_folder import experiment_dir
+from ..run_folder import begin_run, experiment_dir, finish_run
 from .run_folder import save_for_serving
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool = True, prog
 
 def _run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool, progress: bool,
          copy_memory: bool, echo: Callable[[str], None]) -> dict:
+    begin_run(out)  # incomplete until finish_run below
     # The saved config is the first seed's: the run folder serves that seed's models.
     cfg = dataclasses.replace(cfg, experiments=[with_seed(e, seeds_of(e)[0]) for e in cfg.experiments])
     save_config(cfg, out)
@@ -79,6 +80,7 @@ def _run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool, progress: 
         echo("")
         save_json(out / "results.json", results)  # after each experiment: partial results survive
     save_json(out / "timings.json", timings)
+    finish_run(out)  # last: the folder is complete
     echo(format_timings(timings))
     return results
 

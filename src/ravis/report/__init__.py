@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.report import plot_accuracy_vs_k, plot_shots
-from ..run_folder import SERVING_FILE, experiment_dir
+from ..run_folder import SERVING_FILE, experiment_dir, open_run, verify_files
 from ..thumbnails import ThumbnailStore
 from ..io import atomic_path, load_json
 from . import html
@@ -70,6 +70,8 @@ def _experiment_section(run_dir: Path, entry: dict, figdir: Path) -> tuple[str, 
 def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
     """Writes the report of ``run_dir`` to ``out`` (default RUN_DIR/report.html); returns it."""
     run_dir = Path(run_dir)
+    _, record = open_run(run_dir)  # refuses an unfinished run, saying how to finish it
+    verify_files(run_dir, record, list(record["files"]))  # the report reads nearly all of them
     results = load_json(run_dir / "results.json")
     entries = results["experiments"]
     out = Path(out) if out else run_dir / "report.html"
