@@ -210,6 +210,11 @@ class RetrievalConfig:
     vote_temperature: float = 0.07  # DINO's
     rac_texts: int = 10  # RAC-style: how many nearest neighbours' texts are concatenated
     k_curve: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100])  # accuracy-versus-k plot
+    # Memory entries at or above this cosine similarity to a test (or, beyond its own entry, a
+    # training) image are near-duplicates of it: counted in the results ("contamination") and,
+    # unless exclude_duplicates is false, never retrieved for it.
+    duplicate_threshold: float = 0.99
+    exclude_duplicates: bool = True
 
     def __post_init__(self):
         _check(self.k >= 1, "retrieval.k must be >= 1")
@@ -218,6 +223,7 @@ class RetrievalConfig:
         _check(1 <= self.rac_texts <= self.k, "retrieval.rac_texts must lie in [1, k]")
         _check(all(1 <= v <= self.k for v in self.k_curve), "retrieval.k_curve must lie in [1, k]")
         _check(self.vote_temperature > 0, "retrieval.vote_temperature must be > 0")
+        _check(0 < self.duplicate_threshold <= 1, "retrieval.duplicate_threshold must lie in (0, 1]")
 
 
 @dataclass

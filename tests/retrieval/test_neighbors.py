@@ -110,3 +110,26 @@ def test_id_errors():
     with pytest.raises(ValueError, match="must be"):
         search_neighbors(index, x, 2, self_rows=[0, 4])  # a row the memory does not have
     assert self_rows_from_ids(["b", "z"], ["a", "b"]).tolist() == [1, -1]
+
+
+@pytest.mark.parametrize("with_self", [False, True])
+def test_near_duplicates_above_max_similarity_are_excluded(with_self):
+    """A test image crawled into the memory (cosine >= 0.99) is never retrieved for it, the
+    k neighbours are still k, and everything below the bound is as before; 40 copies (more
+    than the margin) make it search again."""
+    rng = np.random.default_rng(3)
+    xb, _ = planted_memory(rng)
+    index = create_index("exact", xb.shape[1])
+    index.add(xb)
+    near = xb[1] + 0.01 * rng.standard_normal(xb.shape[1]).astype(np.float32)
+    xq = np.stack([xb[0], near / np.linalg.norm(near), xb[300]]).astype(np.float32)
+    own = np.array([0, -1, 300]) if with_self else None
+    k = 10
+    D, I = search_neighbors(index, xq, k, self_rows=own, max_similarity=0.99)
+    assert (I >= 0).all() and (D < 0.99).all()
+    S = xq.astype(np.float64) @ xb.T.astype(np.float64)
+    for i in range(len(xq)):
+        allowed = [j for j in np.argsort(-S[i], kind="stable") if S[i, j] < 0.99 - 1e-6][:k]
+        np.testing.assert_allclose(D[i], S[i, allowed], atol=1e-5)
+    plain_D, plain_I = search_neighbors(index, xq, 41)
+    assert (plain_D[1] >= 0.99).all() and set(plain_I[1]) == {1, *range(100, 140)}

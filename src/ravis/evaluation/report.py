@@ -30,7 +30,20 @@ def format_table(experiment: dict) -> str:
         std = experiment.get("std", {}).get(name, {})
         cells = [_pct(m.get(c)) + (f" +-{100 * std[c]:4.1f}" if std.get(c) is not None else "") for c in cols]
         lines.append(f"{label:<28} " + " ".join(f"{c:>{width}}" for c in cells))
+    if experiment.get("contamination"):
+        lines.append(contamination_line(experiment["contamination"]))
     return "\n".join(lines)
+
+
+def contamination_line(c: dict) -> str:
+    """What the near-duplicate check found, in a sentence."""
+    found = (f"{c['test_images']} of {c['test_total']} test images and {c['train_images']} of "
+             f"{c['train_total']} training images have near-duplicates in the memory "
+             f"(cosine >= {c['threshold']:g}; {c['test_entries']} and {c['train_entries']} entries)")
+    if not (c["test_images"] or c["train_images"]):
+        return f"contamination: none ({found})"
+    return f"contamination: {found}; " + ("excluded from retrieval" if c["excluded"] else
+                                          "KEPT (retrieval.exclude_duplicates=false): results are contaminated")
 
 
 def _save_figure(fig, path: Path) -> None:

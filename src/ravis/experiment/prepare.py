@@ -56,6 +56,8 @@ class Prepared:
     # memory rows the query sets retrieved, read once for every method (see methods._memory_rows)
     rows_cache: dict = field(default_factory=dict, repr=False)
     _labels: dict = field(default_factory=dict, repr=False)
+    # near-duplicates of test and training images in the memory (see near_duplicates)
+    contamination: dict | None = None
 
     def neighbor_labels(self, split: str) -> np.ndarray:
         """(N, k) memory labels of the "train" or "test" queries' neighbours (-1: none), read
@@ -168,15 +170,45 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
     # Neighbours depend on the keys, ids and index only: memories that differ in their
     # values (B and its noisy copy C) share them.
     key = stable_hash(memory.key_digest, exp.retrieval.index, index_signature(index))
-    k = min(exp.retrieval.k, len(memory) - 1)
+    r = exp.retrieval
+    k = min(r.k, len(memory) - 1)
+    own = memory.rows_of(list(train.dataset.ids))
+    bound = r.duplicate_threshold if r.exclude_duplicates else None
     train_D, train_I = cached_neighbors(cache_dir / "neighbors", index, train.z, k, "train",
-                                        memory_key=key,
-                                        self_rows=memory.rows_of(list(train.dataset.ids)))
+                                        memory_key=key, self_rows=own, max_similarity=bound)
     test_D, test_I = cached_neighbors(cache_dir / "neighbors", index, test_split.z, k, "test",
-                                      memory_key=key)
+                                      memory_key=key, max_similarity=bound)
+    contamination = near_duplicates(exp, index, memory, train.z, own, test_split.z, key, cache_dir)
     timings["knn"] = time.perf_counter() - t
     return Prepared(exp, train, test_split, memory, train_D, train_I, test_D, test_I, counts,
-                    skipped, timings)
+                    skipped, timings, contamination=contamination)
+
+
+#: How many of each query's nearest entries are checked for near-duplicates.
+DUPLICATES_CHECKED = 16
+
+
+def near_duplicates(exp: ExperimentConfig, index, memory, train_z, own, test_z, key, cache_dir) -> dict:
+    """Counts the memory entries at or above ``retrieval.duplicate_threshold`` cosine
+    similarity to each test image and, besides its own entry and byte-equal copies, to each
+    training image, through the same index that retrieval uses (its nearest
+    ``DUPLICATES_CHECKED``; a count that reaches it means at least that many). Retrieval
+    excludes them unless ``retrieval.exclude_duplicates`` is false, which is warned about."""
+    r = exp.retrieval
+    k = min(DUPLICATES_CHECKED, len(memory) - 1)
+    out = {"threshold": r.duplicate_threshold, "excluded": r.exclude_duplicates, "checked": k}
+    for split, z, rows in (("test", test_z, None), ("train", train_z, own)):
+        D, _ = cached_neighbors(cache_dir / "neighbors", index, z, k, f"{split}-duplicates",
+                                memory_key=key, self_rows=rows)
+        per_query = (D >= r.duplicate_threshold).sum(axis=1)
+        out[f"{split}_images"] = int((per_query > 0).sum())
+        out[f"{split}_entries"] = int(per_query.sum())
+        out[f"{split}_total"] = len(z)
+    if out["test_images"] and not r.exclude_duplicates:
+        log.warning("%s: %d of %d test images have near-duplicates in the memory (cosine >= %g): "
+                    "retrieval.exclude_duplicates=false keeps them, so the results are contaminated",
+                    exp.name, out["test_images"], out["test_total"], r.duplicate_threshold)
+    return out
 
 
 def make_memory(run: RunConfig, exp: ExperimentConfig, encoder, full_train: ImageDataset,

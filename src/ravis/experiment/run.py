@@ -173,6 +173,7 @@ def summarise(prep: Prepared, cfg: RunConfig, methods: dict[str, MethodResult]) 
         "class_names": list(prep.train.dataset.class_names),
         "class_counts": [int(c) for c in prep.class_counts],
         "skipped_images": [list(s) for s in prep.skipped],
+        "contamination": prep.contamination,
         "methods": {name: {**r.metrics, **({"k": r.details["k"]} if "k" in r.details else {})}
                     for name, r in methods.items()},
         "per_class": {name: r.per_class for name, r in methods.items()},

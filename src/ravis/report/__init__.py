@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.report import plot_accuracy_vs_k, plot_shots
+from ..evaluation.report import contamination_line, plot_accuracy_vs_k, plot_shots
 from ..run_folder import SERVING_FILE, experiment_dir, open_run, verify_files
 from ..thumbnails import ThumbnailStore
 from ..io import atomic_path, load_json
@@ -42,6 +42,8 @@ def _experiment_section(run_dir: Path, entry: dict, figdir: Path) -> tuple[str, 
              f'({entry["memory_size"]} entries); k={entry["k"]}; {entry["num_train"]} training and '
              f'{entry["num_test"]} test images; encoder {escape(entry["encoder"])}, text encoder '
              f'{escape(entry["text_encoder"])}</p>', html.results_table(entry)]
+    if entry.get("contamination"):
+        parts.append(f'<p class="meta">{escape(contamination_line(entry["contamination"]))}</p>')
     shots = figdir / f"{slug}-shots.png"
     plot_shots(entry, shots)
     parts.append(html.figure(shots, f"{entry['name']}: many/mid/few accuracy per method"))

@@ -6,7 +6,10 @@ then learn to read its own label off the memory. Those entries are removed:
 
 - its own entry: the memory row whose id equals the query's id (``self_rows``, found by the
   memory's ``rows_of``, so no list of the memory's ids is ever held);
-- its exact duplicates: memory rows whose vector is byte-equal to the query vector.
+- its exact duplicates: memory rows whose vector is byte-equal to the query vector;
+- with ``max_similarity``, for any query set (test images too), every memory row at or above
+  that cosine similarity: near-duplicates of the query, such as a benchmark's test image
+  crawled into a web memory, which would hand it its own label.
 
 The search asks the index for k + margin neighbours, drops the excluded ones (vectorised),
 and re-searches, with a doubled window, only the rows left with fewer than k.
@@ -28,7 +31,7 @@ from ravis.io import load_npy, save_npy, stable_hash
 DUP_RTOL = 1e-4
 
 #: Bumped when the cached arrays would change for the same inputs.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def search_neighbors(
@@ -38,6 +41,7 @@ def search_neighbors(
     *,
     self_rows=None,
     exclude_duplicates: bool = True,
+    max_similarity: float | None = None,
     margin: int = 16,
     block: int = 16384,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -51,6 +55,7 @@ def search_neighbors(
             (:func:`self_rows_from_ids`, or a memory's ``rows_of``); None searches without
             any exclusion.
         exclude_duplicates: with self_rows, also drop memory rows byte-equal to the query.
+        max_similarity: drop memory rows whose score is at or above it (near-duplicates).
         margin: extra neighbours searched up front, so that re-searches are rare.
         block: queries per index search, to bound the memory of the (block, k + margin) lists.
 
@@ -62,7 +67,7 @@ def search_neighbors(
     own = _check_self_rows(self_rows, len(xq), index.ntotal)
     out = [
         _search_block(index, xq[q0 : q0 + block], k, None if own is None else own[q0 : q0 + block],
-                      exclude_duplicates, margin)
+                      exclude_duplicates, max_similarity, margin)
         for q0 in range(0, len(xq), block)
     ]
     if not out:
@@ -70,10 +75,12 @@ def search_neighbors(
     return np.concatenate([D for D, _ in out]), np.concatenate([I for _, I in out])
 
 
-def _search_block(index, xq, k, own, exclude_duplicates, margin):
+def _search_block(index, xq, k, own, exclude_duplicates, max_similarity, margin):
     nq, nb = len(xq), index.ntotal
-    if own is None or nb == 0:
+    if (own is None and max_similarity is None) or nb == 0:
         return index.search(xq, k)
+    if own is None:  # only the similarity bound excludes
+        own, exclude_duplicates = np.full(nq, -1, np.int64), False
     D = np.full((nq, k), -np.inf, dtype=np.float32)
     I = np.full((nq, k), -1, dtype=np.int64)
     rows, window = np.arange(nq), k + max(0, margin)
@@ -81,6 +88,8 @@ def _search_block(index, xq, k, own, exclude_duplicates, margin):
         window = min(window, nb)
         Dr, Ir = index.search(xq[rows], window)  # (n, window)
         keep = _keep_mask(index, xq[rows], Dr, Ir, own[rows], exclude_duplicates)
+        if max_similarity is not None:
+            keep &= Dr < max_similarity
         Dk, Ik, n_kept = _compact(Dr, Ir, keep, k)
         done = (n_kept >= k) | (window >= nb)  # a full-width search has nothing more to give
         D[rows[done]], I[rows[done]] = Dk[done], Ik[done]
@@ -150,6 +159,7 @@ def cached_neighbors(
     memory_key: str | None = None,
     self_rows=None,
     exclude_duplicates: bool = True,
+    max_similarity: float | None = None,
     **kw,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`search_neighbors`, stored as ``D.npy`` and ``I.npy`` under a content key.
@@ -172,13 +182,15 @@ def cached_neighbors(
         "no-ids" if own is None else stable_hash(own, n=32),
         k,
         bool(exclude_duplicates) and own is not None,
+        None if max_similarity is None else float(max_similarity),
         list(key_parts),
     )
     folder = Path(cache_dir) / f"knn-{key}"
     d_path, i_path = folder / "D.npy", folder / "I.npy"
     if d_path.exists() and i_path.exists():
         return _load_cached(d_path, i_path, len(xq), k, index.ntotal)
-    D, I = search_neighbors(index, xq, k, self_rows=own, exclude_duplicates=exclude_duplicates, **kw)
+    D, I = search_neighbors(index, xq, k, self_rows=own, exclude_duplicates=exclude_duplicates,
+                            max_similarity=max_similarity, **kw)
     save_npy(i_path, I)
     save_npy(d_path, D)
     return D, I
