@@ -127,7 +127,6 @@ class QuerySet:
         return (self.z[idx], keys, values, nbr_labels), self.labels[idx]
 
 
-
 def _gather(name: str, table, nbr: torch.Tensor) -> torch.Tensor:
     return table[nbr].float()
 
@@ -138,7 +137,8 @@ class BatchBuffers:
     A fresh (512, 100, 1280) float32 array per step costs more in page faults than the copy
     into it: the gather takes 0.24 s into a new array and 0.09 s into a reused one. A
     training step or a prediction batch reads its keys before the next batch is gathered,
-    so the loops in :mod:`ravis.training.trainer` can share one set.
+    so one set serves a whole training run (:func:`ravis.training.trainer.fit`, its
+    validation passes included).
     """
 
     def __init__(self):

@@ -72,6 +72,7 @@ def fit(model: torch.nn.Module, train: QuerySet, memory: MemoryTensors, cfg: Tra
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     result, best_state, best_score, start = FitResult(), None, -1.0, 0
     last_saved = time.monotonic()
+    buffers = BatchBuffers()  # one set for every batch of the run, training and validation
     if resume and checkpoint is not None and checkpoint.exists():
         progress, best_state = load_checkpoint(checkpoint, model, opt)
         start, result.history = progress["epoch"], progress["history"]
@@ -79,16 +80,16 @@ def fit(model: torch.nn.Module, train: QuerySet, memory: MemoryTensors, cfg: Tra
     if start == 0 and val is not None and len(val):
         # The untrained model is a candidate too: a model that starts as the kNN vote (label
         # evidence, zero head) keeps it when no epoch of training beats it on validation.
-        result.initial_score = selection_score(predict(model, val, memory)[0].argmax(1),
+        result.initial_score = selection_score(predict(model, val, memory, buffers=buffers)[0].argmax(1),
                                                val.labels.numpy(), metric)
         best_score, result.best_epoch = result.initial_score, 0
         best_state = copy.deepcopy(model.state_dict())
     for epoch in range(start, epochs):
-        loss = _train_epoch(model, opt, train, memory, cfg, class_counts, tau, epoch,
+        loss = _train_epoch(model, opt, train, memory, buffers, cfg, class_counts, tau, epoch,
                             steps_per_epoch, total, warmup)
         entry = {"epoch": epoch + 1, "loss": loss}
         if val is not None and len(val):
-            entry["val_score"] = selection_score(predict(model, val, memory)[0].argmax(1),
+            entry["val_score"] = selection_score(predict(model, val, memory, buffers=buffers)[0].argmax(1),
                                                  val.labels.numpy(), metric)
             if entry["val_score"] > best_score:
                 best_score, result.best_epoch = entry["val_score"], epoch + 1
@@ -113,12 +114,12 @@ def fit(model: torch.nn.Module, train: QuerySet, memory: MemoryTensors, cfg: Tra
     return result
 
 
-def _train_epoch(model, opt, train, memory, cfg, class_counts, tau, epoch, steps_per_epoch,
+def _train_epoch(model, opt, train, memory, buffers, cfg, class_counts, tau, epoch, steps_per_epoch,
                  total, warmup) -> float:
     model.train()
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
     torch.manual_seed(cfg.seed * 104729 + epoch)  # dropout draws depend on (seed, epoch) only
-    losses, buffers = [], BatchBuffers()
+    losses = []
     for b in range(steps_per_epoch):
         step = epoch * steps_per_epoch + b
         for group in opt.param_groups:
@@ -136,10 +137,12 @@ def _train_epoch(model, opt, train, memory, cfg, class_counts, tau, epoch, steps
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, queries: QuerySet, memory: MemoryTensors,
-            batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Raw logits (N, C) and attention (N, L, k) in evaluation mode."""
+            batch_size: int = 1024, buffers: BatchBuffers | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw logits (N, C) and attention (N, L, k) in evaluation mode (``buffers``: gather
+    arrays to reuse, as training passes its own)."""
     model.eval()
-    logits, attns, buffers = [], [], BatchBuffers()
+    logits, attns = [], []
+    buffers = buffers if buffers is not None else BatchBuffers()
     for start in range(0, len(queries), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(queries)))
         inputs, _ = queries.batch(idx, memory, reads_of(model), buffers)
