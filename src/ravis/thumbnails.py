@@ -22,6 +22,7 @@ from PIL import Image
 
 from .data.dataset import BadImageError, ImageDataset
 from .encoders.preprocess import to_rgb
+from .cache import entry_lock, is_sealed, seal
 from .io import atomic_path, link_or_copy, stable_hash
 
 THUMBNAIL_SIZE = 96  # long side in pixels: enough for a gallery tile, about 2-4 kB each
@@ -80,8 +81,11 @@ def thumbnail_bytes(dataset: ImageDataset, rows=None, *, size: int = THUMBNAIL_S
 def _cached_store(dataset: ImageDataset, rows: np.ndarray, size: int, cache_dir: Path,
                   workers: int | None) -> Path:
     cached = cache_dir / "thumbnails" / f"{stable_hash('thumbnails-v1', dataset.fingerprint, rows, size)}.parquet"
-    if not cached.exists():
-        _write_store(cached, dataset, rows, _render(dataset, rows, size, workers or os.cpu_count() or 1))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with entry_lock(cached):
+        if not is_sealed(cached):
+            _write_store(cached, dataset, rows, _render(dataset, rows, size, workers or os.cpu_count() or 1))
+            seal(cached)
     return cached
 
 

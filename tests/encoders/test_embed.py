@@ -307,3 +307,40 @@ def test_efficientnet_lite0_image_size_spec(tmp_path):
     pixels = enc.preprocess(Image.new("L", (28, 28), 128))
     assert pixels.shape == (96, 96, 3)
     assert enc.encode_pixels(pixels[None]).shape == (1, 1280)
+
+
+def test_a_flipped_byte_in_finished_embeddings_is_recomputed(tmp_path, caplog):
+    """The finished arrays are checked against meta.json's hash on every load: a changed value
+    used to come back as a cache hit."""
+    ds = make_dataset(20)
+    first = embed_images(FakeEncoder(), ds, tmp_path, **KW)
+    path = first.path / "embeddings.npy"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x40  # one float of the last row
+    path.write_bytes(bytes(data))
+    enc = FakeEncoder()
+    with caplog.at_level("WARNING"):
+        again = embed_images(enc, ds, tmp_path, **KW)
+    assert not again.cached and enc.calls > 0
+    assert str(first.path) in caplog.text and "do not match the hash" in caplog.text
+    np.testing.assert_array_equal(again.embeddings, first.embeddings)
+    assert embed_images(Untouchable(), ds, tmp_path, **KW).cached  # rewritten whole
+
+
+def test_one_writer_per_embedding_entry(tmp_path):
+    """A run that finds another computing the same key waits, then reads its result."""
+    import threading
+    import time
+
+    from ravis.cache import entry_lock
+
+    ds = make_dataset(20)
+    first = embed_images(FakeEncoder(), ds, tmp_path, **KW)
+    got = {}
+    with entry_lock(first.path):
+        t = threading.Thread(target=lambda: got.update(r=embed_images(Untouchable(), ds, tmp_path, **KW)))
+        t.start()
+        time.sleep(0.3)
+        assert t.is_alive() and not got
+    t.join(5)
+    assert got["r"].cached

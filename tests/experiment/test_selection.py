@@ -147,3 +147,20 @@ def test_model_cache_is_keyed_on_the_embeddings(tmp_path):
     moved = train_method("linear", other, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
     assert not first.details["cached"] and again.details["cached"]
     assert not moved.details["cached"]
+
+
+def test_a_damaged_cached_model_is_trained_again(tmp_path, caplog):
+    """Cached weights are loaded only when their bytes match the sha256 sealed with them: a
+    flipped byte in a weight used to be loaded as it was."""
+    prep = synthetic([60, 30, 10], [20, 20, 20])
+    first = train_method("linear", prep, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
+    (weights,) = (tmp_path / "models").glob("*.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-2] ^= 0x10  # inside the last tensor's bytes: still a loadable file
+    weights.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        again = train_method("linear", prep, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
+    assert not again.details["cached"] and str(weights) in caplog.text
+    np.testing.assert_array_equal(again.logits, first.logits)  # trained to the same weights
+    third = train_method("linear", prep, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
+    assert third.details["cached"]

@@ -50,4 +50,23 @@ def test_exact_scan_over_budget_streams_the_mapped_shards(tmp_path, caplog):
     np.testing.assert_array_equal(I, Ir)
     np.testing.assert_allclose(D, Dr, rtol=1e-6)
     np.testing.assert_array_equal(streamed.reconstruct([5, 0]), web.keys_at([5, 0]))
-    assert index_signature(streamed) == [["exact", {}]]
+    assert index_signature(streamed) == [["exact", {}, None]]  # in RAM: no saved files
+
+
+def test_a_saved_index_is_keyed_on_its_files(tmp_path):
+    """Neighbours cached from a saved index are keyed on its files' checksums: an index
+    rebuilt with the same spec and parameters (other centroids) must not reuse them."""
+    import shutil
+
+    from ravis.index.build import index_over
+
+    xb = np.random.default_rng(0).standard_normal((400, 8)).astype(np.float32)
+    built = index_over(xb, "faiss:IVF4,Flat", tmp_path / "a", k=5)
+    loaded = index_over(xb, "faiss:IVF4,Flat", tmp_path / "a", k=5)  # read back from the folder
+    assert built.saved_files and built.saved_files == loaded.saved_files
+    assert index_signature(built) == index_signature(loaded)
+    shutil.rmtree(tmp_path / "a")
+    other = index_over(xb[::-1].copy(), "faiss:IVF4,Flat", tmp_path / "a", k=5)
+    other.set_search_params(**loaded.search_params)
+    assert index_signature(other)[0][:2] == index_signature(loaded)[0][:2]  # same spec, params
+    assert index_signature(other) != index_signature(loaded)

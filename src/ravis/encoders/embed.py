@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..cache import entry_lock
 from ..data.dataset import BadImageError, ImageDataset
 from ..io import load_json, load_npy, save_json, save_npy, stable_hash
 from .base import ImageEncoder, TextEncoder
@@ -109,16 +110,20 @@ class _Store:
             for name, (shape, dtype) in expect.items():
                 path = self.root / f"{name}.npy"
                 arrays[name] = _expect(path, load_npy(path), shape, dtype)
+            if meta.get("hash") != stable_hash(*arrays.values()):
+                raise ValueError("its arrays do not match the hash in meta.json (damaged or "
+                                 "changed, or written by an older ravis)")
         except (ValueError, OSError) as e:
             log.warning("ignoring the damaged cache %s, recomputing: %s", self.root, e)
             return None
         return arrays, meta
 
     def save_final(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
-        """Write the result (meta.json last: it marks completion), then drop shards and litter."""
+        """Write the result (meta.json last: it marks completion and holds the arrays' hash,
+        checked on every load), then drop shards and litter."""
         for name, array in arrays.items():
             save_npy(self.root / f"{name}.npy", array)
-        save_json(self.root / "meta.json", meta)
+        save_json(self.root / "meta.json", {**meta, "hash": stable_hash(*arrays.values())})
         for path in self.root.glob("shard_*"):
             path.unlink(missing_ok=True)
         now = time.time()
@@ -293,6 +298,15 @@ def embed_images(encoder: ImageEncoder, dataset: ImageDataset, cache_dir: Path |
     n, dim = len(dataset), int(encoder.dim)
     fingerprint = encoder.fingerprint()
     store = _Store(_image_cache_root(encoder, dataset, cache_dir), dim)
+    with entry_lock(store.root):  # a second run of the same key waits, then reads the result
+        return _embed_images(store, encoder, dataset, fingerprint, t0, batch_size, shard_size,
+                             strict, progress, num_workers)
+
+
+def _embed_images(store: "_Store", encoder: ImageEncoder, dataset: ImageDataset, fingerprint: str,
+                  t0: float, batch_size: int, shard_size: int, strict: bool, progress: bool,
+                  num_workers: int | None) -> EmbeddingResult:
+    n, dim = len(dataset), store.dim
     found = store.load_final({"embeddings": ((n, dim), np.float32), "valid": ((n,), np.bool_)})
     if found is not None:
         arrays, meta = found
@@ -360,6 +374,15 @@ def embed_texts(encoder: TextEncoder, texts: Iterable[str], cache_dir: Path | st
     fingerprint = encoder.fingerprint()
     store = _Store(Path(cache_dir) / "embeddings"
                    / stable_hash("texts", encoder.name, fingerprint, texts), dim)
+    with entry_lock(store.root):
+        return _embed_texts(store, encoder, fingerprint, texts, unique, first, inverse,
+                            batch_size, shard_size, progress)
+
+
+def _embed_texts(store: "_Store", encoder: TextEncoder, fingerprint: str, texts: list[str],
+                 unique: list[str], first: list[int], inverse: np.ndarray, batch_size: int,
+                 shard_size: int, progress: bool) -> np.ndarray:
+    n, dim = len(unique), store.dim
     found = store.load_final({"embeddings": ((n, dim), np.float32),
                               "inverse": ((len(texts),), np.int64)})
     if found is not None:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..cache import entry_lock, is_sealed, seal
 from ..config import TrainConfig
 from ..encoders import create_text_encoder
 from ..encoders.embed import embed_texts
@@ -215,7 +216,15 @@ def _memory_rows(prep: Prepared, reads_memory: bool):
 def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau, metric, cache_dir,
                 checkpoint_dir, resume, log_fn, name) -> dict:
     final = cache_dir / "models" / f"{key}.safetensors"
-    if final.exists():
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with entry_lock(final):  # two runs that need the same model train it once
+        return _load_or_fit(model, final, fit_set, val, memory, cfg, counts, tau, metric,
+                            checkpoint_dir / f"{key}.ckpt.safetensors", resume, log_fn, name)
+
+
+def _load_or_fit(model, final: Path, fit_set, val, memory, cfg: TrainConfig, counts, tau, metric,
+                 ckpt: Path, resume, log_fn, name) -> dict:
+    if is_sealed(final):  # weights whose bytes match the sha256 recorded when they were saved
         from safetensors import safe_open
 
         with safe_open(str(final), framework="pt") as f:
@@ -223,7 +232,6 @@ def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau,
         model.load_state_dict(load_file(str(final)))
         details["cached"] = True
         return details
-    ckpt = checkpoint_dir / f"{key}.ckpt.safetensors"
     result = fit(model, fit_set, memory, cfg, counts, tau=tau, val=val if len(val) else None,
                  checkpoint=ckpt, resume=resume, metric=metric,
                  log=(lambda s: log_fn(f"{name}: {s}")) if log_fn else None)
@@ -232,6 +240,7 @@ def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau,
     if result.best_epoch is not None:  # the kept weights are that epoch's
         details["val_score"] = result.best_score
     save_weights(model, final, {"details": json.dumps(details)})
+    seal(final)
     remove_checkpoint(ckpt)  # the final weights supersede it
     details["cached"] = False
     return details

@@ -61,8 +61,11 @@ def load_index(path: Path | str, *, vectors=None, mmap: bool = False) -> Index:
     Raises:
         IndexFileError: a file of the index is missing, truncated or corrupt (named).
     """
-    cls, _ = _backend(read_meta(path)["spec"])
-    return cls.load(path, vectors=vectors, mmap=mmap)
+    meta = read_meta(path)
+    cls, _ = _backend(meta["spec"])
+    index = cls.load(path, vectors=vectors, mmap=mmap)
+    index.saved_files = meta.get("files", {})
+    return index
 
 
 register_index("exact", ExactIndex)

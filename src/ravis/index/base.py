@@ -38,6 +38,11 @@ class Index(Protocol):
     reloaded by :func:`ravis.index.load_index`; ``spec`` is the string that built them.
     Exact backends have nothing to train (``is_trained`` is True, ``train`` does nothing)
     and no search parameters (``set_search_params`` refuses any).
+
+    An index saved by :func:`ravis.index.build.build_index` or read by ``load_index`` also has
+    ``saved_files``, index.json's record of its files ({name: {sha256, bytes}}), so that what
+    is computed from it (cached neighbours) is keyed on its bytes; one that lives only in RAM
+    has none (and is not a protocol member, so that any backend qualifies).
     """
 
     spec: str

@@ -35,6 +35,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
+from ..cache import entry_lock
 from ..io import atomic_path, load_json, load_npy, save_json, save_npy
 from .base import META_NAME, STAMPS_NAME
 from .choose import IndexChoice, choose_index, parse_bytes
@@ -143,12 +144,14 @@ def _built_index(keys: KeyShards, spec: str, folder, budget, target: float, k: i
         create_index(spec, keys.d)  # a bad factory string fails now, not after sampling
     folder = Path(folder)
     plan = _make_plan(keys, parse_bytes(budget), args["backend"], args["factory"], target, args["k"], 0)
-    if (folder / META_NAME).is_file() and (folder / PLAN_NAME).is_file() and \
-            load_json(folder / PLAN_NAME) == json.loads(json.dumps(plan)):
-        from . import load_index
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with entry_lock(folder):  # one builder per cached index; a second run waits and loads it
+        if (folder / META_NAME).is_file() and (folder / PLAN_NAME).is_file() and \
+                load_json(folder / PLAN_NAME) == json.loads(json.dumps(plan)):
+            from . import load_index
 
-        return load_index(folder, vectors=keys, mmap=True)  # built before: reuse it
-    return build_index(keys, folder, progress=progress, **args)
+            return load_index(folder, vectors=keys, mmap=True)  # built before: reuse it
+        return build_index(keys, folder, progress=progress, **args)
 
 
 def build_index(shards, out: Path | str, *, budget: int | str = "16G",
@@ -182,6 +185,7 @@ def build_index(shards, out: Path | str, *, budget: int | str = "16G",
     index.save(out)
     index.info["bytes_on_disk"] = _folder_bytes(out)
     index.save_meta(out)  # index.json last: the folder now holds a finished index
+    index.saved_files = load_json(out / META_NAME).get("files", {})
     log.info("index %s: %s, recall@%d %.3f", out, index.spec, k, tuning["recall_heldout"])
     return index
 

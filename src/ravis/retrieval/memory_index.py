@@ -59,6 +59,9 @@ def part_index(memory: Memory, r: RetrievalConfig, cache_dir: Path | None, searc
 
 
 def index_signature(index) -> list:
-    """What determines an index's answers besides its vectors: specs and search parameters."""
+    """What determines an index's answers besides its vectors: specs, search parameters
+    and, for a saved index, the checksums of its files (a rebuilt or replaced index with the
+    same spec answers differently)."""
     parts = index.parts if isinstance(index, MultiIndex) else [index]
-    return [[p.spec, dict(sorted(p.search_params.items()))] for p in parts]
+    return [[p.spec, dict(sorted(p.search_params.items())), getattr(p, "saved_files", None)]
+            for p in parts]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ravis.cache import entry_lock, is_sealed, seal
 from ravis.index.base import Index, as_vectors, check_k, pad_results
 from ravis.io import load_npy, save_npy, stable_hash
 
@@ -162,7 +163,8 @@ def cached_neighbors(
     max_similarity: float | None = None,
     **kw,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`search_neighbors`, stored as ``D.npy`` and ``I.npy`` under a content key.
+    """:func:`search_neighbors`, stored as ``D.npy`` and ``I.npy`` under a content key, each
+    sealed with its sha256 (:mod:`ravis.cache`): a damaged file is searched again, not used.
 
     The key hashes the memory (``memory_key`` when the caller already has one, for instance a
     manifest hash, otherwise every stored vector), the queries, the self rows, k, the
@@ -187,12 +189,15 @@ def cached_neighbors(
     )
     folder = Path(cache_dir) / f"knn-{key}"
     d_path, i_path = folder / "D.npy", folder / "I.npy"
-    if d_path.exists() and i_path.exists():
-        return _load_cached(d_path, i_path, len(xq), k, index.ntotal)
-    D, I = search_neighbors(index, xq, k, self_rows=own, exclude_duplicates=exclude_duplicates,
-                            max_similarity=max_similarity, **kw)
-    save_npy(i_path, I)
-    save_npy(d_path, D)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with entry_lock(folder):  # a second run asking for the same entry waits, then reads it
+        if is_sealed(d_path) and is_sealed(i_path):
+            return _load_cached(d_path, i_path, len(xq), k, index.ntotal)
+        D, I = search_neighbors(index, xq, k, self_rows=own, exclude_duplicates=exclude_duplicates,
+                                max_similarity=max_similarity, **kw)
+        for path, array in ((i_path, I), (d_path, D)):
+            save_npy(path, array)
+            seal(path)
     return D, I
 
 
