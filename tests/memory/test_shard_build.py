@@ -318,6 +318,41 @@ def test_folder_source_labels(tmp_path, ravis_cache):
     assert mem.meta(0).column("thumbnail").null_count == 2 and mem.dtype == np.float32
 
 
+def test_the_same_image_through_two_sources_is_stored_once(tmp_path, ravis_cache):
+    """Exact copies (same bytes) across sources, within one source and in a later add are
+    found by content hash: the first copy in shard order is kept, the others counted."""
+    from shard_data import make_image
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for root, files in ((a, {"cat/1.png": 1, "cat/2.png": 2, "dog/3.png": 3}),
+                        (b, {"cat/copy-of-1.png": 1, "cat/4.png": 4, "cat/again-4.png": 4}),
+                        (c, {"dog/copy-of-3.png": 3, "dog/5.png": 5})):
+        for rel, seed in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(make_image(seed, "PNG"))
+    out = tmp_path / "m"
+    mem = build_sharded_memory([f"imagefolder:{a}", f"imagefolder:{b}"], out, dtype="float32",
+                               thumbnails=False, rows_per_shard=2, progress=False)
+    ids = mem.meta_at(np.arange(mem.count), ["id"])["id"]
+    assert mem.count == 4 and mem.manifest["skipped"] == {"duplicate_image": 2}
+    assert not any("copy-of" in i or "again" in i for i in ids)
+    first = {s["name"]: s["files"] for s in mem.manifest["shards"]}
+    ShardedMemory.open(out, verify=True)  # rewritten shards carry their new checksums
+
+    add_shards(out, f"imagefolder:{c}", rows_per_shard=2, progress=False)
+    mem = ShardedMemory.open(out, verify=True)
+    assert mem.count == 5 and mem.manifest["skipped"] == {"duplicate_image": 3}
+    assert {s["name"]: s["files"] for s in mem.manifest["shards"][:len(first)]} == first  # old shards untouched
+    built_again = build_sharded_memory([f"imagefolder:{a}", f"imagefolder:{b}"], tmp_path / "m2",
+                                       dtype="float32", thumbnails=False, rows_per_shard=2,
+                                       progress=False)
+    np.testing.assert_array_equal(built_again.keys_at(np.arange(4)), mem.keys_at(np.arange(4)))
+    before = all_bytes(tmp_path / "m2")
+    build_sharded_memory([f"imagefolder:{a}", f"imagefolder:{b}"], tmp_path / "m2", dtype="float32",
+                         thumbnails=False, rows_per_shard=2, progress=False)  # a rerun: all done
+    assert all_bytes(tmp_path / "m2") == before
+
+
 def test_cli_build_verify_add(tmp_path, wds_dir, parquet_dir, ravis_cache, capsys):
     out = tmp_path / "mem"
     assert main(["memory", "build", "--source", f"wds:{wds_dir}/{{00000..00003}}.tar",

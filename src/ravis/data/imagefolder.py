@@ -71,26 +71,25 @@ def find_files(root: Path, extensions) -> list[str]:
     """Relative POSIX paths of the non-hidden files below ``root`` with one of ``extensions``,
     sorted. Symlinked folders are not followed (they could loop).
 
-    A path that is not valid UTF-8 is skipped with a warning naming its bytes: ids, captions
-    and manifests are UTF-8 text, and such a name cannot be written into them."""
+    Names that are not valid UTF-8 are kept as Python gives them (undecodable bytes as lone
+    surrogates), so that the file opens; :func:`shown_name` makes the text that ids, class
+    names and manifests hold."""
     exts = tuple(e.lower() for e in extensions)
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and _utf8(Path(dirpath) / d)]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel_dir = Path(dirpath).relative_to(root)
         for f in filenames:
-            if not f.startswith(".") and f.lower().endswith(exts) and _utf8(Path(dirpath) / f):
+            if not f.startswith(".") and f.lower().endswith(exts):
                 found.append((rel_dir / f).as_posix())
     return sorted(found)
 
 
-def _utf8(path: Path) -> bool:
-    try:
-        str(path).encode("utf-8")
-        return True
-    except UnicodeEncodeError:  # os.walk decodes undecodable bytes to lone surrogates
-        log.warning("skipping %r: its name is not valid UTF-8", os.fsencode(path))
-        return False
+def shown_name(name: str) -> str:
+    """A file name as UTF-8 text: bytes that are not valid UTF-8 (a Latin-1 "caf\\xe9.png")
+    written as ``\\xNN``. Ids, captions and manifests are UTF-8 text; this is what they
+    hold and what messages show for such a file."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def check_class_depth(class_depth: int) -> None:
@@ -129,7 +128,7 @@ def content_hash(root: Path, rels: list[str], extra_suffixes=(".txt",)) -> str:
     """
     h = hashlib.blake2b(digest_size=16)
     for rel in rels:
-        h.update(rel.encode() + b"\x00")
+        h.update(os.fsencode(rel) + b"\x00")
         path = root / rel
         for p in [path] + [path.with_suffix(s) for s in extra_suffixes]:
             if p != path and not p.is_file():
@@ -149,13 +148,13 @@ def build_dataset(root: Path, rels: list[str], class_depth: int, name: str,
     Args:
         caption_of: image path -> caption or None.
     """
-    classes = [class_of(r, class_depth) for r in rels]
+    classes = [shown_name(class_of(r, class_depth)) for r in rels]
     class_names = sorted(set(classes))
     index = {c: i for i, c in enumerate(class_names)}
     paths = [root / r for r in rels]
     return ImageDataset(
         name=name,
-        ids=list(rels),
+        ids=[shown_name(r) for r in rels],
         labels=np.array([index[c] for c in classes], dtype=np.int64),
         class_names=class_names,
         captions=[caption_of(p) for p in paths],

@@ -18,6 +18,7 @@ time; measured on such a machine, it is about a quarter of the encoders' (PNG st
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import queue
@@ -51,14 +52,16 @@ class Batch:
     ok: list[int]  # positions within the batch of the decodable rows
     pixels: np.ndarray | None  # (len(ok), ...) stacked encoder inputs; None if none decoded
     thumbnails: list  # per row: a JPEG, or None (no thumbnails, or undecodable)
+    contents: list  # per row: the 16-byte blake2b of the image's bytes, None if unreadable
 
 
 def encode(rows, skipped, next_batch, image_encoder, text_encoder, where: str,
            batch_size: int):
-    """(kept rows, keys, values, thumbnails) of one shard whose decoded batches come from
-    ``next_batch()``; undecodable rows are dropped and counted in ``skipped``."""
+    """(kept rows, keys, values, thumbnails, content hashes) of one shard whose decoded
+    batches come from ``next_batch()``; undecodable rows are dropped and counted in
+    ``skipped``."""
     dim = int(image_encoder.dim)
-    parts, valid, thumbs = [], [], []
+    parts, valid, thumbs, contents = [], [], [], []
     for start in range(0, len(rows), batch_size):
         chunk, batch = rows[start:start + batch_size], next_batch()
         if batch.ok:
@@ -69,19 +72,21 @@ def encode(rows, skipped, next_batch, image_encoder, text_encoder, where: str,
         ok = set(batch.ok)
         valid += [k in ok for k in range(len(chunk))]
         thumbs += batch.thumbnails
+        contents += batch.contents
     skipped["bad_image"] += valid.count(False)
     keys = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)  # (n, dim)
     kept = [r for r, ok in zip(rows, valid) if ok]
     values = embed_texts([r.text for r in kept], text_encoder, where)
-    return kept, keys, values, [t for t, ok in zip(thumbs, valid) if ok]
+    return (kept, keys, values, [t for t, ok in zip(thumbs, valid) if ok],
+            [c for c, ok in zip(contents, valid) if ok])
 
 
-def write(memdir: str, name: str, shard: InputShard, kept, keys, values, thumbs, skipped,
-          dtype: str) -> dict:
+def write(memdir: str, name: str, shard: InputShard, kept, keys, values, thumbs, contents,
+          skipped, dtype: str) -> dict:
     """Writes one shard's files and returns its manifest entry (on the writer thread)."""
     meta = meta_table(ids=[f"{name}/{r.key}" for r in kept], texts=[r.text for r in kept],
                       sources=[shard.collection] * len(kept), labels=[r.label for r in kept],
-                      thumbnails=thumbs, jsons=[r.json for r in kept])
+                      thumbnails=thumbs, jsons=[r.json for r in kept], contents=contents)
     files = write_shard(Path(memdir), name, keys.astype(dtype), values.astype(dtype), meta)
     return {"name": name, "input": shard.input, "rows": len(kept),
             "skipped": {k: v for k, v in sorted(skipped.items()) if v}, "files": files}
@@ -177,14 +182,15 @@ class Reader:
 
     def next_batch(self) -> Batch:
         """The next batch of the current shard, its parts joined."""
-        ok, pixels, thumbs = [], [], []
+        ok, pixels, thumbs, contents = [], [], [], []
         for future in self._get():
             part = future.result()
             ok += [len(thumbs) + k for k in part.ok]
             thumbs += part.thumbnails
+            contents += part.contents
             if part.pixels is not None:
                 pixels.append(part.pixels)
-        return Batch(ok, np.concatenate(pixels) if pixels else None, thumbs)
+        return Batch(ok, np.concatenate(pixels) if pixels else None, thumbs, contents)
 
     def close(self) -> None:
         """Stops reading and decoding (what is under way finishes) and ends the threads."""
@@ -203,21 +209,26 @@ def _cancel(item) -> None:
 
 def prepare(rows, encoder, where: str, settings: BuildSettings) -> Batch:
     """Decodes, resizes and thumbnails rows (a batch or a part of one), on a decoding thread."""
-    ok, pixels, thumbs = [], [], []
+    ok, pixels, thumbs, contents = [], [], [], []
     for k, row in enumerate(rows):
         try:
-            image = decode_image(row.image, f"{where}: {row.key}")
+            # the bytes are read once: hashed (the same image through two sources is found
+            # by it) and decoded from memory
+            data = row.image if isinstance(row.image, bytes) else Path(row.image).read_bytes()
+            image = decode_image(data, row.image if isinstance(row.image, str) else f"{where}: {row.key}")
             x = encoder.preprocess(image)
         except (BadImageError, OSError) as e:
             if settings.strict:
                 raise BadImageError(f"{where}: {row.key}: {e}") from e
             log.info("skipping %s: %s", row.key, e)
             thumbs.append(None)
+            contents.append(None)
             continue
         ok.append(k)
         pixels.append(x)
         thumbs.append(thumbnail(image) if settings.thumbnails else None)
-    return Batch(ok, np.stack(pixels) if pixels else None, thumbs)
+        contents.append(hashlib.blake2b(data, digest_size=16).digest())
+    return Batch(ok, np.stack(pixels) if pixels else None, thumbs, contents)
 
 
 def thumbnail(image: Image.Image) -> bytes:

@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 
 from ..io import exclusive_lock
 from ._shard_pipeline import Reader, encode, write
+from .dedup import drop_duplicate_images
 from .sharded import (DTYPES, FORMAT, ShardedMemory, check_shard_files, load_manifest,
                       save_manifest)
 from .sources import InputShard, resolve_sources
@@ -228,11 +229,13 @@ def _run(memdir: Path, manifest: dict, jobs, settings: BuildSettings, engine: st
     todo = _keep_index_rows(memdir, manifest, todo)
     writer = _ManifestWriter(memdir, manifest)
     writer.save()
-    t0, rows = time.perf_counter(), 0
+    t0, rows, built = time.perf_counter(), 0, set()
     with _progress_bar(len(jobs), len(jobs) - len(todo), progress and bool(todo)) as bar:
         def done(result: dict) -> None:
             nonlocal rows
             writer.record(result)
+            if "error" not in result:
+                built.add(result["name"])
             rows += result.get("rows", 0)
             bar.set_postfix_str(f"{rows} rows, {rows / (time.perf_counter() - t0):.1f} rows/s")
             bar.update(1)
@@ -244,6 +247,8 @@ def _run(memdir: Path, manifest: dict, jobs, settings: BuildSettings, engine: st
                         done(result)
             else:
                 _run_ray(memdir, todo, settings, ray_address, builder, done)
+            for entry in drop_duplicate_images(memdir, list(writer.shards.values()), built):
+                writer.record(entry)
         finally:  # what finished before a failure or an interrupt is kept
             writer.save()
     _remove_temporaries(memdir / "shards")

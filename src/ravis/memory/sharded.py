@@ -6,7 +6,8 @@
                                        shards [{name, input, rows, skipped, files}], failed_shards
     MEMDIR/shards/NNNNN.keys.npy       (rows, dim) unit-normalised image embeddings
     MEMDIR/shards/NNNNN.values.npy     (rows, value_dim) caption embeddings
-    MEMDIR/shards/NNNNN.meta.parquet   id, text, source, label, thumbnail (64 px JPEG), json
+    MEMDIR/shards/NNNNN.meta.parquet   id, text, source, label, thumbnail (64 px JPEG), json,
+                                       content (blake2b of the image's bytes)
 
 Keys and values are float16 or float32 ``.npy`` files, memory-mappable. Global row ids are
 the shards concatenated in manifest (name) order: row r of shard i is ``offset_i + r``.
@@ -68,15 +69,22 @@ def write_shard(memdir: Path, name: str, keys: np.ndarray, values: np.ndarray, m
     return {kind: file_record(memdir, shard_file(name, kind)) for kind in FILE_KINDS}
 
 
-def meta_table(ids, texts, sources, labels, thumbnails, jsons):
-    """The metadata table of a shard, with a fixed schema (so empty shards match others)."""
+def meta_table(ids, texts, sources, labels, thumbnails, jsons, contents=None):
+    """The metadata table of a shard, with a fixed schema (so empty shards match others).
+
+    ``contents``: per row, the 16-byte blake2b of the image file's bytes, which finds the
+    same image reached through two sources (None where unknown)."""
     import pyarrow as pa
 
     schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
-                        ("label", pa.int64()), ("thumbnail", pa.binary()), ("json", pa.string())])
-    return pa.table({"id": list(ids), "text": list(texts), "source": list(sources),
+                        ("label", pa.int64()), ("thumbnail", pa.binary()), ("json", pa.string()),
+                        ("content", pa.binary())])
+    ids = list(ids)
+    return pa.table({"id": ids, "text": list(texts), "source": list(sources),
                      "label": list(labels), "thumbnail": list(thumbnails),
-                     "json": list(jsons)}, schema=schema)
+                     "json": list(jsons),
+                     "content": list(contents) if contents is not None else [None] * len(ids)},
+                    schema=schema)
 
 
 def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
