@@ -415,3 +415,18 @@ def test_rows_an_index_refers_to_never_move(tmp_path, wds_dir):
     (out / "index").rmdir()  # without an index, the failed shard is retried
     assert build_sharded_memory(spec, out, progress=False).shard_names == [
         "00000", "00001", "00002"]
+
+
+def test_a_latin1_file_name_is_built_and_shown_escaped(tmp_path, ravis_cache):
+    """`ravis memory build` used to abort on such a name with a UnicodeEncodeError naming no file."""
+    from shard_data import make_image
+
+    root = tmp_path / "folder"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "1.png").write_bytes(make_image(1, "PNG"))
+    with open(os.path.join(os.fsencode(root / "cat"), b"caf\xe9.png"), "wb") as f:
+        f.write(make_image(2, "PNG"))
+    mem = build_sharded_memory(f"imagefolder:{root}", tmp_path / "m", dtype="float32",
+                               thumbnails=False, progress=False)
+    assert mem.count == 2
+    assert any(i.endswith("cat/caf\\xe9.png") for i in mem.meta_at([0, 1], ["id"])["id"])

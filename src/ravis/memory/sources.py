@@ -170,7 +170,7 @@ def _collection(path: str) -> str:
 
 def _folder_shards(kind: str, arg: str, spec: str, rows_per_shard: int,
                    class_names: list[str]) -> list[InputShard]:
-    from ..data.imagefolder import IMAGE_EXTENSIONS, class_of, find_files, read_caption
+    from ..data.imagefolder import IMAGE_EXTENSIONS, class_of, find_files, read_caption, shown_name
     from ..data.tuxpaint import DEFAULT_ROOT
 
     root = Path(arg or DEFAULT_ROOT)
@@ -185,7 +185,7 @@ def _folder_shards(kind: str, arg: str, spec: str, rows_per_shard: int,
     rels = [r for r in rels if len(PurePosixPath(r).parts) > 1]  # loose files have no class
     if not rels:
         raise SourceError(f"source {spec!r}: no images in class folders below {root}")
-    classes = [class_of(r, depth) for r in rels]
+    classes = [shown_name(class_of(r, depth)) for r in rels]
     for c in sorted(set(classes)):
         if c not in class_names:
             class_names.append(c)
@@ -194,7 +194,7 @@ def _folder_shards(kind: str, arg: str, spec: str, rows_per_shard: int,
     for rel, c in zip(rels, classes):
         caption = read_caption(root / rel, first_non_empty=first_non_empty)
         text = caption or DEFAULT_PROMPT.format(label=c.rsplit("/", 1)[-1])
-        items.append((rel, str(root / rel), text, index[c]))
+        items.append((shown_name(rel), str(root / rel), text, index[c]))
     name = spec if ":" in spec or kind == "imagefolder" else f"{kind}:{root}"
     return [InputShard("files", f"{name}[{start}:{start + len(chunk)}]", collection,
                        items=tuple(chunk))
