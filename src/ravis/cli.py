@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -102,7 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=None)
 
     _memory_verbs(sub)
+    _verbose_everywhere(parser)
     return parser
+
+
+def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Gives every verb that lacks one a -v: an error is one line, -v adds its traceback."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        if "--verbose" not in parser._option_string_actions:
+            parser.add_argument("-v", "--verbose", action="store_true",
+                                help="log more, and print the full traceback of an error")
+        return
+    for child in subs[0].choices.values():
+        _verbose_everywhere(child)
 
 
 def _memory_verbs(sub) -> None:
@@ -251,17 +265,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except (ConfigError, MissingDataError, BadImageError, MemoryMismatchError, RunFolderError, FileNotFoundError,
-            FolderBusyError, ValueError) as e:
-        print(f"ravis {args.verb}: error: {e}", file=sys.stderr)
+            FolderBusyError, ValueError, OSError) as e:
+        if getattr(args, "verbose", False):  # -v: the whole story, then the one line
+            traceback.print_exc()
+        print(f"ravis {args.verb}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        # every output is written to a temporary name and renamed: what was finished is kept
-        where = f" writing {e.filename}" if e.filename else ""
-        print(f"ravis {args.verb}: error: the disk is full{where} ({e.strerror}); nothing "
-              "finished was lost: free space and run the same command again to resume", file=sys.stderr)
-        return 2
+
+
+def _one_line(e: Exception) -> str:
+    """What went wrong and what to do, naming the path: a system error's bare message
+    ("[Errno 13] Permission denied") says neither."""
+    if not isinstance(e, OSError) or e.errno is None:
+        return str(e)
+    where = f" {e.filename}" if e.filename else ""
+    # every output is written to a temporary name and renamed: what was finished is kept
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"the disk is full writing{where} ({e.strerror}); nothing finished was lost: "
+                "free space and run the same command again to resume")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"cannot write or read{where} ({e.strerror}): give this user access to it, or "
+                "choose another folder (--out, --cache or RAVIS_CACHE)")
+    if e.errno == errno.ENOENT:
+        return f"no such file or folder:{where or ' ' + str(e)}"
+    return f"{e.strerror}:{where} (run with -v for the details)"
 
 
 def _dispatch(args) -> int:

@@ -42,6 +42,10 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         # mkstemp creates the file 0600 whatever the umask; give it what open() would have
         os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~current_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # a write through a file object names no file: name it
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -209,3 +209,63 @@ def test_a_full_disk_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert main(["run", "-c", str(TINY), "--quiet", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "disk is full" in err and "x.npy" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("error, says", [
+    (PermissionError(13, "Permission denied", "/data/out/results.json"), "give this user access"),
+    (FileNotFoundError(2, "No such file or directory", "/data/in/cat.png"), "no such file"),
+    (OSError(5, "Input/output error", "/data/in/shard.tar"), "run with -v"),
+])
+def test_a_system_error_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys, error, says):
+    from ravis import commands
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(commands, "cmd_run", fail)
+    assert main(["run", "-c", str(TINY), "--quiet", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and error.filename in err and says in err and "Traceback" not in err
+    assert main(["run", "-c", str(TINY), "--quiet", "-v", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("ravis run: error:")
+
+
+def test_a_real_full_disk_keeps_what_was_finished(tmp_path, capsys, ravis_cache):
+    """A memory built onto a 48 KiB tmpfs: one line naming the file, the shards finished before
+    the disk filled still verify, and the build resumes where there is room."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    from ravis.memory.sharded import ShardedMemory
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(small)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        root = tmp_path / "folder"
+        rng = np.random.default_rng(0)
+        for i in range(24):
+            (root / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"c{i % 3}" / f"{i}.png")
+        argv = ["memory", "build", "--source", f"imagefolder:{root}", "--rows-per-shard", "2",
+                "--quiet", "--out", str(small / "m")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "disk is full" in err and str(small) in err and "Traceback" not in err
+        manifest = small / "m" / "manifest.json"
+        done = 0
+        if manifest.exists():  # what finished is intact
+            done = ShardedMemory.open(small / "m", verify=True).count
+        shutil.copytree(small / "m", tmp_path / "big", ignore=shutil.ignore_patterns(".lock"))
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+    argv[-1] = str(tmp_path / "big")
+    assert main(argv) == 0
+    mem = ShardedMemory.open(tmp_path / "big", verify=True)
+    assert mem.count == 24 and done < 24

@@ -252,6 +252,7 @@ def _run(memdir: Path, manifest: dict, jobs, settings: BuildSettings, engine: st
         finally:  # what finished before a failure or an interrupt is kept
             writer.save()
     _remove_temporaries(memdir / "shards")
+    _remove_temporaries(memdir)  # a manifest save that was killed
     for failed in manifest["failed_shards"]:
         log.warning("input shard %s failed: %s", failed["input"], failed["error"])
 
