@@ -176,6 +176,22 @@ def test_thumbnails_round_trip_and_cache(tmp_path):
     assert np.array_equal(np.asarray(im), np.asarray(data.load_image(5)))  # lossless for grey
 
 
+def test_a_damaged_cached_thumbnail_store_is_rendered_again(tmp_path, caplog):
+    """The cached store is sealed with its sha256: a changed byte is rendered again, not served."""
+    from ravis.thumbnails import thumbnail_bytes
+
+    data = load_fashion_mnist().test.subset(np.arange(6))
+    cache = tmp_path / "cache"
+    first = thumbnail_bytes(data, [1, 2], cache_dir=cache)
+    (store,) = (cache / "thumbnails").glob("*.parquet")
+    raw = bytearray(store.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    store.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING"):
+        again = thumbnail_bytes(data, [1, 2], cache_dir=cache)
+    assert again == first and str(store) in caplog.text
+
+
 def test_make_thumbnail_bounds_and_flattens():
     rgba = Image.new("RGBA", (400, 200), (255, 0, 0, 0))  # fully transparent red
     import io
