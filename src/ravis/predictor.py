@@ -30,6 +30,7 @@ from .encoders import create_image_encoder
 from .fusion import build_model
 from .io import default_cache_dir
 from .memory.base import Memory, neighbor_labels
+from .memory.edits import LOG_NAME as EDIT_LOG, EditedIndex, EditedMemory
 from .methods import method as get_method
 from .retrieval.memory_index import memory_index
 from .run_folder import (SERVING_FILE, RunFolderError, experiment_dir, load_config, open_run,
@@ -76,22 +77,32 @@ class Predictor:
             raise FileNotFoundError(f"{weights}: no trained {method!r} model in this run")
         verify_files(run_dir, record, [f"{folder.name}/{weights.name}", f"{folder.name}/{SERVING_FILE}"])
         info = read_serving(folder)
-        memory = open_run_memory(folder, info)
+        base = open_run_memory(folder, info)
         encoder = create_image_encoder(exp.encoder)
-        memory.check_query_encoder(encoder.fingerprint(), encoder.dim)
+        base.check_query_encoder(encoder.fingerprint(), encoder.dim)
+        memory = EditedMemory(base, folder / EDIT_LOG)  # the run's memory with its edits
         class_names = list(info["class_names"])
         model = build_model(method, exp, memory.dim, memory.value_dim, len(class_names))
         model.load_state_dict(load_file(str(weights)))
         model.eval()
         retrieval = dataclasses.replace(exp.retrieval, index=index) if index else exp.retrieval
-        searcher = memory_index(memory, retrieval, Path(cache_dir or default_cache_dir()),
-                                search_params=search_params or None)
+        searcher = EditedIndex(memory_index(base, retrieval, Path(cache_dir or default_cache_dir()),
+                                            search_params=search_params or None), memory)
         if method not in info.get("logit_adjustment", {}):
             raise RunFolderError(f"{folder / SERVING_FILE}: no post-hoc adjustment recorded for "
                                  f"{method!r}; rerun the experiment")
         adjustment = info["logit_adjustment"][method]
         return cls(cfg, exp, method, encoder, memory, searcher, model, class_names, int(info["k"]),
                    None if adjustment is None else np.asarray(adjustment, dtype=np.float32))
+
+    @property
+    def all_class_names(self) -> list[str]:
+        """The trained classes, then those that exist only in the memory (added by edits)."""
+        return self.class_names + [c for c in self.memory.class_names if c not in self.class_names]
+
+    def embed(self, images) -> np.ndarray:
+        """(B, d) query embeddings of PIL images."""
+        return self.encoder.encode_pixels(np.stack([self.encoder.preprocess(im) for im in images]))
 
     @torch.no_grad()
     def predict(self, images, top_classes: int = 5, top_neighbors: int | None = None) -> list[dict]:
@@ -100,11 +111,16 @@ class Predictor:
 
         ``timings_ms`` gives the time of each stage for the whole batch: encode (preprocess
         and encoder), search (the k-NN index), fuse (gather neighbours, fusion, classifier).
+        The memory is read as it is after the edits made so far (by this process or
+        another), and one prediction never sees half an edit.
         """
         t0 = time.perf_counter()
-        pixels = np.stack([self.encoder.preprocess(im) for im in images])
-        z = self.encoder.encode_pixels(pixels)  # (B, d)
-        t1 = time.perf_counter()
+        z = self.embed(images)  # (B, d)
+        with self.memory.lock:
+            self.memory.refresh()
+            return self._predict(z, t0, time.perf_counter(), len(images), top_classes, top_neighbors)
+
+    def _predict(self, z, t0, t1, batch, top_classes, top_neighbors) -> list[dict]:
         D, I = self.index.search(z, self.k)  # (B, k)
         t2 = time.perf_counter()
         found = I >= 0  # an approximate index may return fewer than k
@@ -113,20 +129,29 @@ class Predictor:
         # only the retrieved rows are read from the (memory-mapped) memory
         keys = torch.from_numpy(self.memory.keys_at(rows.ravel()).astype(np.float32).reshape(B, k, -1))
         values = torch.from_numpy(self.memory.values_at(rows.ravel()).astype(np.float32).reshape(B, k, -1))
+        names = self.all_class_names
         labels = None
         if "labels" in self.model.reads:  # -1: no neighbour, or no label in the classes
-            labels = torch.from_numpy(neighbor_labels(self.memory, I))
-        logits, attn = self.model(torch.from_numpy(z), keys, values, labels)  # (B, C), (B, L, k)
+            labels = torch.from_numpy(self._model_labels(neighbor_labels(self.memory, I), names))
+        logits, attn = self.model(torch.from_numpy(z), keys, values, labels,
+                                  num_classes=len(names))  # (B, C'), (B, L, k)
         logits = logits.numpy()
-        if self.adjustment is not None:
-            logits = logits - self.adjustment
+        if self.adjustment is not None:  # classes new in the memory get the mean adjustment
+            extra = len(names) - len(self.adjustment)
+            logits = logits - np.concatenate([self.adjustment, np.full(extra, self.adjustment.mean())])
         probs = _softmax(logits)
         attn = attn.numpy()
         t3 = time.perf_counter()
         timings = {"encode": 1e3 * (t1 - t0), "search": 1e3 * (t2 - t1), "fuse": 1e3 * (t3 - t2)}
         entries = self._entries(rows[found])
         return [self._describe(probs[b], D[b], rows[b], found[b], attn[b], top_classes, top_neighbors,
-                               timings, len(images), entries) for b in range(len(images))]
+                               timings, batch, entries, names) for b in range(batch)]
+
+    def _model_labels(self, labels: np.ndarray, names: list[str]) -> np.ndarray:
+        """Memory label indexes as indexes into ``names`` (the model's classes first)."""
+        where = {c: i for i, c in enumerate(names)}
+        to_model = np.array([where[c] for c in self.memory.class_names] + [-1], dtype=np.int64)
+        return to_model[labels]  # -1 (no label) stays -1: to_model[-1]
 
     def _entries(self, rows: np.ndarray) -> dict[int, dict]:
         """id, source, text, label name and thumbnail presence of memory rows."""
@@ -140,14 +165,15 @@ class Predictor:
                 for j, r in enumerate(rows)}
 
     def thumbnail(self, row: int) -> tuple[bytes, str] | None:
-        """(image bytes, MIME type) of memory row ``row``, or None where it has none."""
-        if not 0 <= row < len(self.memory):
+        """(image bytes, MIME type) of memory row ``row``, or None where it has none (or
+        was deleted)."""
+        if not 0 <= row < len(self.memory) or not self.memory.is_live([row])[0]:
             return None
         data = self.memory.meta_at([row], ["thumbnail"])["thumbnail"][0]
         return (data, media_type(data)) if data else None
 
     def _describe(self, probs, D, rows, found, attn, top_classes, top_neighbors, timings, batch,
-                  entries) -> dict:
+                  entries, names) -> dict:
         """One image's output: top classes, neighbours by attention, timings."""
         reads = get_method(self.method).reads_memory
         k = len(rows)
@@ -160,8 +186,8 @@ class Predictor:
         return {
             "experiment": self.experiment.name,
             "method": self.method,
-            "prediction": self.class_names[int(top[0])],
-            "top5": [{"class": self.class_names[c], "index": int(c), "probability": float(probs[c])}
+            "prediction": names[int(top[0])],
+            "top5": [{"class": names[c], "index": int(c), "probability": float(probs[c])}
                      for c in top],
             "neighbors": [self._neighbor(entries, int(rows[j]), j, float(D[j]), last[j], attn[:, j])
                           for j in order[:top_neighbors]],

@@ -69,17 +69,30 @@ class RetrievalClassifier(nn.Module):
         self.reads = fusion_reads
 
     def forward(self, z: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                labels: torch.Tensor | None = None):
+                labels: torch.Tensor | None = None, num_classes: int | None = None):
         """Returns logits (B, C) and attention (B, L, k); ``labels`` (B, k), -1 where a
-        neighbour has none, is read only with label evidence. Neighbours come nearest first."""
+        neighbour has none, is read only with label evidence. Neighbours come nearest first.
+
+        ``num_classes`` above the trained classes opens the scores to classes that exist only
+        in the memory (entries added after training, labels ``C..num_classes-1``): with label
+        evidence their score is the head's mean over the trained classes (it never saw them,
+        so it neither favours nor holds them back) plus their vote; without, they cannot be
+        predicted (-inf)."""
         f, attn = self.fusion(z, keys, values)
-        logits = self.head(f)
+        logits = self.head(f)  # (B, C)
+        extra = (num_classes or self.num_classes) - self.num_classes
+        if extra > 0:
+            fill = logits.mean(dim=1, keepdim=True) if self.label_weight is not None else \
+                torch.full_like(logits[:, :1], float("-inf"))
+            logits = torch.cat([logits, fill.expand(-1, extra)], dim=1)  # (B, C + extra)
         if self.label_weight is not None:
-            logits = logits + self.label_weight * torch.log(self.label_votes(z, keys, labels) + self.label_eps)
+            votes = self.label_votes(z, keys, labels, num_classes)
+            logits = logits + self.label_weight * torch.log(votes + self.label_eps)
         return logits, attn
 
-    def label_votes(self, z: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """(B, C) the learned vote's mass per class."""
+    def label_votes(self, z: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor | None,
+                    num_classes: int | None = None) -> torch.Tensor:
+        """(B, C) the learned vote's mass per class (C: ``num_classes``, default the trained)."""
         if labels is None:
             raise ValueError("this classifier reads the neighbours' labels; none were given")
         top = int(self.label_k) or keys.shape[1]
@@ -89,7 +102,7 @@ class RetrievalClassifier(nn.Module):
         scores = scores.masked_fill(~votes_mask, float("-inf"))
         # a query with no labelled neighbour gets no votes (softmax over nothing is NaN)
         weight = scores.softmax(dim=-1).nan_to_num(0.0)  # (B, k)
-        votes = weight.new_zeros((weight.shape[0], self.num_classes))
+        votes = weight.new_zeros((weight.shape[0], max(num_classes or 0, self.num_classes)))
         return votes.scatter_add_(1, labels.clamp(min=0), weight)  # (B, C)
 
 

@@ -1,0 +1,555 @@
+"""Editing a memory without retraining: an append-only log of edits over a base memory.
+
+A finished run's memory (the parts it was trained with, checked against their digests) is
+the *base*; an edit never changes a byte of it. Edits are records in a log beside the run::
+
+    RUN_DIR/<experiment>/memory-edits.log
+
+one line per edit, ``<first 16 hex of the sha256 of JSON> <JSON>\\n``; the JSON holds ``seq``,
+``time``, ``who``, ``op`` and the op's arguments:
+
+    add            id, label (a class name or null), text, source, key and value (base64
+                   float32), thumbnail (base64 JPEG, "" for none)
+    delete         ids: entries of the base or added earlier
+    delete_class   name: every live entry with that label
+    delete_source  name: every live entry from that source
+    relabel        changes: [[id, label, text or null, value (base64) or null]]; text and value
+                   are set where the entry's text names its class (a label-prompt entry)
+
+:class:`EditedMemory` replays the log and offers the Memory protocol: base rows keep their
+numbers, added entries follow them, and deleted rows keep theirs but are never returned by
+:class:`EditedIndex`, which asks the index for enough rows that k live ones remain (k results
+are still k live rows). ``ravis memory compact`` folds the log into new shards.
+
+A record is one ``write`` followed by ``fsync``: a crash can only tear the last line, which
+replay detects (no newline, a bad checksum or bad JSON) and drops with a warning; the next
+append cuts it off first. A damaged record followed by good ones is an error naming the log
+and the line: replaying past it would serve a memory nobody edited into being.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import faiss
+import numpy as np
+
+from ..index.base import as_vectors, check_ids, check_k, pad_results
+from ..index.multi import merge_topk
+from ..io import exclusive_lock, stable_hash
+from .base import META_COLUMNS, MemoryMismatchError, as_rows, check_query_encoder
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "memory-edits.log"
+OPS = ("add", "delete", "delete_class", "delete_source", "relabel")
+
+
+class EditError(ValueError):
+    """An edit that cannot be applied (unknown id or class, bad arguments); nothing changed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The log file
+
+
+def encode_array(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype=np.float32).tobytes()).decode()
+
+
+def decode_array(s: str, dim: int, what: str) -> np.ndarray:
+    a = np.frombuffer(base64.b64decode(s), dtype=np.float32)
+    if a.shape != (dim,):
+        raise ValueError(f"{what}: {a.size} numbers, expected {dim}")
+    return a
+
+
+def _line(record: dict) -> bytes:
+    body = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    return f"{hashlib.sha256(body.encode()).hexdigest()[:16]} {body}\n".encode()
+
+
+def _parse(line: bytes) -> dict | None:
+    """The record of one complete line, or None if it is damaged."""
+    try:
+        text = line.decode()
+        digest, body = text[:16], text[17:-1]
+        if text[16] != " " or hashlib.sha256(body.encode()).hexdigest()[:16] != digest:
+            return None
+        record = json.loads(body)
+    except (UnicodeDecodeError, IndexError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("op") in OPS else None
+
+
+class EditLog:
+    """The append-only file of edit records (see the module doc)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def read(self, offset: int = 0) -> tuple[list[dict], int]:
+        """(records from byte ``offset`` on, the offset after the last good one). A torn
+        last line is dropped with a warning.
+
+        Raises:
+            MemoryMismatchError: a damaged line with good lines after it.
+        """
+        if not self.path.exists():
+            return [], 0
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+        records, at, lines = [], offset, data.split(b"\n")
+        for n, raw in enumerate(lines[:-1]):  # every piece but the last ended with a newline
+            record = _parse(raw + b"\n")
+            if record is None:
+                if any(lines[n + 1:]):
+                    raise MemoryMismatchError(
+                        f"{self.path}: edit record at byte {at} is damaged and later records "
+                        "follow it; the log cannot be replayed (restore it from a backup, or "
+                        "remove it to serve the memory unedited)")
+                log.warning("%s: dropping a torn last edit record at byte %d (a crash while it "
+                            "was written); it was never applied", self.path, at)
+                return records, at
+            records.append(record)
+            at += len(raw) + 1
+        if lines[-1]:
+            log.warning("%s: dropping a torn last edit record at byte %d (a crash while it was "
+                        "written); it was never applied", self.path, at)
+        return records, at
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """One writer at a time (a server and `ravis memory edit` may share a log)."""
+        with exclusive_lock(self.path.with_name(f".{self.path.name}.lock"), wait=True):
+            yield
+
+    def append(self, record: dict, good: int) -> int:
+        """Appends one record after byte ``good`` (cutting off a torn tail); returns the new
+        end. The caller holds :meth:`locked` and has read the log up to ``good``."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o666)
+        try:
+            if os.fstat(fd).st_size != good:
+                os.ftruncate(fd, good)
+            line = _line(record)
+            os.lseek(fd, good, os.SEEK_SET)
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return good + len(line)
+
+
+# ---------------------------------------------------------------------------------------------
+# The edited memory
+
+
+@dataclass
+class _Added:
+    """The entries added by edits, in growing arrays (edits are few next to the base)."""
+
+    keys: np.ndarray  # (capacity, dim) float32; the first n are used
+    values: np.ndarray  # (capacity, value_dim) float32
+    labels: np.ndarray  # (capacity,) int64
+    ids: list
+    texts: list
+    sources: list
+    thumbnails: list
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def append(self, key, value, label: int, id_: str, text: str, source: str, thumb: bytes):
+        if self.n == len(self.keys):  # double: appends stay amortised O(1)
+            cap = max(16, 2 * len(self.keys))
+            self.keys = np.resize(self.keys, (cap, self.keys.shape[1]))
+            self.values = np.resize(self.values, (cap, self.values.shape[1]))
+            self.labels = np.resize(self.labels, cap)
+        self.keys[self.n], self.values[self.n], self.labels[self.n] = key, value, label
+        self.ids.append(id_)
+        self.texts.append(text)
+        self.sources.append(source)
+        self.thumbnails.append(thumb)
+
+
+class EditedMemory:
+    """A base memory with the edits of its log applied (the Memory protocol, rows
+    ``[0, len(base))`` the base's, then the added ones). Thread-safe for one writer and
+    many readers when callers hold :attr:`lock` around edits and the reads that must see
+    one state (a prediction)."""
+
+    def __init__(self, base, log_path: Path | str | None = None):
+        self.base = base
+        self.key_encoder, self.value_encoder = base.key_encoder, base.value_encoder
+        self.base_count = len(base)
+        self._class_names = list(base.class_names)
+        self._added = _Added(np.zeros((0, base.dim), np.float32),
+                             np.zeros((0, base.value_dim), np.float32), np.zeros(0, np.int64),
+                             [], [], [], [])
+        self._deleted = np.zeros(self.base_count, dtype=bool)
+        self._changed: dict[int, tuple[int, str | None, np.ndarray | None]] = {}  # relabels
+        self._added_rows: dict[str, int] = {}
+        self._base_ids: _IdLookup | None = None
+        self._history = hashlib.sha256()
+        self.lock = threading.RLock()
+        self.log = EditLog(log_path) if log_path is not None else None
+        self.applied_bytes, self.seq = 0, 0
+        self.refresh()
+
+    # -- replay --------------------------------------------------------------------------------
+    def refresh(self) -> int:
+        """Applies records appended to the log since the last call (by this process or
+        another); returns how many."""
+        if self.log is None:
+            return 0
+        with self.lock:
+            records, end = self.log.read(self.applied_bytes)
+            for record in records:
+                self._apply(record)
+            self.applied_bytes = end
+            return len(records)
+
+    def edit(self, op: str, who: str = "", **args) -> dict:
+        """Validates, logs and applies one edit; returns its record. Raises EditError (the
+        memory and the log unchanged) for an edit that does not apply."""
+        if self.log is None:
+            raise EditError("this memory has no edit log")
+        with self.lock, self.log.locked():
+            self.refresh()  # another writer's records first: ids and classes are theirs too
+            record = {"seq": self.seq + 1, "time": round(time.time(), 3), "who": who, "op": op, **args}
+            self._check(record)
+            end = self.log.append(record, self.applied_bytes)
+            self._apply(record)
+            self.applied_bytes = end
+            return record
+
+    def _check(self, r: dict) -> None:
+        """Raises EditError unless ``r`` would apply (nothing is changed here)."""
+        op = r["op"]
+        if op == "add":
+            if r["id"] in self._added_rows or self._lookup([r["id"]])[0] >= 0:
+                raise EditError(f"the memory already has an entry {r['id']!r}")
+            if r["label"] is None and not r["text"]:
+                raise EditError("an added entry needs a label or a caption")
+            decode_array(r["key"], self.dim, "key")
+            decode_array(r["value"], self.value_dim, "value")
+        elif op == "delete":
+            rows = self._lookup(r["ids"])
+            missing = [i for i, row in zip(r["ids"], rows) if row < 0]
+            if missing:
+                raise EditError(f"no live memory entry {missing[0]!r}"
+                                + (f" (and {len(missing) - 1} more unknown ids)" if len(missing) > 1 else ""))
+        elif op == "delete_class":
+            if r["name"] not in self._class_names:
+                raise EditError(f"no class {r['name']!r} in the memory")
+        elif op == "delete_source":
+            pass  # a source with no live entry deletes nothing, as a class without entries does
+        elif op == "relabel":
+            ids = [c[0] for c in r["changes"]]
+            missing = [i for i, row in zip(ids, self._lookup(ids)) if row < 0]
+            if missing:
+                raise EditError(f"no live memory entry {missing[0]!r} to relabel")
+            unknown = [c[1] for c in r["changes"] if c[1] not in self._class_names]
+            if unknown:
+                raise EditError(f"unknown class {unknown[0]!r} for a relabel; known: "
+                                f"{', '.join(self._class_names[:20])}")
+
+    def _apply(self, r: dict) -> None:
+        op = r["op"]
+        if op == "add":
+            label = -1 if r["label"] is None else self._class_index(r["label"])
+            row = self.base_count + self._added.n
+            self._added.append(decode_array(r["key"], self.dim, "key"),
+                               decode_array(r["value"], self.value_dim, "value"), label, r["id"],
+                               r["text"], r["source"], base64.b64decode(r["thumbnail"]))
+            self._deleted = np.append(self._deleted, False)
+            self._added_rows[r["id"]] = row
+        elif op == "delete":
+            self._deleted[self._lookup(r["ids"])] = True
+        elif op == "delete_class":
+            self._delete_where(lambda rows: self.labels_at(rows) == self._class_names.index(r["name"]))
+        elif op == "delete_source":
+            self._delete_where(lambda rows: np.array(self.meta_at(rows, ["source"])["source"]) == r["name"])
+        elif op == "relabel":
+            rows = self._lookup([c[0] for c in r["changes"]])
+            for row, (_, label, text, value) in zip(rows, r["changes"]):
+                self._changed[int(row)] = (self._class_names.index(label), text,
+                                           None if value is None else decode_array(value, self.value_dim, "value"))
+        self.seq = int(r["seq"])
+        self._history.update(json.dumps(r, sort_keys=True).encode())
+
+    def _class_index(self, name: str) -> int:
+        if name not in self._class_names:  # a class the classifier never saw: new in memory
+            self._class_names.append(name)
+        return self._class_names.index(name)
+
+    def _delete_where(self, test, block: int = 65536) -> None:
+        for start in range(0, len(self), block):
+            rows = np.arange(start, min(start + block, len(self)))
+            hit = test(rows) & ~self._deleted[rows]
+            self._deleted[rows[hit]] = True
+
+    # -- ids -----------------------------------------------------------------------------------
+    def _lookup(self, ids: Sequence[str]) -> np.ndarray:
+        """The live row of each id, -1 where none (unknown or deleted)."""
+        out = np.full(len(ids), -1, dtype=np.int64)
+        rest = []
+        for j, i in enumerate(ids):
+            if i in self._added_rows:
+                out[j] = self._added_rows[i]
+            else:
+                rest.append(j)
+        if rest:
+            if self._base_ids is None:  # built on the first edit by id, once
+                self._base_ids = _IdLookup(self.base)
+            out[rest] = self._base_ids.rows_of([ids[j] for j in rest])
+        found = out >= 0
+        out[found & self._deleted[np.where(found, out, 0)]] = -1
+        return out
+
+    def rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        return self._lookup(list(ids))
+
+    # -- sizes and identity ----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.base_count + self._added.n
+
+    @property
+    def live_count(self) -> int:
+        return len(self) - int(self._deleted.sum())
+
+    @property
+    def deleted_count(self) -> int:
+        return int(self._deleted.sum())
+
+    def is_live(self, rows) -> np.ndarray:
+        return ~self._deleted[as_rows(rows, len(self))]
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.base.value_dim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    @property
+    def digest(self) -> str:
+        return stable_hash(self.base.digest, self._history.hexdigest())
+
+    @property
+    def key_digest(self) -> str:
+        return stable_hash(self.base.key_digest, self._history.hexdigest())
+
+    def check_query_encoder(self, encoder_fingerprint: str, dim: int) -> None:
+        check_query_encoder(self, encoder_fingerprint, dim, name="the edited memory")
+
+    # -- rows ----------------------------------------------------------------------------------
+    def _split(self, rows):
+        rows = as_rows(rows, len(self))
+        base = rows < self.base_count
+        return rows, np.flatnonzero(base), np.flatnonzero(~base)
+
+    def keys_at(self, rows) -> np.ndarray:
+        rows, b, a = self._split(rows)
+        out = np.empty((len(rows), self.dim), dtype=self.dtype)
+        if len(b):
+            out[b] = self.base.keys_at(rows[b])
+        out[a] = self._added.keys[rows[a] - self.base_count]
+        return out
+
+    def values_at(self, rows) -> np.ndarray:
+        rows, b, a = self._split(rows)
+        out = np.empty((len(rows), self.value_dim), dtype=self.dtype)
+        if len(b):
+            out[b] = self.base.values_at(rows[b])
+        out[a] = self._added.values[rows[a] - self.base_count]
+        for j in self._changed_positions(rows):
+            value = self._changed[int(rows[j])][2]
+            if value is not None:
+                out[j] = value
+        return out
+
+    def labels_at(self, rows) -> np.ndarray:
+        rows, b, a = self._split(rows)
+        out = np.empty(len(rows), dtype=np.int64)
+        if len(b):
+            out[b] = self.base.labels_at(rows[b])
+        out[a] = self._added.labels[rows[a] - self.base_count]
+        for j in self._changed_positions(rows):
+            out[j] = self._changed[int(rows[j])][0]
+        return out
+
+    def meta_at(self, rows, columns: Sequence[str]) -> dict[str, list]:
+        unknown = set(columns) - set(META_COLUMNS)
+        if unknown:
+            raise KeyError(f"unknown memory metadata columns {sorted(unknown)}; known: {META_COLUMNS}")
+        rows, b, a = self._split(rows)
+        out: dict[str, list] = {c: [None] * len(rows) for c in columns}
+        if len(b):
+            got = self.base.meta_at(rows[b], columns)
+            for c in columns:
+                for j, v in zip(b, got[c]):
+                    out[c][j] = v
+        fields = {"id": self._added.ids, "text": self._added.texts, "source": self._added.sources,
+                  "thumbnail": self._added.thumbnails}
+        for j in a:
+            for c in columns:
+                out[c][j] = fields[c][rows[j] - self.base_count]
+        if "text" in columns:
+            for j in self._changed_positions(rows):
+                text = self._changed[int(rows[j])][1]
+                if text is not None:
+                    out["text"][j] = text
+        return out
+
+    def _changed_positions(self, rows: np.ndarray) -> np.ndarray:
+        if not self._changed:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(np.isin(rows, np.fromiter(self._changed, np.int64, len(self._changed))))
+
+    def key_blocks(self) -> list[np.ndarray]:
+        return self.base.key_blocks() + ([self._added.keys[:self._added.n]] if self._added.n else [])
+
+    def verify(self) -> None:
+        self.base.verify()
+        if self.log is not None:
+            self.log.read()
+
+    def live_rows(self, start: int, stop: int) -> np.ndarray:
+        """The live rows of ``[start, stop)`` (what compaction copies)."""
+        rows = np.arange(start, min(stop, len(self)))
+        return rows[~self._deleted[rows]]
+
+
+class _IdLookup:
+    """id -> base row for a memory of any size: the Python hash of every id, sorted, with
+    its row (16 bytes a row, no Python object per row), built once in blocks; a hit is
+    confirmed by reading the row's id (hashes can collide)."""
+
+    def __init__(self, memory, block: int = 65536):
+        self.memory = memory
+        hashes = np.empty(len(memory), dtype=np.int64)
+        for start in range(0, len(memory), block):
+            rows = np.arange(start, min(start + block, len(memory)))
+            hashes[rows] = [hash(i) for i in memory.meta_at(rows, ["id"])["id"]]
+        self.order = np.argsort(hashes, kind="stable")
+        self.hashes = hashes[self.order]
+
+    def rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        out = np.full(len(ids), -1, dtype=np.int64)
+        for j, i in enumerate(ids):
+            h = hash(i)
+            lo, hi = (np.searchsorted(self.hashes, h, side=s) for s in ("left", "right"))
+            candidates = self.order[lo:hi]
+            if len(candidates):
+                got = self.memory.meta_at(candidates, ["id"])["id"]
+                hit = [r for r, g in zip(candidates, got) if g == i]
+                if hit:
+                    out[j] = hit[0]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The index that follows the edits
+
+
+class EditedIndex:
+    """The base memory's index with the added entries (searched exactly) merged in, never
+    returning a deleted row: the parts are asked for k + the deleted rows they could return,
+    so that k live rows remain wherever the memory has k."""
+
+    vectors = None
+
+    def __init__(self, base_index, memory: EditedMemory):
+        self.base_index, self.memory = base_index, memory
+        self.d = base_index.d
+        self.spec = f"edited:{base_index.spec}"
+        self.info: dict = {"base": base_index.spec}
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.memory)
+
+    @property
+    def is_trained(self) -> bool:
+        return True
+
+    def train(self, xb) -> None:
+        raise ValueError("an edited memory's index follows its edits; it is not trained")
+
+    @property
+    def search_params(self) -> dict:
+        return self.base_index.search_params
+
+    def set_search_params(self, **params) -> None:
+        self.base_index.set_search_params(**params)
+
+    def add(self, xb) -> None:
+        raise ValueError("add entries to an edited memory with an edit, not to its index")
+
+    def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
+        xq, k = as_vectors(xq, self.d, "xq"), check_k(k)
+        with self.memory.lock:
+            deleted = self.memory.deleted_count
+            if not deleted:
+                return self._search_parts(xq, k)
+            margin = min(deleted, 16)
+            D, I = self._live_first(*self._search_parts(xq, k + margin), k)
+            short = np.flatnonzero((I < 0).any(axis=1))  # fewer than k live among k + margin
+            if len(short) and k + margin < self.ntotal:
+                D[short], I[short] = self._live_first(
+                    *self._search_parts(xq[short], min(k + deleted, self.ntotal)), k)
+            return D, I
+
+    def _search_parts(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        n_base = self.memory.base_count
+        D, I = self.base_index.search(xq, min(k, n_base)) if n_base else (
+            np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64))
+        parts = [pad_results(D, I, k)]
+        added = self.memory._added
+        if added.n:
+            Da, Ia = faiss.knn(xq, np.ascontiguousarray(added.keys[:added.n]), min(k, added.n),
+                               metric=faiss.METRIC_INNER_PRODUCT)
+            parts.append((Da.astype(np.float32), np.where(Ia >= 0, Ia + n_base, -1)))
+        return merge_topk(parts, k)
+
+    def _live_first(self, D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first k live results of each row (order kept), padded with -1 / -inf."""
+        live = (I >= 0) & ~self.memory._deleted[np.where(I >= 0, I, 0)]
+        order = np.argsort(~live, axis=1, kind="stable")[:, :k]
+        D, I = np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
+        keep = np.take_along_axis(live, order, axis=1)
+        return np.where(keep, D, -np.inf).astype(np.float32), np.where(keep, I, -1)
+
+    def reconstruct(self, ids) -> np.ndarray:
+        ids = check_ids(ids, self.ntotal)
+        return self.memory.keys_at(ids).astype(np.float32)
+
+    def save(self, path) -> None:
+        raise NotImplementedError("`ravis memory compact` writes an edited memory and its index")
+
+    @classmethod
+    def load(cls, path, *, vectors=None, mmap: bool = False):
+        raise NotImplementedError("open the base index and wrap it with the memory's edits")

@@ -1,0 +1,186 @@
+"""The edit log over a memory: replay, torn and damaged records, the index that follows
+edits, and exact unlearning against a memory built without the deleted entries."""
+
+import base64
+
+import numpy as np
+import pytest
+
+from ravis.config import RetrievalConfig
+from ravis.memory import ArrayMemory, Memory, MemoryMismatchError
+from ravis.memory.edits import EditedIndex, EditedMemory, EditError, EditLog, encode_array
+from ravis.retrieval.memory_index import memory_index
+
+D, DV = 16, 6
+
+
+def base_memory(m=200, seed=0) -> ArrayMemory:
+    rng = np.random.default_rng(seed)
+    keys = rng.standard_normal((m, D)).astype(np.float32)
+    return ArrayMemory(keys=keys / np.linalg.norm(keys, axis=1, keepdims=True),
+                       values=rng.standard_normal((m, DV)).astype(np.float32),
+                       labels=np.arange(m) % 3, texts=[f"t{i}" for i in range(m)],
+                       ids=[f"id{i}" for i in range(m)],
+                       sources=["web" if i % 5 == 0 else "train" for i in range(m)],
+                       key_encoder="enc", value_encoder="txt", class_names=["a", "b", "c"],
+                       thumbnails=[bytes([i % 256]) for i in range(m)])
+
+
+def unit(rng, n=1):
+    x = rng.standard_normal((n, D)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def add_args(rng, id_, label="a", text="x"):
+    return dict(id=id_, label=label, text=text, source="edits", key=encode_array(unit(rng)[0]),
+                value=encode_array(rng.standard_normal(DV)), thumbnail=base64.b64encode(b"png").decode())
+
+
+def edited(tmp_path, base=None):
+    base = base or base_memory()
+    memory = EditedMemory(base, tmp_path / "memory-edits.log")
+    return memory, EditedIndex(memory_index(base, RetrievalConfig()), memory)
+
+
+def some_edits(memory, rng):
+    memory.edit("add", who="t", **add_args(rng, "new0", label="a"))
+    memory.edit("add", who="t", **add_args(rng, "new1", label="zebra", text="a zebra"))  # a new class
+    memory.edit("delete", who="t", ids=["id3", "new0"])
+    memory.edit("relabel", who="t", changes=[["id4", "c", "c", encode_array(np.ones(DV))]])
+    memory.edit("delete_class", who="t", name="b")
+    memory.edit("delete_source", who="t", name="web")
+
+
+def state(memory):
+    rows = np.arange(len(memory))
+    return (memory.digest, memory.is_live(rows).tolist(), memory.labels_at(rows).tolist(),
+            memory.values_at(rows).tobytes(), memory.meta_at(rows, ["id", "text", "source"]),
+            memory.class_names)
+
+
+def test_edits_apply_and_replay_to_the_same_memory(tmp_path):
+    memory, _ = edited(tmp_path)
+    assert isinstance(memory, Memory)
+    some_edits(memory, np.random.default_rng(1))
+    assert len(memory) == 202 and memory.class_names == ["a", "b", "c", "zebra"]
+    assert memory.rows_of(["id3", "new0", "new1", "id4", "id1", "id0"]).tolist() == [-1, -1, 201, 4, -1, -1]
+    assert memory.labels_at([201, 4]).tolist() == [3, 2]
+    np.testing.assert_array_equal(memory.values_at([4])[0], np.ones(DV))
+    assert memory.meta_at([4, 201], ["text"])["text"] == ["c", "a zebra"]
+    live = memory.is_live(np.arange(200))
+    base = base_memory()
+    gone = (base.labels == 1) | (np.arange(200) % 5 == 0)
+    gone[4] = False  # relabelled from b to c before class b was deleted
+    assert not live[gone].any() and live[~gone & (np.arange(200) != 3)].all()
+    again = EditedMemory(base_memory(), tmp_path / "memory-edits.log")
+    assert state(again) == state(memory)
+    records, _ = EditLog(tmp_path / "memory-edits.log").read()
+    assert [r["op"] for r in records] == ["add", "add", "delete", "relabel", "delete_class", "delete_source"]
+    assert all(r["who"] == "t" and r["time"] > 0 for r in records) and [r["seq"] for r in records] == list(range(1, 7))
+
+
+@pytest.mark.parametrize("op, args, says", [
+    ("delete", {"ids": ["id1", "nope"]}, "no live memory entry 'nope'"),
+    ("relabel", {"changes": [["id1", "nope", None, None]]}, "unknown class 'nope'"),
+    ("relabel", {"changes": [["gone", "a", None, None]]}, "no live memory entry 'gone'"),
+    ("delete_class", {"name": "nope"}, "no class 'nope'"),
+    ("add", {"id": "id1", "label": "a"}, "already has an entry 'id1'"),
+])
+def test_a_bad_edit_changes_nothing(tmp_path, op, args, says):
+    memory, _ = edited(tmp_path)
+    memory.edit("delete", ids=["id9"])
+    before, log_bytes = state(memory), (tmp_path / "memory-edits.log").read_bytes()
+    if op == "add":
+        args = {**add_args(np.random.default_rng(0), args["id"]), **args}
+    with pytest.raises(EditError, match=says):
+        memory.edit(op, **args)
+    assert state(memory) == before and (tmp_path / "memory-edits.log").read_bytes() == log_bytes
+
+
+def test_a_kill_at_any_byte_replays_a_consistent_memory(tmp_path, caplog):
+    """The log cut at every byte (a kill at a record boundary or inside a record): replay
+    applies the whole records before the cut and drops the torn one, never half of it."""
+    full, _ = edited(tmp_path / "full")
+    some_edits(full, np.random.default_rng(1))
+    data = (tmp_path / "full" / "memory-edits.log").read_bytes()
+    ends = [i + 1 for i, b in enumerate(data) if b == ord("\n")]
+    states = []  # the memory after each number of whole records
+    ref, _ = edited(tmp_path / "ref")
+    states.append(state(ref))
+    for r in EditLog(tmp_path / "full" / "memory-edits.log").read()[0]:
+        ref._apply(r)
+        states.append(state(ref))
+    cut_dir = tmp_path / "cut"
+    cut_dir.mkdir()
+    for cut in range(0, len(data) + 1, 7):
+        (cut_dir / "memory-edits.log").write_bytes(data[:cut])
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            memory = EditedMemory(base_memory(), cut_dir / "memory-edits.log")
+        whole = sum(e <= cut for e in ends)
+        assert state(memory)[1:] == states[whole][1:]
+        assert ("torn last edit record" in caplog.text) == (cut not in [0, *ends])
+    # the next edit after a torn tail cuts it off and lands as a whole record
+    (cut_dir / "memory-edits.log").write_bytes(data[:ends[1] + 10])
+    memory = EditedMemory(base_memory(), cut_dir / "memory-edits.log")
+    memory.edit("delete", ids=["id7"])
+    again = EditedMemory(base_memory(), cut_dir / "memory-edits.log")
+    assert [r["op"] for r in EditLog(cut_dir / "memory-edits.log").read()[0]] == ["add", "add", "delete"]
+    assert state(again) == state(memory)
+
+
+def test_a_damaged_record_before_good_ones_is_refused(tmp_path):
+    memory, _ = edited(tmp_path)
+    some_edits(memory, np.random.default_rng(1))
+    path = tmp_path / "memory-edits.log"
+    data = bytearray(path.read_bytes())
+    data[data.index(b"\n") + 40] ^= 0x01  # inside the second record
+    path.write_bytes(bytes(data))
+    with pytest.raises(MemoryMismatchError, match=f"{path}.*damaged and later records follow"):
+        EditedMemory(base_memory(), path)
+
+
+def test_deleted_entries_are_never_returned_and_k_live_rows_remain(tmp_path):
+    memory, index = edited(tmp_path)
+    rng = np.random.default_rng(2)
+    xq = unit(rng, 30)
+    D0, I0 = index.search(xq, 10)
+    gone = sorted({int(i) for i in I0[:, :5].ravel()})
+    memory.edit("delete", ids=[f"id{r}" for r in gone])
+    D, I = index.search(xq, 10)
+    assert (I >= 0).all() and not np.isin(I, gone).any()
+    memory.edit("delete_class", name="a")
+    D, I = index.search(xq, 50)  # more than the 16-row margin per query is deleted
+    assert (I >= 0).all() and memory.is_live(I.ravel()).all()
+    assert (memory.labels_at(I.ravel()) != 0).all()
+
+
+def test_an_added_entry_is_found_at_once(tmp_path):
+    memory, index = edited(tmp_path)
+    rng = np.random.default_rng(3)
+    args = add_args(rng, "new")
+    memory.edit("add", **args)
+    key = np.frombuffer(base64.b64decode(args["key"]), np.float32)[None]
+    D, I = index.search(key, 3)
+    assert I[0, 0] == 200 and memory.meta_at([200], ["id"])["id"] == ["new"]
+
+
+def test_exact_unlearning_equals_a_memory_built_without_the_entries(tmp_path):
+    """After deletes, search results (scores and entries) are byte-equal to those of the
+    same index over a memory that never held the deleted entries."""
+    memory, index = edited(tmp_path)
+    rng = np.random.default_rng(4)
+    gone = rng.choice(200, 40, replace=False)
+    memory.edit("delete", ids=[f"id{r}" for r in gone])
+    keep = np.setdiff1d(np.arange(200), gone)
+    base = base_memory()
+    without = ArrayMemory(keys=base.keys[keep], values=base.values[keep], labels=base.labels[keep],
+                          texts=[base.texts[i] for i in keep], ids=[base.ids[i] for i in keep],
+                          sources=[base.sources[i] for i in keep], key_encoder="enc",
+                          value_encoder="txt", class_names=base.class_names)
+    reference = memory_index(without, RetrievalConfig())
+    xq = unit(rng, 50)
+    D, I = index.search(xq, 20)
+    Dr, Ir = reference.search(xq, 20)
+    assert D.tobytes() == Dr.tobytes()
+    assert memory.meta_at(I.ravel(), ["id"]) == without.meta_at(Ir.ravel(), ["id"])
