@@ -171,6 +171,29 @@ def _memory_verbs(sub) -> None:
                    help="encode the shards into the index here, or one Ray task per shard")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = verbs.add_parser("edit", help="add, delete or relabel entries of a finished run's memory; "
+                                      "served models use the edited memory with no retraining")
+    p.add_argument("run_dir", type=Path, help="a finished run folder")
+    p.add_argument("--experiment", help="which experiment's memory (default: the run's first)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--add", nargs="+", type=Path, metavar="IMAGE",
+                      help="images to add, with --label and/or --caption")
+    what.add_argument("--delete", nargs="+", metavar="ID", help="entry ids to delete")
+    what.add_argument("--delete-class", metavar="NAME", help="delete every entry of this class")
+    what.add_argument("--delete-source", metavar="NAME", help="delete every entry of this source")
+    what.add_argument("--relabel", nargs="+", metavar="ID=LABEL", help="give entries another class")
+    p.add_argument("--label", help="the class of the added images; a name the model was not "
+                                   "trained on makes a new class, predicted from the memory")
+    p.add_argument("--caption", help="the caption of the added images")
+    p.add_argument("--json", action="store_true", help="print the edit records as JSON")
+    p.add_argument("--cache", type=Path, default=None, help="model cache folder")
+
+    p = verbs.add_parser("compact", help="fold a run's memory edits into new shards and a new index")
+    p.add_argument("run_dir", type=Path, help="a finished run folder")
+    p.add_argument("--experiment", help="which experiment's memory (default: the run's first)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--cache", type=Path, default=None, help="model cache folder")
+
     p = verbs.add_parser("search", help="the memory entries nearest to images (uses the built index)")
     p.add_argument("memdir", type=Path)
     p.add_argument("images", nargs="*", type=Path, help="query images")

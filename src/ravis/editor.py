@@ -25,8 +25,8 @@ import numpy as np
 from .config import ExperimentConfig, RunConfig
 from .encoders import create_image_encoder, create_text_encoder
 from .encoders.base import l2_normalize
-from .memory.edits import LOG_NAME, EditedMemory, EditError, encode_array
-from .run_folder import experiment_dir, open_run, open_run_memory, read_serving
+from .memory.edits import EditedMemory, EditError, encode_array
+from .run_folder import experiment_dir, open_edited_memory, open_run, read_serving
 from .thumbnails import make_thumbnail
 
 MAX_ADD = 256  # images per add (one record each)
@@ -51,8 +51,7 @@ class MemoryEditor:
         if exp is None:
             raise ValueError(f"{run_dir}: no experiment {experiment!r}; it has {names}")
         folder = experiment_dir(run_dir, exp.name)
-        memory = EditedMemory(open_run_memory(folder, read_serving(folder)), folder / LOG_NAME)
-        return cls(memory, exp, cfg)
+        return cls(open_edited_memory(folder, read_serving(folder)), exp, cfg)
 
     @classmethod
     def for_predictor(cls, predictor) -> "MemoryEditor":
@@ -152,3 +151,90 @@ def _b64(data: bytes) -> str:
     import base64
 
     return base64.b64encode(data).decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Compaction
+
+
+def compact(run_dir: Path | str, experiment: str | None = None, *, rows_per_shard: int = 65536,
+            progress: bool = False) -> dict:
+    """Folds an experiment's edit log into a new memory part, ``memory/compacted-<seq>``
+    (the live rows, relabels applied, in row order), with an index like the one its largest
+    indexed part had, and points serving.json at it; the log is kept as
+    ``memory-edits.log.folded-<seq>``. A crash at any point leaves a run that serves the same
+    answers: serving.json switches in one rename and names the last folded edit, whose
+    records replay then skips. Returns {"folded", "rows", "path"}.
+
+    Raises:
+        FolderBusyError: a run, eval or another compaction is writing the folder.
+    """
+    from .io import exclusive_lock
+    from .run_folder import MEMORY_DIR, finish_run, write_serving
+
+    run_dir = Path(run_dir)
+    with exclusive_lock(run_dir / ".lock", busy=f"{run_dir}: a `ravis run`, `eval` or compaction "
+                                                 "is writing this folder; wait for it to finish"):
+        editor = MemoryEditor.open(run_dir, experiment)
+        memory = editor.memory
+        folder = experiment_dir(run_dir, editor.experiment.name)
+        with memory.log.locked():
+            memory.refresh()
+            if memory.seq == memory.folded:
+                return {"folded": 0, "rows": len(memory), "path": None}
+            target = folder / MEMORY_DIR / f"compacted-{memory.seq:06d}"
+            saved = _write_live_rows(memory, target, rows_per_shard)
+            _index_like(memory.base, saved, editor.experiment, progress)
+            info = read_serving(folder)
+            folded = memory.seq - memory.folded
+            info["memory"] = {**info["memory"], "class_names": memory.class_names,
+                              "edits_folded": memory.seq,
+                              "parts": [{"spec": "compacted", "path": str(target.relative_to(folder)),
+                                         "digest": saved.digest, "rows": len(saved), "copied": True}]}
+            write_serving(folder, info)  # the switch: from here on, the compacted memory is served
+            finish_run(run_dir)
+            memory.log.path.rename(memory.log.path.with_name(f"{memory.log.path.name}.folded-{memory.seq:06d}"))
+        return {"folded": folded, "rows": len(saved), "path": str(target)}
+
+
+def _write_live_rows(memory: EditedMemory, target: Path, rows_per_shard: int):
+    """The memory's live rows as a sharded memory at ``target`` (streamed, a shard at a time)."""
+    import shutil
+
+    from .memory.sharded import FORMAT, ShardedMemory, meta_table, save_manifest, write_shard
+
+    if target.exists():  # left by a compaction that was killed before its switch
+        shutil.rmtree(target)
+    shards, live = [], memory.live_rows(0, len(memory))  # (live,) int64: 8 bytes a row
+    for start in range(0, len(live), rows_per_shard):
+        rows = live[start:start + rows_per_shard]
+        meta = memory.meta_at(rows, ["id", "text", "source", "thumbnail"])
+        table = meta_table(meta["id"], meta["text"], meta["source"], memory.labels_at(rows),
+                           [t or b"" for t in meta["thumbnail"]], [None] * len(rows))
+        name = f"{len(shards):05d}"
+        files = write_shard(target, name, memory.keys_at(rows), memory.values_at(rows), table)
+        shards.append({"name": name, "input": f"compacted rows of {len(rows)}", "rows": len(rows),
+                       "skipped": {}, "files": files})
+    save_manifest(target, {"format": FORMAT, "key_encoder": memory.key_encoder,
+                           "value_encoder": memory.value_encoder, "dim": memory.dim,
+                           "value_dim": memory.value_dim, "dtype": str(memory.dtype),
+                           "count": 0, "class_names": memory.class_names, "skipped": {},
+                           "sources": ["compacted"], "shards": shards, "failed_shards": []})
+    return ShardedMemory.open(target, verify=True)
+
+
+def _index_like(base, saved, experiment: ExperimentConfig, progress: bool) -> None:
+    """Builds the compacted memory an index like the one its largest indexed part had (parts
+    without one are searched exactly at load, as before)."""
+    from .index.base import read_meta
+    from .memory.indexing import INDEX_DIR, has_index, index_memory
+    from .memory.sharded import ShardedMemory
+
+    indexed = [m for _, m in getattr(base, "parts", []) if isinstance(m, ShardedMemory) and has_index(m.memdir)]
+    if not indexed:
+        return
+    largest = max(indexed, key=len)
+    choice = read_meta(largest.memdir / INDEX_DIR)["info"]["choice"]
+    index_memory(saved.memdir, budget=experiment.retrieval.budget, factory=choice["factory"],
+                 target_recall=experiment.retrieval.target_recall, k=experiment.retrieval.k,
+                 progress=progress)

@@ -200,3 +200,72 @@ def cmd_export(args) -> int:
     print(f"{args.out}: {n} file triples (img_emb/, text_emb/, metadata/) in the "
           f"{args.format} layout")
     return 0
+
+
+def cmd_edit(args) -> int:
+    import json
+
+    from .data.images import open_image
+    from .editor import MemoryEditor
+    from .memory.edits import EditError
+
+    _use_cache(args)
+    editor = MemoryEditor.open(args.run_dir, args.experiment)
+    memory = editor.memory
+    before = memory.live_count
+    try:
+        if args.add:
+            if args.label is None and not args.caption:
+                raise EditError("--add needs --label or --caption")
+            images = [open_image(path) for path in args.add]
+            records = editor.add(images, [p.name for p in args.add], label=args.label,
+                                 caption=args.caption)
+        elif args.delete:
+            records = [editor.delete(args.delete)]
+        elif args.delete_class:
+            records = [editor.delete_class(args.delete_class)]
+        elif args.delete_source:
+            records = [editor.delete_source(args.delete_source)]
+        else:
+            changes = dict(_pair(c) for c in args.relabel)
+            records = [editor.relabel(changes)]
+    except EditError as e:
+        print(f"ravis memory edit: error: {e} (nothing was changed)", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k not in ("key", "value", "thumbnail")}
+                          for r in records], indent=1))
+        return 0
+    for r in records:
+        if r["op"] == "add":
+            print(f"added {r['id']}" + (f" (class {r['label']})" if r["label"] else "")
+                  + (f": {r['text']}" if r["text"] != r["label"] else ""))
+    if records[0]["op"] != "add":
+        print(f"{records[0]['op'].replace('_', ' ')}: {before - memory.live_count} entries deleted"
+              if records[0]["op"].startswith("delete") else
+              f"relabelled {len(records[0]['changes'])} entries")
+    print(f"{memory.log.path}: edit {memory.seq}; the memory now has {memory.live_count} live entries")
+    return 0
+
+
+def _pair(text: str) -> tuple[str, str]:
+    from .memory.edits import EditError
+
+    entry, sep, label = text.rpartition("=")
+    if not sep or not entry or not label:
+        raise EditError(f"--relabel takes ID=LABEL, got {text!r}")
+    return entry, label
+
+
+def cmd_compact(args) -> int:
+    from .editor import compact
+
+    _use_cache(args)
+    t0 = time.perf_counter()
+    out = compact(args.run_dir, args.experiment, progress=not args.quiet)
+    if not out["folded"]:
+        print(f"{args.run_dir}: no edits to fold")
+        return 0
+    print(f"folded {out['folded']} edits into {out['path']} ({out['rows']} rows), "
+          f"{time.perf_counter() - t0:.1f} s")
+    return 0

@@ -30,11 +30,11 @@ from .encoders import create_image_encoder
 from .fusion import build_model
 from .io import default_cache_dir
 from .memory.base import Memory, neighbor_labels
-from .memory.edits import LOG_NAME as EDIT_LOG, EditedIndex, EditedMemory
+from .memory.edits import EditedIndex
 from .methods import method as get_method
 from .retrieval.memory_index import memory_index
-from .run_folder import (SERVING_FILE, RunFolderError, experiment_dir, load_config, open_run,
-                         open_run_memory, read_serving, verify_files)
+from .run_folder import (SERVING_FILE, RunFolderError, experiment_dir, load_config,
+                         open_edited_memory, open_run, read_serving, verify_files)
 from .thumbnails import media_type
 
 
@@ -77,10 +77,10 @@ class Predictor:
             raise FileNotFoundError(f"{weights}: no trained {method!r} model in this run")
         verify_files(run_dir, record, [f"{folder.name}/{weights.name}", f"{folder.name}/{SERVING_FILE}"])
         info = read_serving(folder)
-        base = open_run_memory(folder, info)
+        memory = open_edited_memory(folder, info)  # the run's memory with its edits
+        base = memory.base
         encoder = create_image_encoder(exp.encoder)
         base.check_query_encoder(encoder.fingerprint(), encoder.dim)
-        memory = EditedMemory(base, folder / EDIT_LOG)  # the run's memory with its edits
         class_names = list(info["class_names"])
         model = build_model(method, exp, memory.dim, memory.value_dim, len(class_names))
         model.load_state_dict(load_file(str(weights)))

@@ -39,6 +39,7 @@ from .config import RunConfig, resolve
 from .io import atomic_path, link_or_copy, load_json, save_json, sha256_file
 from .memory.base import MemoryMismatchError
 from .memory.compose import ComposedMemory, compose, source_name
+from .memory.edits import LOG_NAME as EDIT_LOG
 from .memory.sharded import STAMPS_NAME, ShardedMemory
 
 SERVING_FILE = "serving.json"
@@ -82,6 +83,7 @@ def _recorded_files(run_dir: Path) -> list[Path]:
     for path in sorted(run_dir.rglob("*")):
         rel = path.relative_to(run_dir)
         if (path.is_file() and rel.name not in _UNRECORDED and not rel.name.endswith(".tmp")
+                and not rel.name.lstrip(".").startswith(EDIT_LOG)  # edits come after the run
                 and not any(part in _UNRECORDED_DIRS for part in rel.parts[:-1])):
             out.append(path)
     return out
@@ -254,6 +256,16 @@ def open_run_memory(folder: Path, info: dict) -> ComposedMemory:
     return compose(parts, info["memory"]["class_names"])
 
 
+def open_edited_memory(folder: Path, info: dict):
+    """The experiment's memory (:func:`open_run_memory`) with the edits of its log applied
+    (:mod:`ravis.memory.edits`), skipping those a compaction already folded into it."""
+    from .memory.edits import EditedMemory
+
+    return EditedMemory(open_run_memory(folder, info), Path(folder) / EDIT_LOG,
+                        folded=info["memory"].get("edits_folded", 0))
+
+
 __all__ = ["COMPLETE_FILE", "FORMAT_VERSION", "MEMORY_DIR", "RunFolderError", "SERVING_FILE",
-           "begin_run", "experiment_dir", "finish_run", "load_config", "open_run", "open_run_memory",
+           "begin_run", "experiment_dir", "finish_run", "load_config", "open_edited_memory", "open_run",
+           "open_run_memory",
            "read_serving", "save_memory_part", "verify_files", "write_serving"]

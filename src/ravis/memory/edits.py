@@ -191,8 +191,11 @@ class EditedMemory:
     many readers when callers hold :attr:`lock` around edits and the reads that must see
     one state (a prediction)."""
 
-    def __init__(self, base, log_path: Path | str | None = None):
+    def __init__(self, base, log_path: Path | str | None = None, folded: int = 0):
+        """``folded``: records up to this seq are already in ``base`` (``ravis memory compact``
+        wrote them into it) and are skipped; new records are numbered after it."""
         self.base = base
+        self.base_digest = base.digest[:16]  # every record names the memory it edits
         self.key_encoder, self.value_encoder = base.key_encoder, base.value_encoder
         self.base_count = len(base)
         self._class_names = list(base.class_names)
@@ -206,7 +209,7 @@ class EditedMemory:
         self._history = hashlib.sha256()
         self.lock = threading.RLock()
         self.log = EditLog(log_path) if log_path is not None else None
-        self.applied_bytes, self.seq = 0, 0
+        self.applied_bytes, self.seq, self.folded = 0, int(folded), int(folded)
         self.refresh()
 
     # -- replay --------------------------------------------------------------------------------
@@ -217,7 +220,13 @@ class EditedMemory:
             return 0
         with self.lock:
             records, end = self.log.read(self.applied_bytes)
+            records = [r for r in records if r["seq"] > self.folded]
             for record in records:
+                if record.get("base") != self.base_digest:
+                    raise MemoryMismatchError(
+                        f"{self.log.path}: edit {record['seq']} was made to another memory "
+                        f"(digest {record.get('base')}, this one is {self.base_digest}): the run's "
+                        "memory changed since (a rerun?); move the log away to serve it unedited")
                 self._apply(record)
             self.applied_bytes = end
             return len(records)
@@ -229,7 +238,8 @@ class EditedMemory:
             raise EditError("this memory has no edit log")
         with self.lock, self.log.locked():
             self.refresh()  # another writer's records first: ids and classes are theirs too
-            record = {"seq": self.seq + 1, "time": round(time.time(), 3), "who": who, "op": op, **args}
+            record = {"seq": self.seq + 1, "time": round(time.time(), 3), "who": who,
+                      "base": self.base_digest, "op": op, **args}
             self._check(record)
             end = self.log.append(record, self.applied_bytes)
             self._apply(record)
@@ -278,7 +288,8 @@ class EditedMemory:
             self._deleted = np.append(self._deleted, False)
             self._added_rows[r["id"]] = row
         elif op == "delete":
-            self._deleted[self._lookup(r["ids"])] = True
+            rows = self._lookup(r["ids"])
+            self._deleted[rows[rows >= 0]] = True
         elif op == "delete_class":
             self._delete_where(lambda rows: self.labels_at(rows) == self._class_names.index(r["name"]))
         elif op == "delete_source":
@@ -286,6 +297,8 @@ class EditedMemory:
         elif op == "relabel":
             rows = self._lookup([c[0] for c in r["changes"]])
             for row, (_, label, text, value) in zip(rows, r["changes"]):
+                if row < 0:
+                    continue
                 self._changed[int(row)] = (self._class_names.index(label), text,
                                            None if value is None else decode_array(value, self.value_dim, "value"))
         self.seq = int(r["seq"])
