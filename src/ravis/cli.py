@@ -268,6 +268,10 @@ def _serving_verbs(sub) -> None:
     p.add_argument("--search-param", dest="search_params", action="append", default=[], metavar="KEY=VALUE",
                    help="index search parameter, e.g. nprobe=16 (repeatable)")
     p.add_argument("--cache", type=Path, default=None, help="cache folder for indexes built for serving (default $RAVIS_CACHE or ~/.cache/ravis)")
+    p.add_argument("--allow-edits", action="store_true",
+                   help="accept POST /memory, DELETE /memory/ID and POST /memory/relabel (needs --edit-token-file)")
+    p.add_argument("--edit-token-file", type=Path, default=None,
+                   help="file holding the bearer token that edit requests must send")
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a finished run")
     p.add_argument("run_dir", type=Path)

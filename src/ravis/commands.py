@@ -153,13 +153,31 @@ def cmd_serve(args) -> int:
         if not sep:
             raise ValueError(f"--search-param {item!r}: expected KEY=VALUE, e.g. nprobe=16")
         params[key] = float(value) if "." in value else int(value)
+    token = _edit_token(args)
     predictor = Predictor.load(args.run_dir, args.experiment, args.method, args.cache,
                                index=args.index, search_params=params)
     print(f"serving {args.run_dir} ({predictor.experiment.name}, {args.method}, memory of "
-          f"{len(predictor.memory)}) on http://{args.host}:{args.port}/", flush=True)
+          f"{predictor.memory.live_count}{', edits allowed' if token else ''}) on "
+          f"http://{args.host}:{args.port}/", flush=True)
     serve(predictor, args.host, args.port, max_bytes=int(args.max_upload_mb * 1024 * 1024),
-          max_pixels=args.max_pixels)
+          max_pixels=args.max_pixels, edit_token=token)
     return 0
+
+
+def _edit_token(args) -> str | None:
+    """The bearer token edits need, from --edit-token-file; None without --allow-edits."""
+    if not args.allow_edits:
+        if args.edit_token_file:
+            raise ValueError("--edit-token-file needs --allow-edits")
+        return None
+    if not args.edit_token_file:
+        raise ValueError("--allow-edits needs --edit-token-file FILE: a file holding the bearer "
+                         "token that edit requests must carry")
+    token = Path(args.edit_token_file).read_text().strip()
+    if len(token) < 16:
+        raise ValueError(f"{args.edit_token_file}: the edit token must be at least 16 characters "
+                         "(for example: python -c 'import secrets; print(secrets.token_urlsafe())')")
+    return token
 
 
 def cmd_report(args) -> int:

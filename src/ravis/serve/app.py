@@ -24,8 +24,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from .edits import add_edit_routes
 from .metrics import ServerMetrics
-from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ApiError, decode_image, image_from_json
+from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ApiError, decode_image, image_from_json, text_fields
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -40,11 +41,12 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
 
 
 def create_app(predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
-    """A FastAPI app serving ``predictor`` (a :class:`ravis.predictor.Predictor`)."""
+               max_pixels: int = DEFAULT_MAX_PIXELS, edit_token: str | None = None) -> FastAPI:
+    """A FastAPI app serving ``predictor`` (a :class:`ravis.predictor.Predictor`); with
+    ``edit_token``, its memory can be edited by requests that carry it (:mod:`.edits`)."""
     # No /docs: FastAPI's docs page loads its scripts from a CDN, and this runs offline.
     app = FastAPI(title="ravis", docs_url=None, redoc_url=None, openapi_url=None)
-    metrics = ServerMetrics(len(predictor.memory))
+    metrics = ServerMetrics(getattr(predictor.memory, "live_count", len(predictor.memory)))
     model_lock = threading.Lock()
     static = _static_files()
     app.state.predictor, app.state.metrics = predictor, metrics
@@ -97,7 +99,7 @@ def create_app(predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
 
     @app.post("/predict")
     async def predict(request: Request):
-        data, name = await read_upload(request, max_bytes)
+        data, name, _ = await read_upload(request, max_bytes)
         return JSONResponse(await run_in_threadpool(predict_bytes, data, name))
 
     @app.get("/memory/rows/{row}/thumbnail")
@@ -108,10 +110,14 @@ def create_app(predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
         data, media_type = found
         return Response(data, media_type=media_type, headers={"Cache-Control": "max-age=86400"})
 
+    add_edit_routes(app, predictor, token=edit_token, model_lock=model_lock, metrics=metrics,
+                    max_bytes=max_bytes, max_pixels=max_pixels, read_upload=read_upload)
+
     @app.get("/healthz")
     def healthz():
         return {"status": "ok", "experiment": predictor.experiment.name, "method": predictor.method,
-                "memory_size": len(predictor.memory), "k": predictor.k,
+                "memory_size": predictor.memory.live_count, "edits_allowed": edit_token is not None,
+                "k": predictor.k,
                 "classes": len(predictor.class_names), "max_upload_bytes": max_bytes,
                 "max_pixels": max_pixels}
 
@@ -135,8 +141,9 @@ def create_app(predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
     return app
 
 
-async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
-    """(image bytes, name) of a /predict request: multipart, JSON with base64, or a raw image/*.
+async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str, dict[str, str]]:
+    """(image bytes, name, its label and caption fields) of a request carrying an image:
+    multipart (the fields as form fields), JSON with base64, or a raw image/* (no fields).
 
     The body is read with a cap (room for base64 and multipart framing around ``max_bytes``
     of image) before any parsing, so an oversized request costs at most the cap.
@@ -156,15 +163,16 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
         body += chunk
         if len(body) > cap:
             raise _too_large(len(body), max_bytes)
+    fields: dict[str, str] = {}
     if mime == "application/json":
-        data, name = image_from_json(bytes(body))
+        data, name, fields = image_from_json(bytes(body))
     elif mime == "multipart/form-data":
-        data, name = await _multipart_image(request, bytes(body))
+        data, name, fields = await _multipart_image(request, bytes(body))
     else:
         data, name = bytes(body), "upload"
     if len(data) > max_bytes:
         raise _too_large(len(data), max_bytes)
-    return data, name
+    return data, name, fields
 
 
 DISCARD_LIMIT = 64 * 1024 * 1024
@@ -183,7 +191,7 @@ def _too_large(size: int, max_bytes: int) -> ApiError:
                     f"the upload ({size} bytes or more) exceeds the limit of {max_bytes} bytes")
 
 
-async def _multipart_image(request: Request, body: bytes) -> tuple[bytes, str]:
+async def _multipart_image(request: Request, body: bytes) -> tuple[bytes, str, dict[str, str]]:
     async def stream():
         yield body
 
@@ -199,8 +207,9 @@ async def _multipart_image(request: Request, body: bytes) -> tuple[bytes, str]:
         raise ApiError(415, "unsupported_media_type",
                        f"{upload.filename or 'upload'}: file part has Content-Type {declared}, not image/*")
     data = await upload.read()
+    fields = text_fields({k: v for k, v in form.items() if isinstance(v, str)})
     await form.close()
-    return data, (upload.filename or "upload")[:200]
+    return data, (upload.filename or "upload")[:200], fields
 
 
 __all__ = ["create_app", "read_upload"]

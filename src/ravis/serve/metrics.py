@@ -5,6 +5,8 @@
     ravis_stage_seconds{stage}                  per-stage latency of /predict: decode, queue
                                                 (waiting for the model), encode, search, fuse
     ravis_errors_total{kind}                    refusals and failures by kind (not_an_image, ...)
+    ravis_edits_total{op, outcome}              memory edits (add, delete, relabel) accepted or refused
+    ravis_memory_entries                        live entries in the served memory
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ class ServerMetrics:
         self.stages = Histogram("ravis_stage_seconds", "Per-stage latency of /predict", ["stage"],
                                 buckets=BUCKETS, registry=r)
         self.errors = Counter("ravis_errors", "Refused or failed requests by kind", ["kind"], registry=r)
-        Gauge("ravis_memory_entries", "Entries in the served memory", registry=r).set(memory_size)
+        self.edits = Counter("ravis_edits", "Memory edits by op and outcome (accepted, refused)",
+                             ["op", "outcome"], registry=r)
+        self.memory_entries = Gauge("ravis_memory_entries", "Live entries in the served memory",
+                                    registry=r)
+        self.memory_entries.set(memory_size)
         for stage in STAGES:  # present from the start, so a scrape before traffic sees them
             self.stages.labels(stage)
 

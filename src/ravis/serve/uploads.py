@@ -69,14 +69,35 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
                        f"({type(e).__name__}: {e})") from e
 
 
-def image_from_json(body: bytes) -> tuple[bytes, str]:
-    """(image bytes, name) from a JSON body ``{"image": "<base64>", "name": "..."}``; a
-    ``data:image/...;base64,`` prefix is accepted."""
+def json_object(body: bytes) -> dict:
+    """A JSON request body that must be an object."""
     try:
         obj = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, "bad_json", f"the request body is not valid JSON ({e})") from e
-    if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
+    if not isinstance(obj, dict):
+        raise ApiError(400, "bad_json", "the request body must be a JSON object")
+    return obj
+
+
+def text_fields(obj: dict, names=("label", "caption")) -> dict[str, str]:
+    """The string fields ``names`` of a JSON object or form (others are ignored)."""
+    out = {}
+    for n in names:
+        v = obj.get(n)
+        if v is not None and not isinstance(v, str):
+            raise ApiError(400, "bad_field", f'"{n}" must be a string')
+        if v is not None:
+            out[n] = v[:1000]
+    return out
+
+
+def image_from_json(body: bytes) -> tuple[bytes, str, dict[str, str]]:
+    """(image bytes, name, label and caption fields) from a JSON body ``{"image": "<base64>",
+    "name": "...", "label": ..., "caption": ...}``; a ``data:image/...;base64,`` prefix is
+    accepted."""
+    obj = json_object(body)
+    if not isinstance(obj.get("image"), str):
         raise ApiError(400, "missing_image", 'JSON body needs "image": a base64 string of the file')
     text = obj["image"]
     if text.startswith("data:"):
@@ -86,7 +107,8 @@ def image_from_json(body: bytes) -> tuple[bytes, str]:
     except (binascii.Error, ValueError) as e:
         raise ApiError(400, "bad_base64", f'"image" is not valid base64 ({e})') from e
     name = obj.get("name") if isinstance(obj.get("name"), str) else "upload"
-    return data, name[:200]
+    return data, name[:200], text_fields(obj)
 
 
-__all__ = ["ApiError", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "decode_image", "image_from_json"]
+__all__ = ["ApiError", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "decode_image", "image_from_json",
+           "json_object", "text_fields"]
