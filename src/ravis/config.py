@@ -152,9 +152,14 @@ class DataConfig:
     # carry the noisy labels, the test split and a "full-train" memory the clean ones
     label_noise: float = 0.0
     label_noise_seed: int = 0
+    # leave this fraction of the classes (chosen with split_seed) out of training, the memory
+    # and the test split: classes to teach the trained model later, by adding their images to
+    # its memory (`ravis memory edit --add ... --label NEW`; benchmarks/study_new_classes.py)
+    hold_out_fraction: float = 0.0
 
     def __post_init__(self):
         _check(bool(self.dataset), "data.dataset is empty")
+        _check(0 <= self.hold_out_fraction < 1, "data.hold_out_fraction must be in [0, 1)")
         _check(self.class_depth >= 1, "data.class_depth must be >= 1")
         _check(0 < self.test_fraction < 1, "data.test_fraction must be in (0, 1)")
         _check(self.imbalance_ratio >= 1, "data.imbalance_ratio must be >= 1")

@@ -80,6 +80,17 @@ class MemoryEditor:
                 value=encode_array(value), thumbnail=_b64(make_thumbnail(image))))
         return records
 
+    def add_embedded(self, keys: np.ndarray, values: np.ndarray, labels, texts, ids, *,
+                     source: str = "edits", thumbnails=None, who: str | None = None) -> list[dict]:
+        """Adds entries embedded already (keys by the experiment's image encoder, values as
+        its memory makes them), in one write: a bulk import, or a study's held-out classes."""
+        keys = l2_normalize(np.asarray(keys, dtype=np.float32))
+        thumbnails = thumbnails if thumbnails is not None else [b""] * len(keys)
+        entries = [{"id": i, "label": y, "text": t, "source": source, "key": encode_array(k),
+                    "value": encode_array(v), "thumbnail": _b64(th)}
+                   for k, v, y, t, i, th in zip(keys, values, labels, texts, ids, thumbnails)]
+        return self.memory.add_many(entries, who=self._who(who))
+
     def delete(self, ids, who: str | None = None) -> dict:
         return self.memory.edit("delete", who=self._who(who), ids=list(ids))
 

@@ -116,9 +116,17 @@ class Predictor:
         """
         t0 = time.perf_counter()
         z = self.embed(images)  # (B, d)
+        return self.predict_embeddings(z, top_classes, top_neighbors, t0=t0)
+
+    @torch.no_grad()
+    def predict_embeddings(self, z: np.ndarray, top_classes: int = 5, top_neighbors: int | None = None,
+                           *, t0: float | None = None) -> list[dict]:
+        """:meth:`predict` for query embeddings made by the run's encoder (B, d)."""
+        t1 = time.perf_counter()
         with self.memory.lock:
             self.memory.refresh()
-            return self._predict(z, t0, time.perf_counter(), len(images), top_classes, top_neighbors)
+            return self._predict(np.asarray(z, dtype=np.float32), t1 if t0 is None else t0, t1,
+                                 len(z), top_classes, top_neighbors)
 
     def _predict(self, z, t0, t1, batch, top_classes, top_neighbors) -> list[dict]:
         D, I = self.index.search(z, self.k)  # (B, k)

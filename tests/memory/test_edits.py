@@ -184,3 +184,18 @@ def test_exact_unlearning_equals_a_memory_built_without_the_entries(tmp_path):
     Dr, Ir = reference.search(xq, 20)
     assert D.tobytes() == Dr.tobytes()
     assert memory.meta_at(I.ravel(), ["id"]) == without.meta_at(Ir.ravel(), ["id"])
+
+
+def test_add_many_is_all_or_nothing(tmp_path):
+    memory, index = edited(tmp_path)
+    rng = np.random.default_rng(5)
+    good = [add_args(rng, f"bulk{i}") for i in range(50)]
+    memory.add_many(good, who="t")
+    assert len(memory) == 250 and memory.rows_of(["bulk49"]).tolist() == [249]
+    before, log_bytes = state(memory), (tmp_path / "memory-edits.log").read_bytes()
+    with pytest.raises(EditError, match="already has an entry 'bulk3'"):
+        memory.add_many([add_args(rng, "fresh"), add_args(rng, "bulk3")])
+    with pytest.raises(EditError, match="repeat an id"):
+        memory.add_many([add_args(rng, "twice"), add_args(rng, "twice")])
+    assert state(memory) == before and (tmp_path / "memory-edits.log").read_bytes() == log_bytes
+    assert state(EditedMemory(base_memory(), tmp_path / "memory-edits.log")) == before

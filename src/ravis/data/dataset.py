@@ -87,3 +87,24 @@ class Splits:
     def __post_init__(self):
         if self.train.class_names != self.test.class_names:
             raise ValueError("train and test splits must share class_names")
+
+
+def held_out_classes(class_names: list[str], fraction: float, seed: int) -> list[str]:
+    """``fraction`` of the classes (at least one when it is above 0), drawn with ``seed``."""
+    if fraction <= 0:
+        return []
+    n = max(1, round(fraction * len(class_names)))
+    rng = np.random.default_rng(seed)
+    return sorted(str(c) for c in rng.choice(class_names, n, replace=False))
+
+
+def without_classes(dataset: ImageDataset, names) -> ImageDataset:
+    """The same items with the classes ``names`` taken out of the class list: their items
+    get label -1 (for the caller to drop), the others are renumbered. The images are the same,
+    so the fingerprint is too (the embedding cache is keyed by it)."""
+    kept = [c for c in dataset.class_names if c not in set(names)]
+    new = {c: i for i, c in enumerate(kept)}
+    remap = np.array([new.get(c, -1) for c in dataset.class_names], dtype=np.int64)
+    return ImageDataset(name=dataset.name, ids=dataset.ids, labels=remap[dataset.labels],
+                        class_names=kept, captions=dataset.captions,
+                        fingerprint=dataset.fingerprint, loader=dataset.loader)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import ConfigError, DataConfig, ExperimentConfig, RunConfig, unset_variables
 from ..data import (ImageDataset, Splits, load_dataset, longtail_indices, stratified_split)
+from ..data.dataset import held_out_classes, without_classes
 from ..data.noise import with_label_noise
 from ..encoders import create_image_encoder, create_text_encoder
 from ..encoders.embed import embed_images, is_embedded
@@ -147,12 +148,19 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
     full_z = np.zeros((len(full_train), encoder.dim), dtype=np.float32)
     full_valid = np.zeros(len(full_train), dtype=bool)
     full_z[base_rows], full_valid[base_rows] = base_emb.embeddings, base_emb.valid
+    test_valid = test_emb.valid
+    held = held_out_classes(full_train.class_names, exp.data.hold_out_fraction, exp.data.split_seed)
+    if held:  # after embedding: the same images, so the same embedding cache entries
+        full_train, test = without_classes(full_train, held), without_classes(test, held)
+        full_valid &= full_train.labels >= 0
+        test_valid = test_valid & (test.labels >= 0)
+        log.info("%s: holding out %d classes: %s", exp.name, len(held), ", ".join(held))
     train_rows = train_rows[full_valid[train_rows]]
     train = SplitData(full_train.subset(train_rows), full_z[train_rows])
     if exp.data.label_noise > 0:
         train = SplitData(with_label_noise(train.dataset, exp.data.label_noise, exp.data.label_noise_seed),
                           train.z)
-    test_ok = np.flatnonzero(test_emb.valid)
+    test_ok = np.flatnonzero(test_valid)
     test_split = SplitData(test.subset(test_ok), test_emb.embeddings[test_ok])
     counts = np.bincount(train.dataset.labels, minlength=train.dataset.num_classes)
     if stage == "embed":
