@@ -160,7 +160,8 @@ def cmd_serve(args) -> int:
           f"{predictor.memory.live_count}{', edits allowed' if token else ''}) on "
           f"http://{args.host}:{args.port}/", flush=True)
     serve(predictor, args.host, args.port, max_bytes=int(args.max_upload_mb * 1024 * 1024),
-          max_pixels=args.max_pixels, edit_token=token)
+          max_pixels=args.max_pixels, edit_token=token,
+          load_options={"cache_dir": args.cache, "index": args.index, "search_params": params})
     return 0
 
 

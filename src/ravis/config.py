@@ -215,6 +215,9 @@ class RetrievalConfig:
     vote_temperature: float = 0.07  # DINO's
     rac_texts: int = 10  # RAC-style: how many nearest neighbours' texts are concatenated
     k_curve: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100])  # accuracy-versus-k plot
+    # accuracy versus memory size: fractions of the memory the test queries also search (nested
+    # random subsets; the trained models as they are), e.g. [0.05, 0.1, 0.25, 0.5]
+    memory_curve: list[float] = field(default_factory=list)
     # Memory entries at or above this cosine similarity to a test (or, beyond its own entry, a
     # training) image are near-duplicates of it: counted in the results ("contamination") and,
     # unless exclude_duplicates is false, never retrieved for it.
@@ -229,6 +232,7 @@ class RetrievalConfig:
         _check(all(1 <= v <= self.k for v in self.k_curve), "retrieval.k_curve must lie in [1, k]")
         _check(self.vote_temperature > 0, "retrieval.vote_temperature must be > 0")
         _check(0 < self.duplicate_threshold <= 1, "retrieval.duplicate_threshold must lie in (0, 1]")
+        _check(all(0 < f < 1 for f in self.memory_curve), "retrieval.memory_curve: fractions in (0, 1)")
 
 
 @dataclass

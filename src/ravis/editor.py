@@ -118,19 +118,14 @@ class MemoryEditor:
         names = self.memory.class_names
         prompt_rows = [j for j, (y, t) in enumerate(zip(old, texts))
                        if self.experiment.memory.values == "label_prompt" and 0 <= y and t == names[y]]
-        new_values = {}
+        values = {}
         if prompt_rows:
             labels = sorted({changes[ids[j]] for j in prompt_rows})
             prompts = self._text(self.experiment.memory.prompt.format(label=c) for c in labels)
-            new_values = dict(zip(labels, prompts))
-        out = []
-        for j, i in enumerate(ids):
-            label = changes[i]
-            if j in set(prompt_rows):
-                out.append([i, label, label, encode_array(new_values[label])])
-            else:
-                out.append([i, label, None, None])
-        return self.memory.edit("relabel", who=self._who(who), changes=out)
+            values = {c: encode_array(v) for c, v in zip(labels, prompts)}
+        prompt_rows = set(prompt_rows)
+        out = [[i, changes[i], changes[i] if j in prompt_rows else None] for j, i in enumerate(ids)]
+        return self.memory.edit("relabel", who=self._who(who), changes=out, values=values)
 
     # -- embedding -----------------------------------------------------------------------------
     def _values(self, images, label: str | None, caption: str | None) -> np.ndarray:

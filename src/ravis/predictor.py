@@ -52,6 +52,7 @@ class Predictor:
     class_names: list[str]
     k: int  # neighbours per query, as in training and evaluation
     adjustment: np.ndarray | None = None  # (C,) post-hoc prior correction subtracted from logits
+    run_dir: Path | None = None  # the run folder it was loaded from (the server offers its other models)
 
     @classmethod
     def load(cls, run_dir: Path | str, experiment: str | None = None, method: str = "mam",
@@ -93,7 +94,7 @@ class Predictor:
                                  f"{method!r}; rerun the experiment")
         adjustment = info["logit_adjustment"][method]
         return cls(cfg, exp, method, encoder, memory, searcher, model, class_names, int(info["k"]),
-                   None if adjustment is None else np.asarray(adjustment, dtype=np.float32))
+                   None if adjustment is None else np.asarray(adjustment, dtype=np.float32), run_dir)
 
     @property
     def all_class_names(self) -> list[str]:

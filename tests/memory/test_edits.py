@@ -46,7 +46,7 @@ def some_edits(memory, rng):
     memory.edit("add", who="t", **add_args(rng, "new0", label="a"))
     memory.edit("add", who="t", **add_args(rng, "new1", label="zebra", text="a zebra"))  # a new class
     memory.edit("delete", who="t", ids=["id3", "new0"])
-    memory.edit("relabel", who="t", changes=[["id4", "c", "c", encode_array(np.ones(DV))]])
+    memory.edit("relabel", who="t", changes=[["id4", "c", "c"]], values={"c": encode_array(np.ones(DV))})
     memory.edit("delete_class", who="t", name="b")
     memory.edit("delete_source", who="t", name="web")
 
@@ -81,8 +81,9 @@ def test_edits_apply_and_replay_to_the_same_memory(tmp_path):
 
 @pytest.mark.parametrize("op, args, says", [
     ("delete", {"ids": ["id1", "nope"]}, "no live memory entry 'nope'"),
-    ("relabel", {"changes": [["id1", "nope", None, None]]}, "unknown class 'nope'"),
-    ("relabel", {"changes": [["gone", "a", None, None]]}, "no live memory entry 'gone'"),
+    ("relabel", {"changes": [["id1", "nope", None]]}, "unknown class 'nope'"),
+    ("relabel", {"changes": [["gone", "a", None]]}, "no live memory entry 'gone'"),
+    ("relabel", {"changes": [["id1", "a", "a"]]}, "without its value"),
     ("delete_class", {"name": "nope"}, "no class 'nope'"),
     ("add", {"id": "id1", "label": "a"}, "already has an entry 'id1'"),
 ])

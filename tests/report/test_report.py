@@ -70,3 +70,29 @@ def test_memory_size_plot_only_where_sizes_differ(tmp_path):
     assert list(groups) == ["fmnist (test 100)"] and [e["name"] for e in groups["fmnist (test 100)"]] == ["A", "B", "C"]
     plot_memory_size("fmnist", groups["fmnist (test 100)"], tmp_path / "m.png")
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_accuracy_versus_memory_size_has_at_least_four_sizes(tiny_run, tmp_path):
+    entry = load_json(tiny_run / "results.json")["experiments"][0]
+    for method in ("mam", "knn_vote"):
+        curve = entry["details"][method]["accuracy_vs_memory"]
+        assert len(curve) >= 4 and int(max(curve, key=int)) == entry["memory_size"]
+        assert curve[str(entry["memory_size"])] == entry["methods"][method]["top1"]
+    out = write_report(tiny_run, tmp_path / "r" / "report.html")
+    assert (tmp_path / "r" / "report" / "memory-curve-tiny-fmnist.png").exists()
+    assert "Accuracy versus memory size: tiny-fmnist" in out.read_text()
+
+
+def test_the_shots_legend_covers_no_bar(tiny_run, monkeypatch, tmp_path):
+    from ravis.evaluation import report as eval_report
+
+    figures = []
+    monkeypatch.setattr(eval_report, "_save_figure", lambda fig, path: figures.append(fig))
+    entry = load_json(tiny_run / "results.json")["experiments"][0]
+    eval_report.plot_shots(entry, tmp_path / "s.png")
+    fig = figures[0]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    bars = [p.get_window_extent() for p in ax.patches if p.get_height() > 0]
+    assert bars and not any(legend.overlaps(b) for b in bars)

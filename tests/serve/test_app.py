@@ -119,7 +119,7 @@ def test_burst_of_bad_requests_then_a_good_one(served, query_png):
 def test_thumbnails_come_from_the_memory_only(served, query_png):
     client, predictor = served
     n = client.post_file(query_png).json()["neighbors"][0]
-    assert n["thumbnail"] == f"/memory/rows/{n['row']}/thumbnail"
+    assert n["thumbnail"] == f"/memory/rows/{n['row']}/thumbnail?experiment=tiny-fmnist"
     r = client.get(n["thumbnail"])
     assert r.status == 200 and r.headers["content-type"] == "image/png"
     assert r.body == predictor.memory.meta_at([n["row"]], ["thumbnail"])["thumbnail"][0]

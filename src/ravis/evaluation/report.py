@@ -62,7 +62,7 @@ def plot_shots(experiment: dict, path: Path) -> None:
     methods = list(experiment["methods"])
     groups = ["many", "mid", "few", "top1"]
     width = 0.8 / max(1, len(methods))
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     x = np.arange(len(groups))
     for i, name in enumerate(methods):
         vals = [experiment["methods"][name].get(g) for g in groups]
@@ -71,7 +71,8 @@ def plot_shots(experiment: dict, path: Path) -> None:
     ax.set_xticks(x + width * (len(methods) - 1) / 2, ["many", "mid", "few", "all"])
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(experiment["name"])
-    ax.legend(fontsize=7, ncol=2)
+    # beside the axes, not over them: inside, it covered the "few" bars
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     _save_figure(fig, path)
     plt.close(fig)
 

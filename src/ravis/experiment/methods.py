@@ -24,6 +24,7 @@ from ..training.data import MemoryTensors, QuerySet
 from ..training.loss import log_prior
 from ..training.checkpoint import remove_checkpoint, save_weights
 from ..training.trainer import fit, predict
+from . import memory_curve
 from .prepare import Prepared, test_like_training
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,9 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
                               labels, posthoc_tau * prior)
         curve[int(test.neighbors.shape[1])] = result.metrics["top1"]  # all k: the main prediction
         result.details["accuracy_vs_k"] = curve
+        if exp.retrieval.memory_curve:
+            result.details["accuracy_vs_memory"] = memory_curve.model_curve(
+                model, prep, posthoc_tau * prior, reads_labels, result.metrics["top1"])
     return model, result
 
 
@@ -290,6 +294,7 @@ def vote_result(prep: Prepared) -> MethodResult:
     by_k = {k: knn_vote(prep.test_D, test_nl, prep.num_classes, k, r.vote_temperature) for k in ks}
     curve = {k: float((by_k[k].argmax(1) == labels).mean()) for k in ks}
     metrics, per_class = prediction_metrics(by_k[best_k].argmax(1), labels, prep.class_counts)
-    return MethodResult(metrics=metrics, per_class=per_class,
-                        details={"k": best_k, "accuracy_vs_k": curve, "note": note},
-                        logits=by_k[best_k])
+    details = {"k": best_k, "accuracy_vs_k": curve, "note": note}
+    if r.memory_curve:
+        details["accuracy_vs_memory"] = memory_curve.vote_curve(prep, best_k, metrics["top1"])
+    return MethodResult(metrics=metrics, per_class=per_class, details=details, logits=by_k[best_k])

@@ -13,8 +13,9 @@ one line per edit, ``<first 16 hex of the sha256 of JSON> <JSON>\\n``; the JSON 
     delete         ids: entries of the base or added earlier
     delete_class   name: every live entry with that label
     delete_source  name: every live entry from that source
-    relabel        changes: [[id, label, text or null, value (base64) or null]]; text and value
-                   are set where the entry's text names its class (a label-prompt entry)
+    relabel        changes: [[id, label, text or null]], values: {label: base64}; a change
+                   with a text (a label-prompt entry, whose text names its class) also takes
+                   its label's value
 
 :class:`EditedMemory` replays the log and offers the Memory protocol: base rows keep their
 numbers, added entries follow them, and deleted rows keep theirs but are never returned by
@@ -302,6 +303,9 @@ class EditedMemory:
             if missing:
                 raise EditError(f"no live memory entry {missing[0]!r} to relabel")
             unknown = [c[1] for c in r["changes"] if c[1] not in self._class_names]
+            valueless = [c[1] for c in r["changes"] if c[2] is not None and c[1] not in r.get("values", {})]
+            if valueless:
+                raise EditError(f"relabel to {valueless[0]!r} of a label-prompt entry without its value")
             if unknown:
                 raise EditError(f"unknown class {unknown[0]!r} for a relabel; known: "
                                 f"{', '.join(self._class_names[:20])}")
@@ -324,12 +328,14 @@ class EditedMemory:
         elif op == "delete_source":
             self._delete_where(lambda rows: np.array(self.meta_at(rows, ["source"])["source"]) == r["name"])
         elif op == "relabel":
+            values = {label: decode_array(v, self.value_dim, f"value of {label}")
+                      for label, v in r.get("values", {}).items()}
             rows = self._lookup([c[0] for c in r["changes"]])
-            for row, (_, label, text, value) in zip(rows, r["changes"]):
-                if row < 0:
-                    continue
-                self._changed[int(row)] = (self._class_names.index(label), text,
-                                           None if value is None else decode_array(value, self.value_dim, "value"))
+            for row, (_, label, text) in zip(rows, r["changes"]):
+                if row >= 0:
+                    self._changed[int(row)] = (self._class_names.index(label), text,
+                                               values[label] if text is not None else None)
+            self._changed_rows = np.fromiter(self._changed, np.int64, len(self._changed))
         self.seq = int(r["seq"])
         self._history.update(json.dumps(r, sort_keys=True).encode())
 
@@ -469,7 +475,7 @@ class EditedMemory:
     def _changed_positions(self, rows: np.ndarray) -> np.ndarray:
         if not self._changed:
             return np.zeros(0, dtype=np.int64)
-        return np.flatnonzero(np.isin(rows, np.fromiter(self._changed, np.int64, len(self._changed))))
+        return np.flatnonzero(np.isin(rows, self._changed_rows))
 
     def key_blocks(self) -> list[np.ndarray]:
         return self.base.key_blocks() + ([self._added.keys[:self._added.n]] if self._added.n else [])

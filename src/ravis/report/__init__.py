@@ -21,7 +21,8 @@ from ..run_folder import SERVING_FILE, experiment_dir, open_run, verify_files
 from ..thumbnails import ThumbnailStore
 from ..io import atomic_path, load_json
 from . import html
-from .figures import attention_by_rank, memory_size_groups, plot_attention_by_rank, plot_memory_size
+from .figures import (attention_by_rank, memory_size_groups, plot_attention_by_rank, plot_memory_curve,
+                      plot_memory_size)
 from .gallery import build_examples
 
 
@@ -96,6 +97,13 @@ def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
         plot_memory_size(group, members, path)
         overview.append(f"<h3>Accuracy versus memory size: {escape(group)}</h3>"
                         + html.figure(path, f"accuracy versus memory size, {group}"))
+    for entry in entries:
+        path = figdir / f"memory-curve-{_slug(entry['name'])}.png"
+        if plot_memory_curve(entry, path):
+            overview.append(f"<h3>Accuracy versus memory size: {escape(entry['name'])}</h3>"
+                            "<p class='meta'>the trained models and the vote searching nested "
+                            "random fractions of the memory at test time</p>"
+                            + html.figure(path, f"accuracy versus memory size, {entry['name']}"))
     title = f"ravis report: {run_dir.resolve().name}"
     body = (f"<h1>{escape(title)}</h1><p class='meta'>{len(entries)} experiment(s); written "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {escape(str(run_dir))}</p>"

@@ -94,4 +94,31 @@ def plot_memory_size(group: str, entries: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["attention_by_rank", "memory_size_groups", "plot_attention_by_rank", "plot_memory_size"]
+def plot_memory_curve(entry: dict, path: Path) -> bool:
+    """Top-1 of each method of one experiment versus the memory size its test queries
+    searched (``retrieval.memory_curve``); False where the experiment has no such curve."""
+    curves = {m: d["accuracy_vs_memory"] for m, d in entry.get("details", {}).items()
+              if d.get("accuracy_vs_memory")}
+    if not curves:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, curve in curves.items():
+        sizes = sorted(int(n) for n in curve)
+        ax.plot(sizes, [100 * curve[str(n)] if str(n) in curve else 100 * curve[n] for n in sizes],
+                marker="o", label=METHOD_LABELS.get(method, method))
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("memory size searched at test time (entries)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{entry['name']}: accuracy versus memory size")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+__all__ = ["attention_by_rank", "memory_size_groups", "plot_attention_by_rank", "plot_memory_curve",
+           "plot_memory_size"]

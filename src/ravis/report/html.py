@@ -30,7 +30,7 @@ img.fig { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 .tile .noimg { display: flex; align-items: center; justify-content: center; color: #999; }
 .query { width: 150px; } .query .tag { font-weight: bold; }
 .bar { background: #eee; height: 7px; margin-top: 2px; } .bar > div { background: #e63; height: 100%; }
-.caption { height: 2.4em; overflow: hidden; }
+.caption { overflow-wrap: anywhere; }
 """
 
 

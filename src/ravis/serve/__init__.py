@@ -22,7 +22,7 @@ def is_loopback(host: str) -> bool:
 
 def serve(predictor, host: str = "127.0.0.1", port: int = 8000, *, max_bytes: int = DEFAULT_MAX_BYTES,
           max_pixels: int = DEFAULT_MAX_PIXELS, log_level: str = "info",
-          edit_token: str | None = None) -> None:
+          edit_token: str | None = None, load_options: dict | None = None) -> None:
     """Runs the server until interrupted. Binds to loopback unless ``host`` says otherwise."""
     import uvicorn
 
@@ -34,7 +34,11 @@ def serve(predictor, host: str = "127.0.0.1", port: int = 8000, *, max_bytes: in
 
     tune_for_latency(predictor)
     predictor.predict([Image.new("RGB", (64, 64), "white")])  # warm-up: the first call pays for setup
-    app = create_app(predictor, max_bytes=max_bytes, max_pixels=max_pixels, edit_token=edit_token)
+    from .models import ServedModels
+
+    models = ServedModels(predictor, predictor.run_dir, load_options)  # the run's other models
+    app = create_app(predictor, max_bytes=max_bytes, max_pixels=max_pixels, edit_token=edit_token,
+                     models=models)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

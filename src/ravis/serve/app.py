@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +27,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .edits import add_edit_routes
 from .metrics import ServerMetrics
+from .models import ServedModels
+from ..thumbnails import media_type
 from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ApiError, decode_image, image_from_json, text_fields
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -41,11 +44,14 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
 
 
 def create_app(predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS, edit_token: str | None = None) -> FastAPI:
-    """A FastAPI app serving ``predictor`` (a :class:`ravis.predictor.Predictor`); with
-    ``edit_token``, its memory can be edited by requests that carry it (:mod:`.edits`)."""
+               max_pixels: int = DEFAULT_MAX_PIXELS, edit_token: str | None = None,
+               models: ServedModels | None = None) -> FastAPI:
+    """A FastAPI app serving ``predictor`` (a :class:`ravis.predictor.Predictor`) and, with
+    ``models``, the run's other experiments and methods (``?experiment=&method=``); with
+    ``edit_token``, memories can be edited by requests that carry it (:mod:`.edits`)."""
     # No /docs: FastAPI's docs page loads its scripts from a CDN, and this runs offline.
     app = FastAPI(title="ravis", docs_url=None, redoc_url=None, openapi_url=None)
+    models = models or ServedModels(predictor, getattr(predictor, "run_dir", None))
     metrics = ServerMetrics(getattr(predictor.memory, "live_count", len(predictor.memory)))
     model_lock = threading.Lock()
     static = _static_files()
@@ -82,43 +88,70 @@ def create_app(predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
     async def internal_error(request: Request, exc: Exception):
         return refuse(ApiError(500, "internal", f"{type(exc).__name__}: {exc}"))
 
-    def predict_bytes(data: bytes, name: str) -> dict:
+    def chosen(request: Request):
+        q = request.query_params
+        return models.get(q.get("experiment") or None, q.get("method") or None)
+
+    def predict_bytes(p, data: bytes, name: str) -> dict:
         t0 = time.perf_counter()
         image = decode_image(data, name, max_pixels)
         t1 = time.perf_counter()
         with model_lock:
             t2 = time.perf_counter()
-            out = predictor.predict([image])[0]
+            out = p.predict([image])[0]
         stages = {"decode": t1 - t0, "queue": t2 - t1, **{k: v / 1e3 for k, v in out["timings_ms"].items()}}
         metrics.observe_stages(stages)
         out["timings_ms"] = {k: 1e3 * v for k, v in stages.items()}
         out["image"] = {"name": name, "bytes": len(data), "width": image.width, "height": image.height}
+        where = urlencode({"experiment": p.experiment.name})
         for n in out["neighbors"]:
-            n["thumbnail"] = f"/memory/rows/{n['row']}/thumbnail" if n["has_thumbnail"] else None
+            n["thumbnail"] = f"/memory/rows/{n['row']}/thumbnail?{where}" if n["has_thumbnail"] else None
         return out
 
     @app.post("/predict")
     async def predict(request: Request):
+        p = await run_in_threadpool(chosen, request)  # a first use loads the model
         data, name, _ = await read_upload(request, max_bytes)
-        return JSONResponse(await run_in_threadpool(predict_bytes, data, name))
+        return JSONResponse(await run_in_threadpool(predict_bytes, p, data, name))
+
+    @app.get("/models")
+    def list_models():
+        return {"default": {"experiment": predictor.experiment.name, "method": predictor.method},
+                "models": models.choices()}
+
+    @app.get("/samples")
+    def samples(request: Request):
+        name = request.query_params.get("experiment") or predictor.experiment.name
+        where = urlencode({"experiment": name})
+        return {"experiment": name,
+                "samples": [{"id": i, "label": label, "url": f"/samples/{j}?{where}"}
+                            for j, (i, label, _) in enumerate(models.samples(name))]}
+
+    @app.get("/samples/{index}")
+    def sample(index: int, request: Request):
+        found = models.samples(request.query_params.get("experiment") or None)
+        if not 0 <= index < len(found):
+            raise ApiError(404, "unknown_sample", f"no sample {index}")
+        data = found[index][2]
+        return Response(data, media_type=media_type(data), headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/memory/rows/{row}/thumbnail")
-    def thumbnail(row: int):
-        found = predictor.thumbnail(row)  # read from the memory's metadata, never a path
+    def thumbnail(row: int, request: Request):
+        found = chosen(request).thumbnail(row)  # read from the memory's metadata, never a path
         if found is None:
             raise ApiError(404, "unknown_memory_row", f"no thumbnail for memory row {row}")
         data, media_type = found
         return Response(data, media_type=media_type, headers={"Cache-Control": "max-age=86400"})
 
-    add_edit_routes(app, predictor, token=edit_token, model_lock=model_lock, metrics=metrics,
+    add_edit_routes(app, models, chosen, token=edit_token, model_lock=model_lock, metrics=metrics,
                     max_bytes=max_bytes, max_pixels=max_pixels, read_upload=read_upload)
 
     @app.get("/healthz")
-    def healthz():
-        return {"status": "ok", "experiment": predictor.experiment.name, "method": predictor.method,
-                "memory_size": predictor.memory.live_count, "edits_allowed": edit_token is not None,
-                "k": predictor.k,
-                "classes": len(predictor.class_names), "max_upload_bytes": max_bytes,
+    def healthz(request: Request):
+        p = chosen(request)  # the started model, or the one ?experiment=&method= names
+        return {"status": "ok", "experiment": p.experiment.name, "method": p.method,
+                "memory_size": p.memory.live_count, "edits_allowed": edit_token is not None,
+                "k": p.k, "classes": len(p.all_class_names), "max_upload_bytes": max_bytes,
                 "max_pixels": max_pixels}
 
     @app.get("/metrics")

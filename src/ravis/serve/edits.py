@@ -31,10 +31,18 @@ log = logging.getLogger(__name__)
 MAX_JSON_BYTES = 1024 * 1024  # a relabel body: ids and class names
 
 
-def add_edit_routes(app, predictor, *, token: str | None, model_lock, metrics, max_bytes: int,
-                    max_pixels: int, read_upload) -> None:
-    """Installs the edit endpoints on ``app`` (refusing every edit where ``token`` is None)."""
-    editor = MemoryEditor.for_predictor(predictor) if token else None
+def add_edit_routes(app, models, chosen, *, token: str | None, model_lock, metrics,
+                    max_bytes: int, max_pixels: int, read_upload) -> None:
+    """Installs the edit endpoints on ``app`` (refusing every edit where ``token`` is None).
+    ``chosen(request)`` is the predictor a request names (``?experiment=``); its memory is
+    the one edited."""
+    editors: dict[str, MemoryEditor] = {}  # one per experiment: its encoders load once
+
+    def editor_of(predictor) -> MemoryEditor:
+        name = predictor.experiment.name
+        if name not in editors:
+            editors[name] = MemoryEditor.for_predictor(predictor)
+        return editors[name]
 
     def refused(op: str, request: Request, error: ApiError) -> ApiError:
         metrics.edits.labels(op, "refused").inc()
@@ -54,10 +62,12 @@ def add_edit_routes(app, predictor, *, token: str | None, model_lock, metrics, m
             raise refused(op, request, ApiError(403, "wrong_token", "the edit token is wrong"))
 
     def apply(op: str, request: Request, edit) -> dict:
-        """Runs ``edit`` under the model lock; an EditError becomes a 4xx, nothing changed."""
+        """Runs ``edit(predictor, editor)`` under the model lock; an EditError becomes a 4xx,
+        nothing changed."""
+        predictor = chosen(request)
         with model_lock:
             try:
-                result = edit()
+                result = edit(predictor, editor_of(predictor))
             except EditError as e:
                 unknown = str(e).startswith("no live memory entry")
                 raise refused(op, request, ApiError(404 if unknown else 400,
@@ -65,7 +75,8 @@ def add_edit_routes(app, predictor, *, token: str | None, model_lock, metrics, m
                                                     str(e))) from None
             live = predictor.memory.live_count
         metrics.edits.labels(op, "accepted").inc()
-        metrics.memory_entries.set(live)
+        if predictor is models.default:
+            metrics.memory_entries.set(live)
         log.info("edit accepted: %s from %s (memory: %d live entries)", op, _client(request), live)
         return result
 
@@ -81,7 +92,7 @@ def add_edit_routes(app, predictor, *, token: str | None, model_lock, metrics, m
         if label is None and caption is None:
             raise refused("add", request, ApiError(400, "bad_edit", 'an added entry needs a "label" or a "caption"'))
 
-        def edit():
+        def edit(predictor, editor):
             (record,) = editor.add([image], [name], label=label, caption=caption, who=_client(request))
             return {"added": {"id": record["id"], "label": record["label"], "text": record["text"],
                               "row": int(predictor.memory.rows_of([record["id"]])[0])},
@@ -98,7 +109,7 @@ def add_edit_routes(app, predictor, *, token: str | None, model_lock, metrics, m
     @app.delete("/memory/{entry_id:path}")
     def delete_entry(entry_id: str, request: Request):
         authorise("delete", request)
-        return apply("delete", request, lambda: {
+        return apply("delete", request, lambda predictor, editor: {
             "deleted": editor.delete([entry_id], who=_client(request))["ids"],
             "memory": _status(predictor)})
 
@@ -115,7 +126,7 @@ def add_edit_routes(app, predictor, *, token: str | None, model_lock, metrics, m
         except ApiError as e:
             raise refused("relabel", request, e) from None
 
-        def edit():
+        def edit(predictor, editor):
             record = editor.relabel(changes, who=_client(request))
             return {"relabelled": {c[0]: c[1] for c in record["changes"]}, "memory": _status(predictor)}
 

@@ -1,7 +1,10 @@
-// ravis page: upload an image, show the prediction and the neighbours it leaned on.
+// ravis page: upload an image (or pick a sample), show the prediction and the neighbours it
+// leaned on; where the server allows edits, add entries to the memory and delete them again.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const FIRST_TILES = 12;  // the most attended neighbours shown before "show all"
+const state = { model: null, file: null, data: null, showAll: false };
 
 function el(tag, attrs = {}, children = []) {
   const node = document.createElement(tag);
@@ -15,49 +18,125 @@ function el(tag, attrs = {}, children = []) {
 
 function fmt(x, digits = 3) { return x === null || x === undefined ? "-" : Number(x).toFixed(digits); }
 
+function query() {  // ?experiment=&method= of the chosen model
+  if (!state.model) return "";
+  return "?" + new URLSearchParams(state.model).toString();
+}
+
+function setStatus(id, text, isError = false) {
+  $(id).textContent = text;
+  $(id).className = isError ? "error" : "";
+}
+
+async function loadModels() {
+  try {
+    const m = await (await fetch("/models")).json();
+    state.model = m.default;
+    const select = $("model");
+    select.replaceChildren(...m.models.map((c) => {
+      const option = el("option", { value: JSON.stringify(c), text: `${c.experiment} / ${c.method}` });
+      if (c.experiment === m.default.experiment && c.method === m.default.method) option.selected = true;
+      return option;
+    }));
+    select.addEventListener("change", () => {
+      state.model = JSON.parse(select.value);
+      loadInfo();
+      loadSamples();
+      if (state.file) predict(state.file);
+    });
+  } catch (e) {
+    state.model = null;
+  }
+  loadInfo();
+  loadSamples();
+}
+
 async function loadInfo() {
   try {
-    const r = await fetch("/healthz");
-    const h = await r.json();
-    $("model-info").textContent =
-      `${h.experiment} / ${h.method}: ${h.classes} classes, memory of ${h.memory_size} entries, k=${h.k}`;
+    const h = await (await fetch("/healthz" + query())).json();
+    $("model-info").textContent = `${h.experiment} / ${h.method}: ${h.classes} classes, k = ${h.k} neighbours; ` +
+      `served memory of ${h.memory_size} entries`;
+    $("edit-section").hidden = !h.edits_allowed;
   } catch (e) {
     $("model-info").textContent = "model information unavailable";
   }
 }
 
-function setStatus(text, isError = false) {
-  $("status").textContent = text;
-  $("status").className = isError ? "error" : "";
+async function loadSamples() {
+  try {
+    const s = await (await fetch("/samples" + (state.model ? `?experiment=${encodeURIComponent(state.model.experiment)}` : ""))).json();
+    $("samples").replaceChildren(...s.samples.map((x) => {
+      const img = el("img", { src: x.url, alt: x.label, title: `${x.id} (${x.label})` });
+      const button = el("button", { type: "button", class: "sample", "data-label": x.label }, [img]);
+      button.addEventListener("click", async () => {
+        const blob = await (await fetch(x.url)).blob();
+        predict(new File([blob], x.id.split("/").pop() || "sample", { type: blob.type }));
+      });
+      return button;
+    }));
+  } catch (e) {
+    $("samples").replaceChildren();
+  }
 }
 
 async function predict(file) {
+  state.file = file;
   $("preview").src = URL.createObjectURL(file);
   $("preview").hidden = false;
   $("drop-text").textContent = file.name;
-  setStatus("predicting...");
+  setStatus("status", "predicting...");
   const body = new FormData();
   body.append("image", file, file.name);
   let data;
   try {
-    const r = await fetch("/predict", { method: "POST", body });
+    const r = await fetch("/predict" + query(), { method: "POST", body });
     data = await r.json();
     if (!r.ok) {
-      setStatus(`refused (${r.status} ${data.error.kind}): ${data.error.message}`, true);
+      setStatus("status", `refused (${r.status} ${data.error.kind}): ${data.error.message}`, true);
       return;
     }
   } catch (e) {
-    setStatus(`request failed: ${e}`, true);
+    setStatus("status", `request failed: ${e}`, true);
     return;
   }
-  setStatus("");
-  render(data);
+  setStatus("status", "");
+  state.data = data;
+  render();
 }
 
-function render(data) {
+function tile(n, prediction, maxWeight) {
+  const image = n.thumbnail
+    ? el("img", { src: n.thumbnail, alt: n.text, loading: "lazy" })
+    : el("div", { class: "noimg", text: "no image" });
+  const perLayer = n.weights.length > 1 ? n.weights : [n.weight];
+  const bars = el("div", { class: "bars", title: "attention per layer: " + n.weights.map((w) => fmt(w)).join(", ") },
+    perLayer.filter((w) => w !== null).map((w) =>
+      el("div", { class: "bar" }, [el("div", { style: `width:${(100 * w / maxWeight).toFixed(1)}%` })])));
+  const agrees = n.label !== null && n.label === prediction;
+  const children = [
+    image,
+    el("div", { class: "text", text: n.text }),
+    el("div", { class: "label", text: n.label && n.label !== n.text ? `label: ${n.label}` : `from ${n.source}` }),
+    bars,
+    el("div", { class: "meta" }, [
+      el("span", { class: "weight", text: `weight ${fmt(n.weight)}` }),
+      el("span", { class: "rank", text: `rank ${n.rank}` }),
+      el("span", { class: "sim", text: `similarity ${fmt(n.similarity, 2)}` }),
+    ]),
+  ];
+  if (agrees) children.splice(1, 0, el("span", { class: "agree-badge", text: "agrees" }));
+  if (n.source === "edits" && !$("edit-section").hidden) {
+    const del = el("button", { type: "button", class: "delete", text: "delete" });
+    del.addEventListener("click", () => deleteEntry(n.memory_id));
+    children.push(del);
+  }
+  return el("div", { class: "neighbor" + (agrees ? " agrees" : ""), "data-memory-id": n.memory_id }, children);
+}
+
+function render() {
+  const data = state.data;
   $("prediction").textContent = data.prediction;
-  const top = $("top5");
-  top.replaceChildren(...data.top5.map((c) => el("li", {}, [
+  $("top5").replaceChildren(...data.top5.map((c) => el("li", {}, [
     el("span", { class: "pbar", style: `width:${Math.round(200 * c.probability)}px` }),
     el("span", { text: `${c.class} ${(100 * c.probability).toFixed(1)}%` }),
   ])));
@@ -65,30 +144,55 @@ function render(data) {
   $("timings").textContent = "time (ms): " + Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ");
   $("result").hidden = false;
 
-  const weights = data.neighbors.map((n) => n.weight || 0);
-  const maxWeight = Math.max(...weights, 1e-12);
-  const tiles = data.neighbors.map((n) => {
-    const image = n.thumbnail
-      ? el("img", { src: n.thumbnail, alt: n.text, loading: "lazy" })
-      : el("div", { class: "noimg", text: "no image" });
-    const perLayer = n.weights.length > 1 ? n.weights : [n.weight];
-    const bars = el("div", { class: "bars", title: "attention per layer: " + n.weights.map((w) => fmt(w)).join(", ") },
-      perLayer.filter((w) => w !== null).map((w) =>
-        el("div", { class: "bar" }, [el("div", { style: `width:${(100 * w / maxWeight).toFixed(1)}%` })])));
-    return el("div", { class: "neighbor", "data-memory-id": n.memory_id }, [
-      image,
-      el("div", { class: "text", title: n.text, text: n.text }),
-      el("div", { class: "label", text: n.label && n.label !== n.text ? `label: ${n.label}` : n.source }),
-      bars,
-      el("div", { class: "meta" }, [
-        el("span", { class: "weight", text: `w ${fmt(n.weight)}` }),
-        el("span", { class: "rank", text: `rank ${n.rank}` }),
-        el("span", { class: "sim", text: `sim ${fmt(n.similarity, 2)}` }),
-      ]),
-    ]);
-  });
-  $("gallery").replaceChildren(...tiles);
+  const maxWeight = Math.max(...data.neighbors.map((n) => n.weight || 0), 1e-12);
+  const shown = state.showAll ? data.neighbors : data.neighbors.slice(0, FIRST_TILES);
+  $("gallery").replaceChildren(...shown.map((n) => tile(n, data.prediction, maxWeight)));
+  const more = data.neighbors.length > FIRST_TILES;
+  $("show-all").hidden = !more;
+  $("show-all").textContent = state.showAll ? `show the first ${FIRST_TILES}`
+    : `show all ${data.neighbors.length} neighbours`;
   $("neighbours-section").hidden = false;
+}
+
+function authHeaders() {
+  return { Authorization: `Bearer ${$("edit-token").value.trim()}` };
+}
+
+async function addEntry(event) {
+  event.preventDefault();
+  const file = $("edit-file").files[0];
+  const label = $("edit-label").value.trim();
+  const caption = $("edit-caption").value.trim();
+  if (!file || (!label && !caption)) {
+    setStatus("edit-status", "choose an image and give it a label or a caption", true);
+    return;
+  }
+  const body = new FormData();
+  if (label) body.append("label", label);
+  if (caption) body.append("caption", caption);
+  body.append("image", file, file.name);
+  const r = await fetch("/memory" + query(), { method: "POST", body, headers: authHeaders() });
+  const data = await r.json();
+  if (!r.ok) {
+    setStatus("edit-status", `refused (${r.status} ${data.error.kind}): ${data.error.message}`, true);
+    return;
+  }
+  setStatus("edit-status", `added ${data.added.id}; the memory has ${data.memory.entries} entries`);
+  loadInfo();
+  predict(state.file || file);  // the new entry comes back as a neighbour of a similar image
+}
+
+async function deleteEntry(id) {
+  const r = await fetch(`/memory/${id.split("/").map(encodeURIComponent).join("/")}` + query(),
+                        { method: "DELETE", headers: authHeaders() });
+  const data = await r.json();
+  if (!r.ok) {
+    setStatus("edit-status", `refused (${r.status} ${data.error.kind}): ${data.error.message}`, true);
+    return;
+  }
+  setStatus("edit-status", `deleted ${id}; the memory has ${data.memory.entries} entries`);
+  loadInfo();
+  if (state.file) predict(state.file);
 }
 
 function setup() {
@@ -102,7 +206,9 @@ function setup() {
     if (e.dataTransfer.files.length) predict(e.dataTransfer.files[0]);
   });
   drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("file").click(); });
-  loadInfo();
+  $("show-all").addEventListener("click", () => { state.showAll = !state.showAll; render(); });
+  $("edit-form").addEventListener("submit", addEntry);
+  loadModels();
 }
 
 setup();
