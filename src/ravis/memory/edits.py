@@ -506,16 +506,22 @@ class _IdLookup:
         self.hashes = hashes[self.order]
 
     def rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        """(len(ids),) base row of each id, -1 where none; one metadata read for all the
+        candidates (a relabel of 24k entries is one lookup, not 24k)."""
+        ids = list(ids)
+        h = np.fromiter((hash(i) for i in ids), np.int64, len(ids))
+        lo = np.searchsorted(self.hashes, h, side="left")
+        hi = np.searchsorted(self.hashes, h, side="right")
+        owner = np.repeat(np.arange(len(ids)), hi - lo)  # (candidates,) which id each is for
+        at = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(owner) else \
+            np.zeros(0, np.int64)
+        rows = self.order[at]
         out = np.full(len(ids), -1, dtype=np.int64)
-        for j, i in enumerate(ids):
-            h = hash(i)
-            lo, hi = (np.searchsorted(self.hashes, h, side=s) for s in ("left", "right"))
-            candidates = self.order[lo:hi]
-            if len(candidates):
-                got = self.memory.meta_at(candidates, ["id"])["id"]
-                hit = [r for r, g in zip(candidates, got) if g == i]
-                if hit:
-                    out[j] = hit[0]
+        if len(rows):
+            got = self.memory.meta_at(rows, ["id"])["id"]
+            for j, r, g in zip(owner, rows, got):
+                if g == ids[j] and out[j] < 0:
+                    out[j] = r
         return out
 
 
