@@ -200,3 +200,50 @@ def test_add_many_is_all_or_nothing(tmp_path):
         memory.add_many([add_args(rng, "twice"), add_args(rng, "twice")])
     assert state(memory) == before and (tmp_path / "memory-edits.log").read_bytes() == log_bytes
     assert state(EditedMemory(base_memory(), tmp_path / "memory-edits.log")) == before
+
+
+KILLED_EDITOR = """
+import sys, numpy as np
+sys.path.insert(0, sys.argv[3])
+from test_edits import add_args
+from ravis.memory import ShardedMemory
+from ravis.memory.edits import EditedMemory
+memory = EditedMemory(ShardedMemory.open(sys.argv[1]), sys.argv[2])
+rng = np.random.default_rng(7)
+for i in range(10**6):  # until killed
+    if i % 3 == 2:
+        memory.edit("delete", who="loop", ids=[f"loop{i - 1}"])
+    else:
+        memory.add_many([add_args(rng, f"loop{i}")], who="loop")
+    if i == 20:
+        print("ready", flush=True)
+"""
+
+
+def test_a_process_killed_while_editing_leaves_a_log_that_replays(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    memdir = tmp_path / "memory"
+    base_memory().save(memdir)
+    log = tmp_path / "memory-edits.log"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_EDITOR, str(memdir), str(log),
+                             str(Path(__file__).parent)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")})
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    from ravis.memory import ShardedMemory
+
+    memory = EditedMemory(ShardedMemory.open(memdir), log)
+    records, good = EditLog(log).read()
+    assert len(records) > 20 and memory.seq == records[-1]["seq"] == len(records)
+    live_added = {r["id"] for r in records if r["op"] == "add"} - {i for r in records if r["op"] == "delete" for i in r["ids"]}
+    assert set(memory.meta_at(memory.live_rows(200, len(memory)), ["id"])["id"]) == live_added
+    memory.edit("delete", who="after", ids=["id1"])  # the log takes edits again after the kill
+    assert EditedMemory(ShardedMemory.open(memdir), log).seq == len(records) + 1

@@ -129,6 +129,9 @@ def test_compaction_gives_the_answers_of_the_log(run, tmp_path, capsys):
     assert answers(folded, ims) == logged
     assert not (run / "tiny-fmnist" / "memory-edits.log").exists()
     assert (run / "tiny-fmnist" / "memory-edits.log.folded-000004").exists()
+    with pytest.raises(EditError, match="compacted .* after this model was loaded"):
+        editor.delete([p.memory.meta_at([9], ["id"])["id"][0]])  # the old server's editor
+    assert answers(p, ims) == logged  # it still serves what it served
     MemoryEditor.for_predictor(folded).delete([logged[0]["neighbors"][0]["memory_id"]])
     assert ravis.load(run).memory.seq == 5  # numbering goes on after the folded edits
     assert main(["memory", "compact", str(run), "--quiet"]) == 0

@@ -245,6 +245,7 @@ class EditedMemory:
         if self.log is None:
             raise EditError("this memory has no edit log")
         with self.lock, self.log.locked():
+            self._check_not_folded()
             self.refresh()  # another writer's records first: ids and classes are theirs too
             record = {"seq": self.seq + 1, "time": round(time.time(), 3), "who": who,
                       "base": self.base_digest, "op": op, **args}
@@ -260,6 +261,7 @@ class EditedMemory:
         if self.log is None:
             raise EditError("this memory has no edit log")
         with self.lock, self.log.locked():
+            self._check_not_folded()
             self.refresh()
             ids = [e["id"] for e in entries]
             if len(set(ids)) != len(ids):
@@ -275,6 +277,17 @@ class EditedMemory:
                 self._apply(record)
             self.applied_bytes = end
             return records
+
+    def _check_not_folded(self) -> None:
+        """Refuses edits to a memory compacted since it was opened: they would be logged for
+        the old base, which the run no longer serves (``ravis memory compact`` renames the
+        log to ``<log>.folded-<seq>``)."""
+        for path in self.log.path.parent.glob(f"{self.log.path.name}.folded-*"):
+            seq = path.name.rsplit("-", 1)[-1]
+            if seq.isdigit() and int(seq) > self.folded:
+                raise EditError(f"{self.log.path.parent}: the memory was compacted (edits up to "
+                                f"{int(seq)} folded into it) after this model was loaded; load it "
+                                "again (restart the server) to edit it")
 
     def _check(self, r: dict) -> None:
         """Raises EditError unless ``r`` would apply (nothing is changed here)."""
