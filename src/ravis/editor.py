@@ -26,7 +26,7 @@ from .config import ExperimentConfig, RunConfig
 from .encoders import create_image_encoder, create_text_encoder
 from .encoders.base import l2_normalize
 from .memory.edits import EditedMemory, EditError, encode_array
-from .run_folder import experiment_dir, open_edited_memory, open_run, read_serving
+from .run_folder import experiment_dir, open_edited_memory, open_run, pick_experiment, read_serving
 from .thumbnails import make_thumbnail
 
 MAX_ADD = 256  # images per add (one record each)
@@ -46,10 +46,7 @@ class MemoryEditor:
         """The editor of experiment ``experiment`` (default: the first) of a finished run."""
         run_dir = Path(run_dir)
         cfg, _ = open_run(run_dir)
-        names = [e.name for e in cfg.experiments]
-        exp = next((e for e in cfg.experiments if e.name == (experiment or names[0])), None)
-        if exp is None:
-            raise ValueError(f"{run_dir}: no experiment {experiment!r}; it has {names}")
+        exp = pick_experiment(cfg, run_dir, experiment)
         folder = experiment_dir(run_dir, exp.name)
         return cls(open_edited_memory(folder, read_serving(folder)), exp, cfg)
 

@@ -34,7 +34,7 @@ from .memory.edits import EditedIndex
 from .methods import method as get_method
 from .retrieval.memory_index import memory_index
 from .run_folder import (SERVING_FILE, RunFolderError, experiment_dir, load_config,
-                         open_edited_memory, open_run, read_serving, verify_files)
+                         open_edited_memory, open_run, pick_experiment, read_serving, verify_files)
 from .thumbnails import media_type
 
 
@@ -65,10 +65,7 @@ class Predictor:
         """
         run_dir = Path(run_dir)
         cfg, record = open_run(run_dir)
-        names = [e.name for e in cfg.experiments]
-        exp = next((e for e in cfg.experiments if e.name == (experiment or names[0])), None)
-        if exp is None:
-            raise ValueError(f"{run_dir}: no experiment {experiment!r}; it has {names}")
+        exp = pick_experiment(cfg, run_dir, experiment)
         if not get_method(method).servable:
             raise ValueError(f"predict serves trained models whose inputs are the neighbours "
                              f"themselves, not {method!r}")

@@ -118,6 +118,15 @@ def open_run(run_dir: Path | str) -> tuple[RunConfig, dict]:
     return load_config(run_dir), record
 
 
+def pick_experiment(cfg: RunConfig, run_dir: Path | str, name: str | None):
+    """The experiment ``name`` of a run (None: its first), or a ValueError listing them."""
+    names = [e.name for e in cfg.experiments]
+    exp = next((e for e in cfg.experiments if e.name == (name or names[0])), None)
+    if exp is None:
+        raise ValueError(f"{run_dir}: no experiment {name!r}; it has {names}")
+    return exp
+
+
 def verify_files(run_dir: Path | str, record: dict, rels) -> None:
     """Checks the files ``rels`` (relative to ``run_dir``) against the sizes and sha256 the
     completion record holds; a missing, changed or unrecorded file is a RunFolderError."""
@@ -267,5 +276,6 @@ def open_edited_memory(folder: Path, info: dict):
 
 __all__ = ["COMPLETE_FILE", "FORMAT_VERSION", "MEMORY_DIR", "RunFolderError", "SERVING_FILE",
            "begin_run", "experiment_dir", "finish_run", "load_config", "open_edited_memory", "open_run",
+           "pick_experiment",
            "open_run_memory",
            "read_serving", "save_memory_part", "verify_files", "write_serving"]
