@@ -1,8 +1,9 @@
 """``ravis <verb>``: a thin command line over :mod:`ravis.experiment`.
 
 Verbs: demo, run (whole pipeline); embed, index, knn, train, eval, predict (one stage each,
-cached and resumable); serve (prediction API and web page), report (HTML); memory
-build|add|verify (sharded web-scale memories). ``main(argv)`` is callable from tests.
+cached and resumable); serve (prediction API and web page), report (HTML); presets; memory
+build|add|verify|index|search|edit|compact|import|export (sharded web-scale memories).
+``main(argv)`` is callable from tests.
 """
 
 from __future__ import annotations
@@ -15,23 +16,58 @@ import sys
 import traceback
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # the presets, shipped in the package
+DESCRIPTION = ("ravis: image recognition that retrieves from a large image-text memory (Iscen, "
+               "Fathi, Schmid, CVPR 2023). Run `ravis VERB --help` for a verb's options, "
+               "`ravis presets` for the presets that -c takes by name.")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default after its help, unless the help already says it or there
+    is none worth showing (unset, off, empty)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or not action.option_strings
+                or action.default in (None, False, [], argparse.SUPPRESS)):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def find_preset(spec: str) -> Path:
+    """A preset given by path (``configs/tiny.yaml``) or by name (``tiny``, ``imagenet_lt``)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    named = CONFIG_DIR / f"{spec.removesuffix('.yaml')}.yaml"
+    if "/" not in spec and named.is_file():
+        return named
+    raise FileNotFoundError(f"no preset {spec!r}: not a file, and not one of the presets "
+                            f"({', '.join(preset_names())})")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _common(p: argparse.ArgumentParser, trains: bool = True) -> None:
     p.add_argument("--cache", type=Path, default=None,
                    help="cache folder for models, embeddings, neighbours (default $RAVIS_CACHE or ~/.cache/ravis)")
-    p.add_argument("--recipe", choices=["ravis", "paper"], default=None,
-                   help="training recipe: ravis defaults, or the paper's settings as published")
+    if trains:
+        p.add_argument("--recipe", choices=["ravis", "paper"], default=None,
+                       help="training recipe: the ravis defaults, or the paper's settings as published "
+                            "(default: the preset's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=1e-3 (repeatable)")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not a skip")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every training epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, and no faiss or ScaNN chatter")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log more (every training epoch), and print the full traceback of an error")
 
 
 def _config_source(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", type=Path, help="a YAML preset (configs/*.yaml)")
+    p.add_argument("-c", "--config", metavar="PRESET",
+                   help="a preset, by name (tiny, demo, imagenet_lt; see `ravis presets`) or by YAML path")
     p.add_argument("--dataset", help="instead of a preset: fashion-mnist, tuxpaint, imagefolder:PATH, "
                                      "lt-split:IMAGE_ROOT:TRAIN_FILE:TEST_FILE")
     p.add_argument("--class-depth", type=int, default=1, help="folder level that names the class")
@@ -52,18 +88,18 @@ def _copy_memory(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ravis", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="verb", required=True)
+    parser = argparse.ArgumentParser(prog="ravis", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("demo", help="the embedded-default experiments (Fashion-MNIST-LT, Tux Paint)")
-    p.add_argument("--out", type=Path, default=Path("demo-out"))
+    p.add_argument("--out", type=Path, default=Path("demo-out"), help="the run folder to write")
     _seeds(p)
     _copy_memory(p)
     _common(p)
 
     p = sub.add_parser("run", help="the whole pipeline on a dataset or preset")
     _config_source(p)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the run folder to write (resumed if it exists)")
     p.add_argument("--no-resume", action="store_true", help="ignore per-epoch checkpoints")
     _seeds(p)
     _copy_memory(p)
@@ -76,20 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
         _config_source(p)
         if verb == "index":
             p.add_argument("--out", type=Path, required=True, help="folder for memories and indexes")
-        _common(p)
+        _common(p, trains=False)
 
     p = sub.add_parser("train", help="train and evaluate every method (resumes from checkpoints)")
     _config_source(p)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the run folder to write")
     p.add_argument("--resume", action="store_true", default=True,
                    help="resume from the last completed epoch (default)")
-    p.add_argument("--no-resume", dest="resume", action="store_false")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="start training afresh")
     _seeds(p)
     _copy_memory(p)
     _common(p)
 
     p = sub.add_parser("eval", help="re-evaluate a finished run: tables, metrics, plots")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="a finished run folder")
+
+    sub.add_parser("presets", help="list the presets that -c takes by name")
     _serving_verbs(sub)
 
     p = sub.add_parser("predict", help="top-5 classes and the 10 most-attended neighbours of images")
@@ -100,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--neighbors", type=int, default=10,
                    help="most-attended neighbours to show (0: all k)")
-    p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--cache", type=Path, default=None,
+                   help="cache folder for indexes built for predicting (default $RAVIS_CACHE or ~/.cache/ravis)")
 
     _memory_verbs(sub)
     _verbose_everywhere(parser)
@@ -109,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
     """Gives every verb that lacks one a -v: an error is one line, -v adds its traceback."""
+    parser.formatter_class = _HelpFormatter  # and every default shown after its help
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
         if "--verbose" not in parser._option_string_actions:
@@ -146,7 +186,8 @@ def _memory_verbs(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="the memory folder (MEMDIR)")
     p.add_argument("--encoder", default="efficientnet_lite0", help="image encoder spec (keys)")
     p.add_argument("--text-encoder", default="minilm", help="text encoder spec (values)")
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                   help="stored dtype of keys and values")
     p.add_argument("--no-thumbnails", action="store_true", help="no 64 px thumbnails in the metadata")
 
     p = verbs.add_parser("add", help="append shards from new sources to a memory (and its index)")
@@ -162,7 +203,7 @@ def _memory_verbs(sub) -> None:
     p.add_argument("--budget", default="16G", help="RAM the index may use while searching (e.g. 16G)")
     p.add_argument("--target-recall", type=float, default=0.95, help="recall@k the search parameters must reach")
     p.add_argument("--k", type=int, default=100, help="neighbours per query the recall is measured at")
-    p.add_argument("--backend", choices=["faiss", "scann"], default="faiss")
+    p.add_argument("--backend", choices=["faiss", "scann"], default="faiss", help="the index library")
     p.add_argument("--factory", default=None, help="a faiss factory string instead of the budget's choice")
     p.add_argument("--from-faiss", type=Path, default=None, metavar="FILE",
                    help="attach this faiss index (e.g. autofaiss's knn.index, with its infos.json) "
@@ -199,7 +240,7 @@ def _memory_verbs(sub) -> None:
     p.add_argument("images", nargs="*", type=Path, help="query images")
     p.add_argument("--queries", type=Path, help="instead of images: a .npy of (n, d) query embeddings")
     p.add_argument("--encoder", default="efficientnet_lite0", help="the image encoder that made the keys")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10, help="entries per query")
     p.add_argument("--exact", action="store_true", help="exact search over the key shards instead of the index")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--cache", type=Path, default=None, help="model cache folder")
@@ -231,7 +272,7 @@ def load_run_config(args):
     from .config import load_preset, resolve
 
     overrides = list(args.overrides)
-    if args.recipe:
+    if getattr(args, "recipe", None):
         overrides.append(f"recipe={args.recipe}")
     if getattr(args, "seeds", None):
         try:
@@ -242,7 +283,7 @@ def load_run_config(args):
     if args.verb == "demo":
         return load_preset(CONFIG_DIR / "demo.yaml", overrides)
     if getattr(args, "config", None):
-        return load_preset(args.config, overrides)
+        return load_preset(find_preset(args.config), overrides)
     if not getattr(args, "dataset", None):
         raise SystemExit("ravis: give a preset (-c FILE) or a dataset (--dataset SPEC)")
     tree = {"encoder": args.encoder, "text_encoder": args.text_encoder,
@@ -259,7 +300,7 @@ def _serving_verbs(sub) -> None:
     p.add_argument("--experiment", help="which experiment of the run (default: the first)")
     p.add_argument("--method", default="mam", help="trained method to serve (default mam)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted image file (MB)")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="largest accepted image (width x height); more is refused as a decompression bomb")

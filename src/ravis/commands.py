@@ -215,3 +215,14 @@ def cmd_memory(args) -> int:
     from . import memory_commands
 
     return getattr(memory_commands, f"cmd_{args.memory_verb}")(args)
+
+
+def cmd_presets(args) -> int:
+    """Each packaged preset with the command its first comment line gives."""
+    from .cli import CONFIG_DIR, preset_names
+
+    for name in preset_names():
+        first = (CONFIG_DIR / f"{name}.yaml").read_text().splitlines()[:3]
+        says = next((line.lstrip("# ").strip() for line in first[1:] if line.startswith("#")), "")
+        print(f"{name:<15} {says}")
+    return 0

@@ -1,0 +1,60 @@
+"""The command line reads like a finished tool: plain help text, every option explained with
+its default, verbs offering only what they use, presets found by name."""
+
+import argparse
+
+import pytest
+
+from ravis.cli import _HelpFormatter, build_parser, find_preset, main, preset_names
+
+
+def parsers(parser=None, name="ravis"):
+    parser = parser or build_parser()
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield name, parser
+        return
+    for verb, child in subs[0].choices.items():
+        yield from parsers(child, f"{name} {verb}")
+
+
+def test_every_option_has_help_and_shows_its_default():
+    missing, silent = [], []
+    for name, parser in parsers():
+        for action in parser._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{name} {action.option_strings[-1]}")
+            shown = _HelpFormatter("x")._get_help_string(action) or ""
+            if action.default not in (None, False, [], argparse.SUPPRESS) and "default" not in shown:
+                silent.append(f"{name} {action.option_strings[-1]}")
+    assert not missing, f"options without help: {missing}"
+    assert not silent, f"defaults not shown: {silent}"
+
+
+def test_help_is_plain_text(capsys):
+    for argv in (["--help"], ["memory", "--help"], ["run", "--help"], ["memory", "edit", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = capsys.readouterr().out
+        assert "``" not in text and ":mod:" not in text and ":class:" not in text, argv
+
+
+def test_stage_verbs_offer_only_what_they_use():
+    verbs = dict(parsers())
+    for verb in ("ravis embed", "ravis knn", "ravis index"):
+        options = {o for a in verbs[verb]._actions for o in a.option_strings}
+        assert "--recipe" not in options, verb
+    for verb in ("ravis run", "ravis train", "ravis demo"):
+        assert "--recipe" in {o for a in verbs[verb]._actions for o in a.option_strings}
+
+
+def test_presets_by_name_and_listed(capsys, tmp_path):
+    assert set(preset_names()) >= {"demo", "tiny", "imagenet_lt", "places_lt", "webvision", "inat2021_mini"}
+    assert find_preset("tiny").name == "tiny.yaml" and find_preset("tiny.yaml").name == "tiny.yaml"
+    with pytest.raises(FileNotFoundError, match="no preset 'nope'.*tiny"):
+        find_preset("nope")
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "imagenet_lt" in out and "tiny" in out
