@@ -58,3 +58,26 @@ def test_presets_by_name_and_listed(capsys, tmp_path):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "imagenet_lt" in out and "tiny" in out
+
+
+def test_quiet_silences_faiss(tmp_path, capfd, monkeypatch):
+    """faiss's C++ prints ("resizing ...", "IO_FLAG_ONDISK_SAME_DIR ...") go with --quiet."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from bench_verify import make_memory
+
+    make_memory(tmp_path / "m", 3000, 1000, 32, 8)
+    for name in ("RAVIS_QUIET", "TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel"):
+        monkeypatch.setenv(name, "")  # restored after the test: --quiet sets them for the process
+    assert main(["memory", "index", str(tmp_path / "m"), "--factory", "IVF16,Flat"]) == 0
+    loud = capfd.readouterr()
+    assert "resizing" in loud.out + loud.err  # what there is to silence
+    import shutil
+
+    shutil.rmtree(tmp_path / "m" / "index")
+    assert main(["memory", "index", str(tmp_path / "m"), "--factory", "IVF16,Flat", "--quiet"]) == 0
+    quiet = capfd.readouterr()
+    assert "resizing" not in quiet.out + quiet.err and "IO_FLAG" not in quiet.out + quiet.err
+    assert "IVF16,Flat over 3000 vectors" in quiet.out  # ravis's own summary stays

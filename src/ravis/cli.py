@@ -324,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a model hub
+    if getattr(args, "quiet", False):  # faiss's and ScaNN's C++ chatter too (and in Ray workers)
+        os.environ.update(RAVIS_QUIET="1", TF_CPP_MIN_LOG_LEVEL="3", GLOG_minloglevel="3")
     from .config import ConfigError
     from .data import BadImageError, MissingDataError
     from .memory.base import MemoryMismatchError

@@ -208,3 +208,29 @@ def exclusive_lock(path: Path | str, *, wait: bool = False, busy: str = "",
         except BlockingIOError:
             raise error(busy or f"{path} is held by another process") from None
         yield
+
+
+@contextlib.contextmanager
+def quiet_native() -> Iterator[None]:
+    """Silences what C++ libraries print to stdout and stderr (faiss's "resizing ... bytes"
+    and "IO_FLAG_ONDISK_SAME_DIR: ..." lines) while the block runs, where RAVIS_QUIET is
+    set (``--quiet``; it also reaches Ray workers). Python's own output is flushed first and
+    goes on as before after the block."""
+    if not os.environ.get("RAVIS_QUIET"):
+        yield
+        return
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)

@@ -36,7 +36,7 @@ import faiss
 import numpy as np
 
 from ..cache import entry_lock
-from ..io import atomic_path, load_json, load_npy, save_json, save_npy
+from ..io import atomic_path, load_json, load_npy, quiet_native, save_json, save_npy
 from .base import META_NAME, STAMPS_NAME
 from .choose import IndexChoice, choose_index, parse_bytes
 from .faiss_index import INDEX_NAME, IVFDATA_NAME, FaissIndex
@@ -331,8 +331,9 @@ def merge_blocks(trained: Path, blocks: Sequence[Path], out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     index = faiss.read_index(str(trained))
-    merge_ondisk(index, [str(b) for b in blocks], str(tmp / IVFDATA_NAME))
-    faiss.write_index(index, str(tmp / INDEX_NAME))
+    with quiet_native():  # faiss prints the on-disk lists' resizes
+        merge_ondisk(index, [str(b) for b in blocks], str(tmp / IVFDATA_NAME))
+        faiss.write_index(index, str(tmp / INDEX_NAME))
     del index
     os.replace(tmp / IVFDATA_NAME, out / IVFDATA_NAME)
     os.replace(tmp / INDEX_NAME, out / INDEX_NAME)
@@ -371,7 +372,8 @@ def _build_ivf(keys: KeyShards, out: Path, choice: IndexChoice, train_ids: np.nd
         merged = merge_in_ram(faiss.read_index(str(trained)), blocks, keys.rows)
         return FaissIndex(keys.d, choice.factory, index=merged, vectors=keys)
     merge_blocks(trained, blocks, out)
-    index = faiss.read_index(str(out / INDEX_NAME), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    with quiet_native():
+        index = faiss.read_index(str(out / INDEX_NAME), faiss.IO_FLAG_ONDISK_SAME_DIR)
     return FaissIndex(keys.d, choice.factory, index=index, vectors=keys)
 
 
@@ -465,8 +467,9 @@ def add_to_index(folder: Path | str, shards: Sequence, names: Sequence[str], off
         del index
         (folder / META_NAME).unlink()
         merge_blocks(trained, old_blocks + [b for b in blocks if b not in old_blocks], folder)
-        index = FaissIndex(meta["d"], meta["spec"].partition(":")[2],
-                           index=faiss.read_index(str(folder / INDEX_NAME), faiss.IO_FLAG_ONDISK_SAME_DIR))
+        with quiet_native():
+            read = faiss.read_index(str(folder / INDEX_NAME), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        index = FaissIndex(meta["d"], meta["spec"].partition(":")[2], index=read)
         index.set_search_params(**meta.get("search_params", {}))
     else:
         for array in new.arrays:

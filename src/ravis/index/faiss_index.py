@@ -8,7 +8,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ravis.io import atomic_path, load_npy, save_npy
+from ravis.io import atomic_path, load_npy, quiet_native, save_npy
 
 from .base import (ExactBackend, as_vectors, check_ids, check_k, check_loaded, no_results, open_meta,
                    pad_results, write_meta)
@@ -222,7 +222,8 @@ class FaissIndex:
         if not file.is_file():
             raise FileNotFoundError(f"{file}: missing (the index folder is incomplete)")
         try:
-            index = faiss.read_index(str(file), flags)
+            with quiet_native():  # faiss says where it found the on-disk lists
+                index = faiss.read_index(str(file), flags)
         except RuntimeError as e:
             raise ValueError(f"{file}: not a readable faiss index ({str(e).strip().splitlines()[-1]})") from None
         if index.d != meta["d"] or index.ntotal != meta["ntotal"]:

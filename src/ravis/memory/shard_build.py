@@ -319,7 +319,7 @@ def _run_ray(memdir: Path, todo, settings: BuildSettings, address, builder, done
 
 def _worker_env() -> tuple:
     """The driver's ravis settings that workers need (model cache, offline hub)."""
-    return tuple((k, os.environ[k]) for k in ("RAVIS_CACHE", "HF_HUB_OFFLINE") if k in os.environ)
+    return tuple((k, os.environ[k]) for k in ("RAVIS_CACHE", "HF_HUB_OFFLINE", "RAVIS_QUIET") if k in os.environ)
 
 
 def _remove_temporaries(folder: Path) -> None:
