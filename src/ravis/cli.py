@@ -59,10 +59,17 @@ def _common(p: argparse.ArgumentParser, trains: bool = True) -> None:
                             "(default: the preset's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=1e-3 (repeatable)")
+    _device(p)
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not a skip")
     p.add_argument("--quiet", action="store_true", help="no progress bars, and no faiss or ScaNN chatter")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="log more (every training epoch), and print the full traceback of an error")
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="auto (the first GPU where there is one, else the CPU), cpu, cuda or cuda:N "
+                        "(default: the config's run.device, auto)")
 
 
 def _config_source(p: argparse.ArgumentParser) -> None:
@@ -140,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most-attended neighbours to show (0: all k)")
     p.add_argument("--cache", type=Path, default=None,
                    help="cache folder for indexes built for predicting (default $RAVIS_CACHE or ~/.cache/ravis)")
+    _device(p)
 
     _memory_verbs(sub)
     _verbose_everywhere(parser)
@@ -274,6 +282,8 @@ def load_run_config(args):
     overrides = list(args.overrides)
     if getattr(args, "recipe", None):
         overrides.append(f"recipe={args.recipe}")
+    if getattr(args, "device", None):
+        overrides.append(f"device={args.device}")
     if getattr(args, "seeds", None):
         try:
             seeds = [int(s) for s in args.seeds.split(",")]
@@ -309,6 +319,7 @@ def _serving_verbs(sub) -> None:
     p.add_argument("--search-param", dest="search_params", action="append", default=[], metavar="KEY=VALUE",
                    help="index search parameter, e.g. nprobe=16 (repeatable)")
     p.add_argument("--cache", type=Path, default=None, help="cache folder for indexes built for serving (default $RAVIS_CACHE or ~/.cache/ravis)")
+    _device(p)
     p.add_argument("--allow-edits", action="store_true",
                    help="accept POST /memory, DELETE /memory/ID and POST /memory/relabel (needs --edit-token-file)")
     p.add_argument("--edit-token-file", type=Path, default=None,
@@ -327,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "quiet", False):  # faiss's and ScaNN's C++ chatter too (and in Ray workers)
         os.environ.update(RAVIS_QUIET="1", TF_CPP_MIN_LOG_LEVEL="3", GLOG_minloglevel="3")
     from .config import ConfigError
+    from .device import DeviceError
     from .data import BadImageError, MissingDataError
     from .memory.base import MemoryMismatchError
     from .io import FolderBusyError
@@ -335,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except (ConfigError, MissingDataError, BadImageError, MemoryMismatchError, RunFolderError, FileNotFoundError,
-            FolderBusyError, ValueError, OSError) as e:
+            FolderBusyError, DeviceError, ValueError, OSError) as e:
         if getattr(args, "verbose", False):  # -v: the whole story, then the one line
             traceback.print_exc()
         print(f"ravis {args.verb}: error: {_one_line(e)}", file=sys.stderr)

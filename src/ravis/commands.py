@@ -155,13 +155,14 @@ def cmd_serve(args) -> int:
         params[key] = float(value) if "." in value else int(value)
     token = _edit_token(args)
     predictor = Predictor.load(args.run_dir, args.experiment, args.method, args.cache,
-                               index=args.index, search_params=params)
+                               index=args.index, search_params=params, device=args.device)
     print(f"serving {args.run_dir} ({predictor.experiment.name}, {args.method}, memory of "
           f"{predictor.memory.live_count}{', edits allowed' if token else ''}) on "
           f"http://{args.host}:{args.port}/", flush=True)
     serve(predictor, args.host, args.port, max_bytes=int(args.max_upload_mb * 1024 * 1024),
           max_pixels=args.max_pixels, edit_token=token,
-          load_options={"cache_dir": args.cache, "index": args.index, "search_params": params})
+          load_options={"cache_dir": args.cache, "index": args.index, "search_params": params,
+                        "device": args.device})
     return 0
 
 
@@ -193,7 +194,8 @@ def cmd_predict(args) -> int:
     from .data import open_image
     from .predictor import Predictor
 
-    predictor = Predictor.load(args.run_dir, args.experiment, args.method, args.cache)
+    predictor = Predictor.load(args.run_dir, args.experiment, args.method, args.cache,
+                               device=args.device)
     images = [open_image(p) for p in args.images]
     outputs = predictor.predict(images, top_neighbors=args.neighbors or None)
     if args.json:

@@ -270,9 +270,15 @@ class RunConfig:
     strict: bool = False  # a bad image is an error instead of a skipped, counted item
     recipe: str = "ravis"  # "ravis" (the dataclass defaults) or "paper" (the paper's settings)
     experiments: list[ExperimentConfig] = field(default_factory=list)
+    # where the torch encoders, fusion training and evaluation and exact k-NN run: auto (the
+    # first GPU where there is one, else the CPU), cpu, cuda or cuda:N (ravis.device)
+    device: str = "auto"
 
     def __post_init__(self):
         _check(self.recipe in RECIPES, f"recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+        _check(self.device == "auto" or self.device == "cpu" or self.device == "cuda"
+               or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+               f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         names = [e.name for e in self.experiments]
         _check(len(names) == len(set(names)), f"experiment names repeat: {names}")
         for e in self.experiments:

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from .config import ExperimentConfig, RunConfig
+from .device import autocast, resolve_device
 from .encoders import create_image_encoder
 from .fusion import build_model
 from .io import default_cache_dir
@@ -57,7 +58,7 @@ class Predictor:
     @classmethod
     def load(cls, run_dir: Path | str, experiment: str | None = None, method: str = "mam",
              cache_dir: Path | None = None, *, index: str | None = None,
-             search_params: dict | None = None) -> "Predictor":
+             search_params: dict | None = None, device: str | None = None) -> "Predictor":
         """Loads experiment ``experiment`` (default: the first) of a run folder, model ``method``.
 
         ``index`` serves with another index spec than the run's (e.g. ``"faiss:IVF256,Flat"``
@@ -77,15 +78,16 @@ class Predictor:
         info = read_serving(folder)
         memory = open_edited_memory(folder, info)  # the run's memory with its edits
         base = memory.base
-        encoder = create_image_encoder(exp.encoder)
+        device = resolve_device(device or cfg.device)
+        encoder = create_image_encoder(exp.encoder, device=device)
         base.check_query_encoder(encoder.fingerprint(), encoder.dim)
         class_names = list(info["class_names"])
-        model = build_model(method, exp, memory.dim, memory.value_dim, len(class_names))
-        model.load_state_dict(load_file(str(weights)))
+        model = build_model(method, exp, memory.dim, memory.value_dim, len(class_names)).to(device)
+        model.load_state_dict(load_file(str(weights), device=str(device)))
         model.eval()
         retrieval = dataclasses.replace(exp.retrieval, index=index) if index else exp.retrieval
         searcher = EditedIndex(memory_index(base, retrieval, Path(cache_dir or default_cache_dir()),
-                                            search_params=search_params or None), memory)
+                                            search_params=search_params or None, device=device), memory)
         if method not in info.get("logit_adjustment", {}):
             raise RunFolderError(f"{folder / SERVING_FILE}: no post-hoc adjustment recorded for "
                                  f"{method!r}; rerun the experiment")
@@ -139,14 +141,16 @@ class Predictor:
         labels = None
         if "labels" in self.model.reads:  # -1: no neighbour, or no label in the classes
             labels = torch.from_numpy(self._model_labels(neighbor_labels(self.memory, I), names))
-        logits, attn = self.model(torch.from_numpy(z), keys, values, labels,
-                                  num_classes=len(names))  # (B, C'), (B, L, k)
-        logits = logits.numpy()
+        device = next(self.model.parameters()).device
+        inputs = [None if t is None else t.to(device) for t in (torch.from_numpy(z), keys, values, labels)]
+        with autocast(device):
+            logits, attn = self.model(*inputs, num_classes=len(names))  # (B, C'), (B, L, k)
+        logits = logits.float().cpu().numpy()
         if self.adjustment is not None:  # classes new in the memory get the mean adjustment
             extra = len(names) - len(self.adjustment)
             logits = logits - np.concatenate([self.adjustment, np.full(extra, self.adjustment.mean())])
         probs = _softmax(logits)
-        attn = attn.numpy()
+        attn = attn.float().cpu().numpy()
         t3 = time.perf_counter()
         timings = {"encode": 1e3 * (t1 - t0), "search": 1e3 * (t2 - t1), "fuse": 1e3 * (t3 - t2)}
         entries = self._entries(rows[found])

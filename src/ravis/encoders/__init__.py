@@ -24,7 +24,7 @@ TEXT_ENCODERS = {
     "hf": "ravis.encoders.hf_adapter:HFTextEncoder",
 }
 
-_cache: dict[tuple[str, str], object] = {}
+_cache: dict[tuple, object] = {}
 
 
 def _split(spec: str) -> tuple[str, str | None]:
@@ -41,19 +41,23 @@ def _build(registry: dict, kind: str, spec: str, **kwargs):
     return cls(arg, **kwargs) if arg is not None else cls(**kwargs)
 
 
-def create_image_encoder(spec: str, **kwargs) -> ImageEncoder:
-    """An image encoder from its spec; the same spec returns the same (cached) instance."""
-    key = ("image", spec)
-    if key not in _cache or kwargs:
-        _cache[key] = _build(IMAGE_ENCODERS, "image", spec, **kwargs)
-    return _cache[key]
+def create_image_encoder(spec: str, device=None, **kwargs) -> ImageEncoder:
+    """An image encoder from its spec; the same spec (on the same device) returns the same
+    cached instance. ``device`` (a torch device; None: the CPU) is where it runs."""
+    return _cached(IMAGE_ENCODERS, "image", spec, device, kwargs)
 
 
-def create_text_encoder(spec: str, **kwargs) -> TextEncoder:
-    """A text encoder from its spec; the same spec returns the same (cached) instance."""
-    key = ("text", spec)
+def create_text_encoder(spec: str, device=None, **kwargs) -> TextEncoder:
+    """A text encoder from its spec, cached like :func:`create_image_encoder`."""
+    return _cached(TEXT_ENCODERS, "text", spec, device, kwargs)
+
+
+def _cached(registry: dict, kind: str, spec: str, device, kwargs: dict):
+    on_cpu = device is None or getattr(device, "type", device) == "cpu"
+    key = (kind, spec) if on_cpu else (kind, spec, str(device))
     if key not in _cache or kwargs:
-        _cache[key] = _build(TEXT_ENCODERS, "text", spec, **kwargs)
+        extra = kwargs if on_cpu else {**kwargs, "device": device}
+        _cache[key] = _build(registry, kind, spec, **extra)
     return _cache[key]
 
 

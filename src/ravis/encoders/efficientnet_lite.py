@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..device import onnx_providers
 from ..io import atomic_path, default_cache_dir
 from .base import l2_normalize
 from .preprocess import resized_rgb
@@ -70,7 +71,7 @@ class EfficientNetLite0Encoder:
     dim = 1280
 
     def __init__(self, image_size: int | str = 224, num_threads: int | None = None,
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, device=None):
         import onnxruntime as ort
 
         # the spec "efficientnet_lite0:112" embeds at 112 px (resize 128, crop 112)
@@ -91,8 +92,8 @@ class EfficientNetLite0Encoder:
             export_onnx(weights, self.onnx_path, image_size)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = num_threads or os.cpu_count() or 1
-        self.session = ort.InferenceSession(str(self.onnx_path), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.onnx_path), opts, providers=onnx_providers(device))
+        self.provider = self.session.get_providers()[0]
 
     def fingerprint(self) -> str:
         return self._fingerprint

@@ -243,6 +243,28 @@ def _in_order(fn: Callable, jobs: Iterable, workers: int, depth: int) -> Iterato
                 future.cancel()
 
 
+def encode_halving(encoder, pixels: np.ndarray) -> np.ndarray:
+    """``encoder.encode_pixels(pixels)``, where the GPU runs out of memory halving the batch
+    (recursively, down to one image) and saying so."""
+    try:
+        return encoder.encode_pixels(pixels)
+    except Exception as e:  # torch.cuda.OutOfMemoryError, or onnxruntime's allocation failure
+        if not _out_of_memory(e) or len(pixels) < 2:
+            raise
+    half = len(pixels) // 2
+    log.warning("%s: out of GPU memory at a batch of %d images; encoding it as two of %d and %d",
+                encoder.name, len(pixels), half, len(pixels) - half)
+    return np.concatenate([encode_halving(encoder, pixels[:half]), encode_halving(encoder, pixels[half:])])
+
+
+def _out_of_memory(e: Exception) -> bool:
+    import torch
+
+    text = str(e).lower()
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (
+        "out of memory" in text or "failed to allocate memory" in text)
+
+
 def _encode_image_shards(encoder, dataset, batch_size, strict, workers):
     dim = int(encoder.dim)
 
@@ -262,7 +284,7 @@ def _encode_image_shards(encoder, dataset, batch_size, strict, workers):
                         log.warning("skipping image %s: %s", item, reason)
                     if batch.rows:
                         out = _check_rows(
-                            encoder.encode_pixels(batch.pixels), len(batch.rows), dim,
+                            encode_halving(encoder, batch.pixels), len(batch.rows), dim,
                             encoder.name,
                             lambda k: f"image {dataset.ids[batch.items[batch.rows[k]]]}")
                         pos = np.asarray(batch.rows) + (batch.items.start - start)

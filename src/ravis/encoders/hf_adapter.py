@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..device import autocast
 from .base import l2_normalize
 from .preprocess import resize_center_crop, to_chw, to_rgb
 
@@ -159,10 +160,11 @@ class HFImageEncoder:
     @torch.inference_mode()
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
-        if hasattr(self.model, "get_image_features"):
-            out = self.model.get_image_features(pixel_values=x)
-        else:
-            out = self.model(pixel_values=x)
+        with autocast(self.device):  # bf16 on a GPU; nothing changes on the CPU
+            if hasattr(self.model, "get_image_features"):
+                out = self.model.get_image_features(pixel_values=x)
+            else:
+                out = self.model(pixel_values=x)
         return l2_normalize(_pool(out, self.pooling).float().cpu().numpy())  # (B, dim)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device import onnx_providers
 from .base import l2_normalize
 
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
@@ -39,7 +40,7 @@ class MiniLMEncoder:
     name = "minilm"
     dim = 384
 
-    def __init__(self, batch_size: int = 32, num_threads: int | None = None):
+    def __init__(self, batch_size: int = 32, num_threads: int | None = None, device=None):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -53,8 +54,8 @@ class MiniLMEncoder:
         opts = ort.SessionOptions()
         if num_threads:
             opts.intra_op_num_threads = num_threads
-        self.session = ort.InferenceSession(str(self.model_path), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.model_path), opts, providers=onnx_providers(device))
+        self.provider = self.session.get_providers()[0]
         self.batch_size = batch_size
         self._fingerprint = None
 

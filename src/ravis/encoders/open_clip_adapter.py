@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..device import autocast
 from .base import l2_normalize
 from .preprocess import resize_center_crop, to_chw, to_rgb
 from .timm_adapter import INTERPOLATION, file_digest, import_without_torchvision, state_digest
@@ -138,7 +139,9 @@ class OpenCLIPImageEncoder:
     @torch.inference_mode()
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
-        return l2_normalize(self.model.encode_image(x).float().cpu().numpy())  # (B, dim)
+        with autocast(self.device):  # bf16 on a GPU; nothing changes on the CPU
+            feats = self.model.encode_image(x)
+        return l2_normalize(feats.float().cpu().numpy())  # (B, dim)
 
 
 class OpenCLIPTextEncoder:
@@ -168,7 +171,8 @@ class OpenCLIPTextEncoder:
         out = []
         for start in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(texts[start:start + self.batch_size]).to(self.device)  # (b, ctx)
-            out.append(self.model.encode_text(tokens).float().cpu().numpy())
+            with autocast(self.device):
+                out.append(self.model.encode_text(tokens).float().cpu().numpy())
         if not out:
             return np.zeros((0, getattr(self, "dim", 0)), np.float32)
         return l2_normalize(np.concatenate(out))  # (B, dim)

@@ -132,7 +132,8 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
                           prep.memory.digest if spec.reads_memory else None,
                           stable_hash(prep.train_I) if spec.reads_memory else None,
                           exp.retrieval.rac_texts if spec.extra == "texts" else None, prep.num_classes)
-        model = build_model(name, exp, prep.memory.dim, prep.memory.value_dim, prep.num_classes, label_k)
+        model = build_model(name, exp, prep.memory.dim, prep.memory.value_dim, prep.num_classes,
+                            label_k).to(prep.device)
         details = _fit_cached(model, key, fit_set, val, memory, cfg, counts, tau, metric, cache_dir,
                               checkpoint_dir, resume, log_fn, f"{exp.name}/{name} tau={tau}")
         score = details.get("val_score", 0.0)
@@ -179,7 +180,7 @@ def _simplest_within_margin(model, posthoc_tau, details, name, prep, val, memory
     chosen for a lucky validation score lost 1-5 points on the demo's test sets)."""
     labels = val.labels.numpy()
     untrained = build_model(name, prep.config, prep.memory.dim, prep.memory.value_dim,
-                            prep.num_classes, label_k)
+                            prep.num_classes, label_k).to(prep.device)
     base_logits, trained_logits = predict(untrained, val, memory)[0], predict(model, val, memory)[0]
     reference = base_logits.argmax(1)  # the kNN vote at label_k
     candidates = [("untrained", p, (base_logits - p * prior).argmax(1)) for p in posthoc_grid]
@@ -233,7 +234,7 @@ def _load_or_fit(model, final: Path, fit_set, val, memory, cfg: TrainConfig, cou
 
         with safe_open(str(final), framework="pt") as f:
             details = json.loads(f.metadata()["details"])
-        model.load_state_dict(load_file(str(final)))
+        model.load_state_dict(load_file(str(final), device=str(next(model.parameters()).device)))
         details["cached"] = True
         return details
     result = fit(model, fit_set, memory, cfg, counts, tau=tau, val=val if len(val) else None,

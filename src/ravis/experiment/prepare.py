@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..config import ConfigError, DataConfig, ExperimentConfig, RunConfig, unset_variables
 from ..data import (ImageDataset, Splits, load_dataset, longtail_indices, stratified_split)
 from ..data.dataset import held_out_classes, without_classes
 from ..data.noise import with_label_noise
+from ..device import resolve_device
 from ..encoders import create_image_encoder, create_text_encoder
 from ..encoders.embed import embed_images, is_embedded
 from ..io import stable_hash
@@ -59,6 +61,8 @@ class Prepared:
     _labels: dict = field(default_factory=dict, repr=False)
     # near-duplicates of test and training images in the memory (see near_duplicates)
     contamination: dict | None = None
+    # where training, evaluation and exact search run (run.device, resolved once)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def neighbor_labels(self, split: str) -> np.ndarray:
         """(N, k) memory labels of the "train" or "test" queries' neighbours (-1: none), read
@@ -132,15 +136,17 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
     timings["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    encoder = create_image_encoder(exp.encoder)
+    device = resolve_device(run.device)
+    encoder = create_image_encoder(exp.encoder, device=device)
     # Embed the whole training split when a memory of the run needs it or it is cached: the
     # long-tailed set is a row subset of it, so one cache entry serves every experiment on
     # the dataset. Otherwise embed just the training rows (a tiny run never pays for 60k).
     whole = needs_whole_split(run, exp) or is_embedded(encoder, full_train, cache_dir)
     base_rows = np.arange(len(full_train)) if whole else train_rows
     base = full_train if whole else full_train.subset(train_rows)
-    base_emb = embed_images(encoder, base, cache_dir, strict=run.strict, progress=progress)
-    test_emb = embed_images(encoder, test, cache_dir, strict=run.strict, progress=progress)
+    batch = 256 if device.type == "cuda" else 64  # a GPU wants bigger batches (halved on OOM)
+    base_emb = embed_images(encoder, base, cache_dir, strict=run.strict, progress=progress, batch_size=batch)
+    test_emb = embed_images(encoder, test, cache_dir, strict=run.strict, progress=progress, batch_size=batch)
     timings["embed"] = time.perf_counter() - t
     skipped = base_emb.skipped + test_emb.skipped
 
@@ -174,7 +180,7 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
         return Prepared(exp, train, test_split, memory, None, None, None, None, counts, skipped, timings)
 
     t = time.perf_counter()
-    index = memory_index(memory, exp.retrieval, cache_dir)
+    index = memory_index(memory, exp.retrieval, cache_dir, device=device)
     # Neighbours depend on the keys, ids and index only: memories that differ in their
     # values (B and its noisy copy C) share them.
     key = stable_hash(memory.key_digest, exp.retrieval.index, index_signature(index))
@@ -189,7 +195,7 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
     contamination = near_duplicates(exp, index, memory, train.z, own, test_split.z, key, cache_dir)
     timings["knn"] = time.perf_counter() - t
     return Prepared(exp, train, test_split, memory, train_D, train_I, test_D, test_I, counts,
-                    skipped, timings, contamination=contamination)
+                    skipped, timings, contamination=contamination, device=device)
 
 
 #: How many of each query's nearest entries are checked for near-duplicates.
@@ -249,10 +255,11 @@ def memory_part(run: RunConfig, exp: ExperimentConfig, spec: str, encoder, full_
         return memory
     rows = train_rows if spec == "train" else np.flatnonzero(full_valid)
     dataset = train_set if spec == "train" else full_train.subset(rows)
-    text_encoder = create_text_encoder(run.text_encoder)
+    device = resolve_device(run.device)
+    text_encoder = create_text_encoder(run.text_encoder, device=device)
     image_values, value_fp = None, None
     if mcfg.values == "image":
-        value_encoder = create_image_encoder(mcfg.value_encoder)
+        value_encoder = create_image_encoder(mcfg.value_encoder, device=device)
         vemb = embed_images(value_encoder, dataset, cache_dir, strict=run.strict)
         image_values, value_fp = vemb.embeddings, value_encoder.fingerprint()
     memory = build_memory(dataset, full_z[rows], key_encoder=encoder.fingerprint(),

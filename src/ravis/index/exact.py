@@ -39,7 +39,8 @@ class ExactIndex(ExactBackend):
         max_block_queries: queries per block.
     """
 
-    def __init__(self, d: int, *, block_bytes: int = 256 << 20, max_block_queries: int = 1024):
+    def __init__(self, d: int, *, block_bytes: int = 256 << 20, max_block_queries: int = 1024,
+                 device=None):
         if d < 1 or block_bytes < 4 or max_block_queries < 1:
             raise ValueError(f"bad ExactIndex arguments: d={d}, block_bytes={block_bytes}, "
                              f"max_block_queries={max_block_queries}")
@@ -48,6 +49,13 @@ class ExactIndex(ExactBackend):
         self._chunks: list[torch.Tensor] = []  # added but not yet concatenated
         self._xb = torch.empty(0, self.d)  # (nb, d)
         self.info: dict = {}
+        self.device = torch.device(device or "cpu")  # where search runs (the vectors stay here too)
+        self._xb_device: torch.Tensor | None = None  # their copy on a GPU, made on first search
+
+    def to(self, device) -> "ExactIndex":
+        """Searches on ``device`` from now on (a GPU: the vectors are copied there once)."""
+        self.device, self._xb_device = torch.device(device), None
+        return self
 
     @classmethod
     def from_spec(cls, d: int, options: str = "") -> "ExactIndex":
@@ -77,6 +85,8 @@ class ExactIndex(ExactBackend):
 
     def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
         xq, k = as_vectors(xq, self.d, "xq"), check_k(k)
+        if self.device.type != "cpu":
+            return self._search_on_device(xq, k)
         xb, nq = self.xb, xq.shape[0]
         kk = min(k, xb.shape[0])
         if kk == 0:
@@ -90,6 +100,24 @@ class ExactIndex(ExactBackend):
             v, i = self._search_block(tq[q0 : q0 + bq], xb, kk, bb, buf)
             tD[q0 : q0 + bq], tI[q0 : q0 + bq] = v, i
         return pad_results(D, I, k)
+
+    def _search_on_device(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The same search with the vectors and the score blocks on a GPU: query blocks sized
+        so that a (bq, nb) float32 score block stays within 1 GiB."""
+        if self._xb_device is None or self._xb_device.shape[0] != self.ntotal:
+            self._xb_device = self.xb.to(self.device)
+        xb, nq = self._xb_device, xq.shape[0]
+        kk = min(k, xb.shape[0])
+        if kk == 0:
+            return no_results(nq, k)
+        bq = max(1, min(self.max_block_queries, (1 << 30) // (4 * xb.shape[0])))
+        q = torch.from_numpy(xq).to(self.device)
+        D, I = [], []
+        for q0 in range(0, nq, bq):
+            v, i = torch.topk(q[q0:q0 + bq] @ xb.T, kk, dim=1)  # (bq, kk)
+            D.append(v.float().cpu())
+            I.append(i.cpu())
+        return pad_results(torch.cat(D).numpy(), torch.cat(I).numpy().astype(np.int64), k)
 
     def _block_shape(self, nq: int, nb: int, k: int) -> tuple[int, int]:
         """Query rows bq and database columns bb per score block."""

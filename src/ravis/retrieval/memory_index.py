@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from ..config import RetrievalConfig
 from ..index.build import KeyShards, index_over, is_approximate
 from ..index.choose import parse_bytes
@@ -26,17 +28,19 @@ from ..memory.sharded import ShardedMemory
 log = logging.getLogger(__name__)
 
 def memory_index(memory: Memory, r: RetrievalConfig, cache_dir: Path | None = None,
-                 search_params: dict | None = None):
+                 search_params: dict | None = None, device=None):
     """The index over ``memory`` (a composed memory: one part index each, merged exactly).
 
-    ``search_params`` (e.g. ``{"nprobe": 16}``) override the tuned ones of every part.
+    ``search_params`` (e.g. ``{"nprobe": 16}``) override the tuned ones of every part. On a
+    GPU ``device``, exact search over keys that fit the budget runs there (torch).
     """
     parts = getattr(memory, "parts", None) or [("", memory)]
-    indexes = [part_index(m, r, cache_dir, search_params) for _, m in parts]
+    indexes = [part_index(m, r, cache_dir, search_params, device) for _, m in parts]
     return indexes[0] if len(indexes) == 1 else MultiIndex(indexes)
 
 
-def part_index(memory: Memory, r: RetrievalConfig, cache_dir: Path | None, search_params: dict | None):
+def part_index(memory: Memory, r: RetrievalConfig, cache_dir: Path | None, search_params: dict | None,
+               device=None):
     if isinstance(memory, ShardedMemory) and has_index(memory.memdir):
         index = open_memory_index(memory.memdir)
         if search_params:
@@ -48,6 +52,8 @@ def part_index(memory: Memory, r: RetrievalConfig, cache_dir: Path | None, searc
                     "search scans the mapped shards (slow); build an index with `ravis memory "
                     "index`", len(memory), r.budget)
         return MappedExactIndex(vectors)
+    if device is not None and torch.device(device).type == "cuda" and not is_approximate(r.index):
+        return index_over(vectors, "exact").to(device)
     folder = None
     if is_approximate(r.index):
         if cache_dir is None:

@@ -20,13 +20,13 @@ from ..io import atomic_path
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     progress: dict, best_state: dict[str, torch.Tensor] | None = None) -> None:
     """Writes model, optimiser, the best weights so far and ``progress`` (JSON-able) to ``path``."""
-    tensors = {f"model/{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model/{k}": _host(v) for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for pid, state in opt["state"].items():
         for name, value in state.items():
-            tensors[f"opt/{pid}/{name}"] = torch.as_tensor(value).contiguous()
+            tensors[f"opt/{pid}/{name}"] = _host(torch.as_tensor(value))
     for k, v in (best_state or {}).items():
-        tensors[f"best/{k}"] = v.detach().contiguous()
+        tensors[f"best/{k}"] = _host(v)
     meta = {"progress": json.dumps(progress), "param_groups": json.dumps(opt["param_groups"])}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -34,9 +34,14 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """The model's weights alone (safetensors, atomic), for a finished run."""
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: _host(v) for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _host(t: torch.Tensor) -> torch.Tensor:
+    """A tensor as safetensors writes it: on the CPU, contiguous (a no-op for CPU tensors)."""
+    return t.detach().cpu().contiguous()
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
@@ -45,7 +50,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    tensors = load_file(str(path))
+    device = next(model.parameters()).device
+    tensors = load_file(str(path), device=str(device))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     state: dict[int, dict] = {}
     for k, v in tensors.items():

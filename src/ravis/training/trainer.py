@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
+from ..device import autocast
 from ..evaluation.metrics import selection_score
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import BatchBuffers, MemoryTensors, QuerySet
@@ -124,10 +125,11 @@ def _train_epoch(model, opt, train, memory, buffers, cfg, class_counts, tau, epo
         step = epoch * steps_per_epoch + b
         for group in opt.param_groups:
             group["lr"] = cfg.lr * group["lr_scale"] * warmup_cosine(step, total, warmup)
-        inputs, y = train.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], memory,
-                                reads_of(model), buffers)
-        logits, _ = model(*inputs)
-        loss = lace_loss(logits, y, class_counts, tau=tau, label_smoothing=cfg.label_smoothing)
+        inputs, y = to_model(model, *train.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size],
+                                                 memory, reads_of(model), buffers))
+        with autocast(y.device):
+            logits, _ = model(*inputs)
+        loss = lace_loss(logits.float(), y, class_counts, tau=tau, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -145,11 +147,22 @@ def predict(model: torch.nn.Module, queries: QuerySet, memory: MemoryTensors,
     buffers = buffers if buffers is not None else BatchBuffers()
     for start in range(0, len(queries), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(queries)))
-        inputs, _ = queries.batch(idx, memory, reads_of(model), buffers)
-        out, attn = model(*inputs)
-        logits.append(out.numpy())
-        attns.append(attn.numpy())
+        inputs, _ = to_model(model, *queries.batch(idx, memory, reads_of(model), buffers))
+        with autocast(next(model.parameters()).device):
+            out, attn = model(*inputs)
+        logits.append(out.float().cpu().numpy())
+        attns.append(attn.float().cpu().numpy())
     return np.concatenate(logits), np.concatenate(attns)
+
+
+def to_model(model: torch.nn.Module, inputs, labels):
+    """A batch (built on the CPU) moved to the model's device; as it is where that is the CPU."""
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        return inputs, labels
+    # a synchronous copy: the gather buffers are reused by the next batch (BatchBuffers)
+    move = lambda t: None if t is None else t.to(device)
+    return tuple(move(t) for t in inputs), move(labels)
 
 
 def reads_of(model: torch.nn.Module) -> tuple[str, ...]:
