@@ -53,7 +53,9 @@ def create_text_encoder(spec: str, device=None, **kwargs) -> TextEncoder:
 
 
 def _cached(registry: dict, kind: str, spec: str, device, kwargs: dict):
-    on_cpu = device is None or getattr(device, "type", device) == "cpu"
+    if isinstance(device, str):  # a caller's own argument: built afresh, as other kwargs are
+        kwargs, device = {**kwargs, "device": device}, None
+    on_cpu = device is None or device.type == "cpu"
     key = (kind, spec) if on_cpu else (kind, spec, str(device))
     if key not in _cache or kwargs:
         extra = kwargs if on_cpu else {**kwargs, "device": device}
