@@ -331,7 +331,8 @@ class EditedMemory:
             self._added.append(decode_array(r["key"], self.dim, "key"),
                                decode_array(r["value"], self.value_dim, "value"), label, r["id"],
                                r["text"], r["source"], base64.b64decode(r["thumbnail"]))
-            self._deleted = np.append(self._deleted, False)
+            if row >= len(self._deleted):  # grown by doubling: a copy per add was O(rows) each
+                self._deleted = np.concatenate([self._deleted, np.zeros(max(16, len(self._deleted)), bool)])
             self._added_rows[r["id"]] = row
         elif op == "delete":
             rows = self._lookup(r["ids"])
