@@ -71,6 +71,18 @@ def onnx_providers(device: torch.device) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def to_device(x, device: torch.device) -> torch.Tensor:
+    """A numpy array or CPU tensor on ``device``. To a GPU it goes through pinned (page-locked)
+    memory with a non-blocking copy, so the copy overlaps the work already queued there while
+    the loader threads prepare the next batch; on the CPU it is the array itself, as before."""
+    import numpy as np
+
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    if device is None or torch.device(device).type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def autocast(device: torch.device):
     """bf16 autocast on a GPU (the torch encoders and fusion forward passes); nothing on the CPU,
     so that CPU results are bit for bit what they were."""
@@ -81,4 +93,4 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-__all__ = ["CHOICES", "DeviceError", "autocast", "onnx_providers", "resolve_device"]
+__all__ = ["CHOICES", "DeviceError", "autocast", "onnx_providers", "resolve_device", "to_device"]

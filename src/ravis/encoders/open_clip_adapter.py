@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..device import autocast
+from ..device import autocast, to_device
 from .base import l2_normalize
 from .preprocess import resize_center_crop, to_chw, to_rgb
 from .timm_adapter import INTERPOLATION, file_digest, import_without_torchvision, state_digest
@@ -138,7 +138,7 @@ class OpenCLIPImageEncoder:
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
+        x = to_device(np.asarray(pixels, dtype=np.float32), self.device)
         with autocast(self.device):  # bf16 on a GPU; nothing changes on the CPU
             feats = self.model.encode_image(x)
         return l2_normalize(feats.float().cpu().numpy())  # (B, dim)

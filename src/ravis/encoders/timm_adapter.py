@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from ..io import sha256_file
-from ..device import autocast
+from ..device import autocast, to_device
 from .base import l2_normalize
 from .preprocess import resize_center_crop, to_chw, to_rgb
 
@@ -250,7 +250,7 @@ class TimmImageEncoder:
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
+        x = to_device(np.asarray(pixels, dtype=np.float32), self.device)
         with autocast(self.device):  # bf16 on a GPU; nothing changes on the CPU
             feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)  # (B, dim)
         return l2_normalize(feats.float().cpu().numpy())

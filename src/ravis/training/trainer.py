@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..device import autocast
+from ..device import autocast, to_device
 from ..evaluation.metrics import selection_score
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import BatchBuffers, MemoryTensors, QuerySet
@@ -160,8 +160,9 @@ def to_model(model: torch.nn.Module, inputs, labels):
     device = next(model.parameters()).device
     if device.type == "cpu":
         return inputs, labels
-    # a synchronous copy: the gather buffers are reused by the next batch (BatchBuffers)
-    move = lambda t: None if t is None else t.to(device)
+    # to_device copies into fresh pinned memory first, so the gather buffers (reused by the
+    # next batch, BatchBuffers) are free again at once while the copy to the GPU runs
+    move = lambda t: None if t is None else to_device(t, device)
     return tuple(move(t) for t in inputs), move(labels)
 
 
