@@ -261,6 +261,16 @@ class ExperimentConfig:
         _check(not unknown, f"{self.name}: unknown methods {unknown}; choose from {list(METHODS)}")
 
 
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def is_device_spec(spec: str) -> bool:
+    """Whether ``spec`` names a device in the grammar ``--device`` takes (without torch: the
+    config is checked before anything heavy is imported; :mod:`ravis.device` resolves it)."""
+    kind, colon, index = spec.partition(":")
+    return spec in ("auto", "cpu", "cuda") or (kind == "cuda" and bool(colon) and index.isdigit())
+
+
 @dataclass
 class RunConfig:
     """A whole run: encoders shared by its experiments."""
@@ -276,9 +286,7 @@ class RunConfig:
 
     def __post_init__(self):
         _check(self.recipe in RECIPES, f"recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
-        _check(self.device == "auto" or self.device == "cpu" or self.device == "cuda"
-               or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
-               f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _check(is_device_spec(self.device), f"device must be {DEVICE_CHOICES}, got {self.device!r}")
         names = [e.name for e in self.experiments]
         _check(len(names) == len(set(names)), f"experiment names repeat: {names}")
         for e in self.experiments:

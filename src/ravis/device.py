@@ -13,9 +13,9 @@ import logging
 
 import torch
 
-log = logging.getLogger(__name__)
+from .config import DEVICE_CHOICES as CHOICES, is_device_spec
 
-CHOICES = "auto, cpu, cuda or cuda:N"
+log = logging.getLogger(__name__)
 
 
 class DeviceError(ValueError):
@@ -32,6 +32,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if isinstance(spec, torch.device):
         return spec
     spec = (spec or "auto").strip().lower()
+    if not is_device_spec(spec):
+        raise DeviceError(f"device {spec!r}: expected {CHOICES}")
     if spec == "auto":
         if torch.cuda.is_available():
             device = torch.device("cuda", 0)
@@ -41,19 +43,15 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     if spec == "cpu":
         return torch.device("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        index = spec.partition(":")[2] or "0"
-        if not index.isdigit():
-            raise DeviceError(f"device {spec!r}: expected {CHOICES}")
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {spec!r}: torch sees no CUDA device on this machine "
-                              "(torch.cuda.is_available() is False); use --device cpu, or auto to "
-                              "take a GPU only where there is one")
-        if int(index) >= torch.cuda.device_count():
-            raise DeviceError(f"device {spec!r}: this machine has {torch.cuda.device_count()} "
-                              f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-        return torch.device("cuda", int(index))
-    raise DeviceError(f"device {spec!r}: expected {CHOICES}")
+    index = spec.partition(":")[2] or "0"  # cuda or cuda:N from here on
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device {spec!r}: torch sees no CUDA device on this machine "
+                          "(torch.cuda.is_available() is False); use --device cpu, or auto to "
+                          "take a GPU only where there is one")
+    if int(index) >= torch.cuda.device_count():
+        raise DeviceError(f"device {spec!r}: this machine has {torch.cuda.device_count()} "
+                          f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return torch.device("cuda", int(index))
 
 
 def onnx_providers(device: torch.device) -> list[str]:

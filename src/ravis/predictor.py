@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from .config import ExperimentConfig, RunConfig
-from .device import autocast, resolve_device
+from .device import autocast, resolve_device, to_device
 from .encoders import create_image_encoder
 from .fusion import build_model
 from .io import default_cache_dir
@@ -142,7 +142,8 @@ class Predictor:
         if "labels" in self.model.reads:  # -1: no neighbour, or no label in the classes
             labels = torch.from_numpy(self._model_labels(neighbor_labels(self.memory, I), names))
         device = next(self.model.parameters()).device
-        inputs = [None if t is None else t.to(device) for t in (torch.from_numpy(z), keys, values, labels)]
+        inputs = [None if t is None else to_device(t, device)
+                  for t in (torch.from_numpy(z), keys, values, labels)]
         with autocast(device):
             logits, attn = self.model(*inputs, num_classes=len(names))  # (B, C'), (B, L, k)
         logits = logits.float().cpu().numpy()

@@ -158,8 +158,6 @@ def predict(model: torch.nn.Module, queries: QuerySet, memory: MemoryTensors,
 def to_model(model: torch.nn.Module, inputs, labels):
     """A batch (built on the CPU) moved to the model's device; as it is where that is the CPU."""
     device = next(model.parameters()).device
-    if device.type == "cpu":
-        return inputs, labels
     # to_device copies into fresh pinned memory first, so the gather buffers (reused by the
     # next batch, BatchBuffers) are free again at once while the copy to the GPU runs
     move = lambda t: None if t is None else to_device(t, device)
