@@ -128,3 +128,43 @@ def test_unset_data_variable_is_named(tmp_path, monkeypatch, capsys):
                "--cache", str(tmp_path / "c")])
     assert rc == 2
     assert "IMAGENET_ROOT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_ft_preset_is_its_paper_preset_with_the_encoder_fine_tuned(name):
+    import dataclasses
+
+    configs = Path(__file__).parents[1] / "configs"
+    base, tuned = load_preset(configs / f"{name}.yaml"), load_preset(configs / f"{name}_ft.yaml")
+    b, t = base.experiments[0], tuned.experiments[0]
+    assert t.name == f"{b.name}+ft" and t.train.finetune_encoder and not b.train.finetune_encoder
+    assert dataclasses.replace(t, name=b.name, train=b.train) == b
+    assert dataclasses.replace(t.train, finetune_encoder=False, finetune_batch_size=b.train.finetune_batch_size) == b.train
+    assert (tuned.encoder, tuned.text_encoder, tuned.recipe) == (base.encoder, base.text_encoder, base.recipe)
+
+
+def test_tiny_ft_counterpart_runs_and_is_not_served_silently(tmp_path, ravis_cache, capsys):
+    from ravis.predictor import Predictor
+    from ravis.run_folder import RunFolderError
+
+    train, test = make_lt_split(tmp_path / "data")
+    preset = Path(__file__).parents[1] / "configs" / "imagenet_lt_ft.yaml"
+    out = tmp_path / "run"
+    rc = main(["run", "-c", str(preset), "--out", str(out), "--quiet", "--cache", str(ravis_cache),
+               "--set", f"data.dataset=lt-split:{tmp_path / 'data'}:{train}:{test}",
+               "--set", "encoder=efficientnet_lite0:64", "--set", "text_encoder=minilm",
+               "--set", "methods=[linear, mam, knn_vote]", "--set", "retrieval.k=8",
+               "--set", "retrieval.vote_ks=[2,4,8]", "--set", "retrieval.k_curve=[2,8]",
+               "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "mam.num_layers=2",
+               "--set", "retrieval.rac_texts=4",
+               "--set", "train.finetune_epochs=1", "--set", "train.finetune_batch_size=8"])
+    assert rc == 0, capsys.readouterr().err
+    exp = load_json(out / "results.json")["experiments"][0]
+    for m in ("linear", "mam"):
+        tuned = exp["details"][m]["finetune"]
+        assert tuned["keys"] == "frozen" and tuned["epochs_run"] == 1 and tuned["steps"] == 3
+        assert (out / "imagenet-lt+ft" / f"{m}.encoder.safetensors").exists()
+    with np.load(out / "imagenet-lt+ft" / "predictions.npz") as f:
+        assert "neighbors_mam" not in f  # frozen keys: MAM read the neighbours every method did
+    with pytest.raises(RunFolderError, match="fine-tuned encoder"):
+        Predictor.load(out, method="mam", cache_dir=ravis_cache)

@@ -56,6 +56,10 @@ class MAMConfig:
         _check(0 <= self.query_dropout < 1, "mam.query_dropout must be in [0, 1)")
 
 
+#: train.finetune_keys: what the memory keys are after fine-tuning the encoder.
+FINETUNE_KEYS = ("reembed", "frozen")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation of every trained method: the ravis defaults (see RECIPES["paper"])."""
@@ -98,6 +102,22 @@ class TrainConfig:
     # RAM for the memory rows a query set retrieved (read once); past it, every batch reads its
     # rows from the memory-mapped memory instead. Results are the same either way.
     memory_rows_budget: str = "4G"
+    # Fine-tune the image encoder too ("Ours + FT"): after the fusion module and classifier
+    # are trained on the frozen embeddings, all three train together for finetune_epochs
+    # (ravis.training.finetune), the encoder at encoder_lr, the rest at finetune_lr.
+    finetune_encoder: bool = False
+    finetune_epochs: int = 3
+    finetune_batch_size: int = 32
+    # peak, below the head's so the pretrained features move little; chosen on Tux Paint's
+    # validation splits from 1e-5 and 1e-4 (docs/method.md, "Fine-tuning the encoder")
+    encoder_lr: float = 1e-4
+    finetune_lr: float = 1e-3  # peak learning rate of the fusion module and classifier meanwhile
+    # What the memory keys are after fine-tuning: "frozen" (the keys and neighbours of the
+    # frozen encoder, as fine-tuning trained with; only the queries are embedded by the
+    # fine-tuned one; any memory) or "reembed" (the memory's images embedded again with the
+    # fine-tuned encoder and the neighbours retrieved again; memories made from the dataset).
+    # docs/method.md, "Fine-tuning the encoder", has the measurements behind the default.
+    finetune_keys: str = "frozen"
 
     def __post_init__(self):
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
@@ -122,6 +142,11 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
         _check(self.select_margin >= 0, f"train.select_margin must be >= 0, got {self.select_margin}")
         _check(self.patience == 0 or self.val_fraction > 0, "train.patience needs train.val_fraction > 0")
+        _check(self.finetune_epochs >= 1, "train.finetune_epochs must be >= 1")
+        _check(self.finetune_batch_size >= 1, "train.finetune_batch_size must be >= 1")
+        _check(self.encoder_lr > 0 and self.finetune_lr > 0, "train.encoder_lr and train.finetune_lr must be > 0")
+        _check(self.finetune_keys in FINETUNE_KEYS,
+               f"train.finetune_keys must be one of {FINETUNE_KEYS}, got {self.finetune_keys!r}")
 
     def for_method(self, reads_memory: bool) -> tuple[float | str, float | str]:
         """(training tau, post-hoc tau) of a method: a memory that is balanced brings its own
@@ -259,6 +284,11 @@ class ExperimentConfig:
                f"{self.name}: seeds must be a non-empty list without repeats, got {self.seeds}")
         unknown = sorted(set(self.methods) - set(METHODS))
         _check(not unknown, f"{self.name}: unknown methods {unknown}; choose from {list(METHODS)}")
+        if self.train.finetune_encoder and self.train.finetune_keys == "reembed":
+            others = [s for s in self.memory.sources if s not in ("train", "full-train")]
+            _check(not others, f"{self.name}: train.finetune_keys=reembed embeds the memory's images "
+                               f"again, which ravis has only for the parts train and full-train, not "
+                               f"{others}; use train.finetune_keys=frozen")
 
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"

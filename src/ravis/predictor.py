@@ -76,6 +76,12 @@ class Predictor:
             raise FileNotFoundError(f"{weights}: no trained {method!r} model in this run")
         verify_files(run_dir, record, [f"{folder.name}/{weights.name}", f"{folder.name}/{SERVING_FILE}"])
         info = read_serving(folder)
+        if method in info.get("finetuned", {}):
+            # its queries need the fine-tuned encoder (and, re-embedded, keys of it): served
+            # with the run's frozen encoder and memory it would answer, wrongly, all the same
+            raise RunFolderError(f"{folder}: {method!r} was trained with a fine-tuned encoder "
+                                 f"(train.finetune_encoder, keys {info['finetuned'][method]}); serving "
+                                 "fine-tuned models is not supported yet: its metrics are in results.json")
         memory = open_edited_memory(folder, info)  # the run's memory with its edits
         base = memory.base
         device = resolve_device(device or cfg.device)

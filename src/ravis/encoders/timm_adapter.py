@@ -17,6 +17,7 @@ installed, :func:`import_without_torchvision` imports them with stand-ins that f
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import importlib
@@ -252,5 +253,16 @@ class TimmImageEncoder:
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         x = to_device(np.asarray(pixels, dtype=np.float32), self.device)
         with autocast(self.device):  # bf16 on a GPU; nothing changes on the CPU
-            feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)  # (B, dim)
+            feats = pre_logits(self.model, x)  # (B, dim)
         return l2_normalize(feats.float().cpu().numpy())
+
+    def network(self):
+        """A trainable copy of the model (:mod:`ravis.encoders.trainable`)."""
+        from .trainable import FeatureNet
+
+        return FeatureNet(copy.deepcopy(self.model), pre_logits)
+
+
+def pre_logits(model, x: torch.Tensor) -> torch.Tensor:
+    """A timm model's pre-logits features of float (B, 3, H, W) pixels."""
+    return model.forward_head(model.forward_features(x.float()), pre_logits=True)

@@ -25,6 +25,7 @@ from ..training.loss import log_prior
 from ..training.checkpoint import remove_checkpoint, save_weights
 from ..training.trainer import fit, predict
 from . import memory_curve
+from .finetune import FINETUNE_FIELDS, finetune_method
 from .prepare import Prepared, test_like_training
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class MethodResult:
     details: dict  # method-specific: chosen tau, best epoch, vote k, accuracy versus k
     logits: np.ndarray | None = None  # (N_test, C)
     attention: np.ndarray | None = None  # (N_test, L, k)
+    encoder: torch.nn.Module | None = None  # the fine-tuned encoder network (train.finetune_encoder)
+    # (I, D) of the test queries where the method retrieved its own (a re-embedded memory)
+    test_neighbors: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def validation_split(labels: np.ndarray, fraction: float, seed: int, min_class: int = 5) -> np.ndarray:
@@ -105,13 +109,8 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     spec = method(name)
     exp, cfg = prep.config, prep.config.train
     metric = selection_metric(exp)
-    memory, test_memory, (train_I,), (test_I,) = _memory_rows(prep, spec.reads_memory)
-    direct = rac_values(prep, cache_dir, text_encoder) if spec.extra == "texts" else (None, None)
     reads_labels = spec.reads_labels(exp)
-    train = QuerySet.from_numpy(prep.train.z, train_I, prep.train.dataset.labels, direct[0],
-                                prep.neighbor_labels("train") if reads_labels else None)
-    test = QuerySet.from_numpy(prep.test.z, test_I, prep.test.dataset.labels, direct[1],
-                               prep.neighbor_labels("test") if reads_labels else None)
+    memory, test_memory, train, test = _query_sets(prep, name, cache_dir, text_encoder)
     val_mask = (validation_split(prep.train.dataset.labels, cfg.val_fraction, cfg.seed)
                 if cfg.val_fraction > 0 else np.zeros(len(train), dtype=bool))
     fit_set, val = train.subset(np.flatnonzero(~val_mask)), train.subset(np.flatnonzero(val_mask))
@@ -138,8 +137,19 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
                               checkpoint_dir, resume, log_fn, f"{exp.name}/{name} tau={tau}")
         score = details.get("val_score", 0.0)
         if best is None or score > best[0]:
-            best = (score, tau, model, details)
-    _, tau, model, details = best
+            best = (score, tau, model, details, key)
+    _, tau, model, details, key = best
+    encoder_net, test_neighbors = None, None
+    if cfg.finetune_encoder:
+        model, prep, tuned, encoder_net = finetune_method(
+            model, prep, fit_set, val, val_mask, memory, counts, tau, metric, key, cache_dir,
+            checkpoint_dir, resume, log_fn, f"{exp.name}/{name} tau={tau}")
+        details = {**details, "finetune": tuned}
+        # from here on: the queries (and, re-embedded, the keys and neighbours) of the fine-tuned encoder
+        memory, test_memory, train, test = _query_sets(prep, name, cache_dir, text_encoder)
+        fit_set, val = train.subset(np.flatnonzero(~val_mask)), train.subset(np.flatnonzero(val_mask))
+        if cfg.finetune_keys == "reembed":
+            test_neighbors = (prep.test_I, prep.test_D)
     posthoc_fixed = posthoc != "auto"
     if posthoc == "auto":  # adjusting the validation logits needs no retraining
         val_logits, val_labels = predict(model, val, memory)[0], val.labels.numpy()
@@ -157,7 +167,8 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     result = MethodResult(metrics=metrics, per_class=per_class,
                           details={"tau": tau, "posthoc_tau": posthoc_tau, "select_on": metric,
                                    **({"label_k": label_k} if label_k else {}), **details},
-                          logits=logits, attention=attn)
+                          logits=logits, attention=attn, encoder=encoder_net,
+                          test_neighbors=test_neighbors)
     if spec.reads_memory:
         curve = accuracy_vs_k(model, test, test_memory, [k for k in exp.retrieval.k_curve if k < test.neighbors.shape[1]],
                               labels, posthoc_tau * prior)
@@ -167,6 +178,19 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
             result.details["accuracy_vs_memory"] = memory_curve.model_curve(
                 model, prep, posthoc_tau * prior, reads_labels, result.metrics["top1"])
     return model, result
+
+
+def _query_sets(prep: Prepared, name: str, cache_dir: Path, text_encoder: str):
+    """(train memory rows, test memory rows, train queries, test queries) of method ``name``."""
+    spec = method(name)
+    reads_labels = spec.reads_labels(prep.config)
+    memory, test_memory, (train_I,), (test_I,) = _memory_rows(prep, spec.reads_memory)
+    direct = rac_values(prep, cache_dir, text_encoder) if spec.extra == "texts" else (None, None)
+    train = QuerySet.from_numpy(prep.train.z, train_I, prep.train.dataset.labels, direct[0],
+                                prep.neighbor_labels("train") if reads_labels else None)
+    test = QuerySet.from_numpy(prep.test.z, test_I, prep.test.dataset.labels, direct[1],
+                               prep.neighbor_labels("test") if reads_labels else None)
+    return memory, test_memory, train, test
 
 
 def _simplest_within_margin(model, posthoc_tau, details, name, prep, val, memory, prior, metric,
@@ -199,7 +223,8 @@ def _simplest_within_margin(model, posthoc_tau, details, name, prep, val, memory
 def _train_key(cfg: TrainConfig) -> dict:
     """The training settings that change the weights (where memory rows are read from, how
     often a checkpoint is written and what replaces the trained model afterwards do not)."""
-    return {k: v for k, v in asdict(cfg).items() if k not in ("memory_rows_budget", "select_margin", "checkpoint_every")}
+    skip = ("memory_rows_budget", "select_margin", "checkpoint_every") + FINETUNE_FIELDS
+    return {k: v for k, v in asdict(cfg).items() if k not in skip}
 
 
 def _memory_rows(prep: Prepared, reads_memory: bool):

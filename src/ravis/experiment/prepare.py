@@ -63,6 +63,7 @@ class Prepared:
     contamination: dict | None = None
     # where training, evaluation and exact search run (run.device, resolved once)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    run: RunConfig | None = None  # the run it belongs to (fine-tuning prepares it again)
 
     def neighbor_labels(self, split: str) -> np.ndarray:
         """(N, k) memory labels of the "train" or "test" queries' neighbours (-1: none), read
@@ -126,8 +127,9 @@ def needs_whole_split(run: RunConfig, exp: ExperimentConfig) -> bool:
 
 
 def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
-            progress: bool = True, stage: str = "knn") -> Prepared:
-    """Runs the cached stages up to ``stage`` ("embed", "memory" or "knn") for ``exp``."""
+            progress: bool = True, stage: str = "knn", encoder=None) -> Prepared:
+    """Runs the cached stages up to ``stage`` ("embed", "memory" or "knn") for ``exp``, with
+    ``encoder`` instead of ``exp.encoder`` where given (a fine-tuned one)."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
     full_train, test = load_splits(exp.data)
@@ -137,7 +139,7 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
 
     t = time.perf_counter()
     device = resolve_device(run.device)
-    encoder = create_image_encoder(exp.encoder, device=device)
+    encoder = encoder or create_image_encoder(exp.encoder, device=device)
     # Embed the whole training split when a memory of the run needs it or it is cached: the
     # long-tailed set is a row subset of it, so one cache entry serves every experiment on
     # the dataset. Otherwise embed just the training rows (a tiny run never pays for 60k).
@@ -195,7 +197,7 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
     contamination = near_duplicates(exp, index, memory, train.z, own, test_split.z, key, cache_dir)
     timings["knn"] = time.perf_counter() - t
     return Prepared(exp, train, test_split, memory, train_D, train_I, test_D, test_I, counts,
-                    skipped, timings, contamination=contamination, device=device)
+                    skipped, timings, contamination=contamination, device=device, run=run)
 
 
 #: How many of each query's nearest entries are checked for near-duplicates.

@@ -140,6 +140,8 @@ def run_methods(cfg: RunConfig, prep: Prepared, out: Path, cache_dir: Path, *, r
                 resume=resume, log_fn=lambda s: log.info(s))
             if write_folder:
                 save_weights(model, folder / f"{method}.safetensors")
+                if methods[method].encoder is not None:  # fine-tuned with it (train.finetune_encoder)
+                    save_weights(methods[method].encoder, folder / f"{method}.encoder.safetensors")
         times[f"method:{method}"] = time.perf_counter() - t
         m = methods[method].metrics
         echo(f"   {method:<9} top1 {100 * m['top1']:5.1f}  ({times[f'method:{method}']:.1f} s"
@@ -191,6 +193,8 @@ def _write_experiment_outputs(folder: Path, prep: Prepared, entry: dict,
     for name, r in methods.items():
         if get_method(name).attends and r.attention is not None:
             arrays[f"attention_{name}"] = r.attention.astype(np.float16)
+        if r.test_neighbors is not None:  # its attention is over neighbours of its own
+            arrays[f"neighbors_{name}"], arrays[f"similarities_{name}"] = r.test_neighbors
     with atomic_path(folder / "predictions.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)

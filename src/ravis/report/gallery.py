@@ -54,7 +54,10 @@ def build_examples(exp_folder: Path, entry: dict, per_cell: int = 2, top: int = 
     with np.load(exp_folder / "predictions.npz", allow_pickle=False) as f:
         if "attention_mam" not in f or "logits_mam" not in f:
             return []
-        labels, I, D = f["labels"], f["neighbors"], f["similarities"]
+        labels = f["labels"]
+        # a fine-tuned MAM with a re-embedded memory retrieved neighbours of its own
+        I, D = ((f["neighbors_mam"], f["similarities_mam"]) if "neighbors_mam" in f
+                else (f["neighbors"], f["similarities"]))
         attn = f["attention_mam"][:, -1, :].astype(np.float32)  # (N, k)
         pred = f["logits_mam"].argmax(1)
     test_ids = load_json(exp_folder / "test_ids.json")

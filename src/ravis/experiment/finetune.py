@@ -1,0 +1,102 @@
+"""The fine-tuned variant of a trained method (``train.finetune_encoder``, "Ours + FT").
+
+After a method's fusion model is trained on the frozen embeddings, its encoder, fusion
+module and classifier train together (:func:`ravis.training.finetune.finetune`). Then the
+experiment's inputs are made again with the fine-tuned encoder, as ``train.finetune_keys``
+says (docs/method.md, "Fine-tuning the encoder"):
+
+- ``frozen`` (the default): the queries are embedded again; keys, values and neighbours stay
+  the frozen encoder's, as fine-tuning trained with (a web-scale memory cannot be
+  re-embedded for each fine-tuning run).
+- ``reembed``: the memory's images, the training queries and the test queries are embedded
+  again and the neighbours retrieved again: keys and queries come from one encoder, as they
+  did before fine-tuning.
+
+The rest of the method's evaluation (post-hoc adjustment on validation, the test metrics)
+runs on those inputs. Weights are cached under a key of everything that determines them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import load_file
+
+from ..cache import entry_lock, is_sealed, seal
+from ..encoders import create_image_encoder
+from ..encoders.embed import embed_images
+from ..encoders.trainable import FineTunedEncoder, trainable_network
+from ..io import stable_hash
+from ..training.checkpoint import remove_checkpoint, save_weights
+from ..training.data import MemoryTensors, QuerySet
+from ..training.finetune import JointModel, Pixels, finetune
+from .prepare import Prepared, SplitData, prepare
+
+#: TrainConfig fields that only the fine-tuning stage reads (the frozen-encoder model before
+#: it is shared by runs with and without fine-tuning).
+FINETUNE_FIELDS = ("finetune_encoder", "finetune_epochs", "finetune_batch_size", "encoder_lr",
+                   "finetune_lr", "finetune_keys")
+
+
+def finetune_method(model, prep: Prepared, fit_set: QuerySet, val: QuerySet, val_mask: np.ndarray,
+                    memory: MemoryTensors, counts, tau: float, metric: str, base_key: str,
+                    cache_dir: Path, checkpoint_dir: Path, resume: bool, log_fn, name: str):
+    """(fusion model, the experiment's inputs from the fine-tuned encoder, details, the
+    fine-tuned encoder network). ``model``, the method's fusion model trained on the frozen
+    embeddings, is fine-tuned in place."""
+    exp, cfg = prep.config, prep.config.train
+    base = create_image_encoder(exp.encoder, device=prep.device)
+    joint = JointModel(trainable_network(base), model).to(prep.device)
+    # the keys policy acts after training: both policies share the fine-tuned weights
+    key = stable_hash("finetune-v1", base_key, {f: getattr(cfg, f) for f in FINETUNE_FIELDS
+                                                if f != "finetune_keys"})
+    final = cache_dir / "models" / f"{key}.safetensors"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with entry_lock(final):  # two runs that need the same weights train them once
+        if is_sealed(final):
+            from safetensors import safe_open
+
+            with safe_open(str(final), framework="pt") as f:
+                details = json.loads(f.metadata()["details"])
+            joint.load_state_dict(load_file(str(final), device=str(prep.device)))
+            details["cached"] = True
+        else:
+            pixels = Pixels(prep.train.dataset, base.preprocess)
+            ckpt = checkpoint_dir / f"{key}.ckpt.safetensors"
+            try:
+                result = finetune(joint, pixels, fit_set, np.flatnonzero(~val_mask), memory, cfg, counts,
+                                  tau=tau, val=val if len(val) else None, val_rows=np.flatnonzero(val_mask),
+                                  checkpoint=ckpt, resume=resume, metric=metric,
+                                  log=(lambda s: log_fn(f"{name} finetune: {s}")) if log_fn else None)
+            finally:
+                pixels.close()
+            details = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                       "steps": result.steps, "history": result.history,
+                       "initial_score": result.initial_score, "val_score": result.best_score}
+            save_weights(joint, final, {"details": json.dumps(details)})
+            seal(final)
+            remove_checkpoint(ckpt)
+            details["cached"] = False
+    encoder = FineTunedEncoder(base, joint.encoder, prep.device)
+    details["keys"] = cfg.finetune_keys
+    return joint.fusion, inputs_from(encoder, prep, cache_dir), details, joint.encoder
+
+
+def inputs_from(encoder: FineTunedEncoder, prep: Prepared, cache_dir: Path) -> Prepared:
+    """``prep`` with the queries (and with ``reembed`` keys and neighbours) from ``encoder``."""
+    if prep.config.train.finetune_keys == "reembed":
+        return prepare(prep.run, prep.config, cache_dir, progress=False, encoder=encoder)
+    queries = []
+    for split in (prep.train, prep.test):
+        out = embed_images(encoder, split.dataset, cache_dir, progress=False)
+        if not out.valid.all():  # these images were read when the frozen encoder embedded them
+            raise RuntimeError(f"{prep.config.name}: {int((~out.valid).sum())} images could not be read "
+                               f"again for the fine-tuned encoder: {out.skipped[:3]}")
+        queries.append(SplitData(split.dataset, out.embeddings))
+    return dataclasses.replace(prep, train=queries[0], test=queries[1])
+
+
+__all__ = ["FINETUNE_FIELDS", "finetune_method", "inputs_from"]
