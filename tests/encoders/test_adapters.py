@@ -233,6 +233,31 @@ def test_image_encoder(case, tmp_path):
     assert not np.allclose(changed.encode_pixels(x), emb, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", IMAGE_CASES)
+def test_trainable_network_computes_the_embedding_and_trains_a_copy(case, tmp_path):
+    """The network fine-tuning trains (train.finetune_encoder): the encoder's own embedding
+    before normalisation, with gradients, in a copy that leaves the encoder as it was."""
+    from ravis.encoders.trainable import FineTunedEncoder, trainable_network
+
+    library, build, dim = IMAGE_CASES[case]
+    require(library)
+    spec, kwargs = build(tmp_path, seed=0)
+    enc = create_image_encoder(spec, device="cpu", **kwargs)
+    x = np.stack([enc.preprocess(im) for im in _images()])
+    net = trainable_network(enc)
+    feats = net(torch.from_numpy(x))
+    np.testing.assert_allclose(torch.nn.functional.normalize(feats, dim=1).detach().numpy(),
+                               enc.encode_pixels(x), atol=1e-5)
+    before = enc.encode_pixels(x)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    feats[:, 0].sum().backward()
+    opt.step()
+    assert np.array_equal(enc.encode_pixels(x), before)  # the encoder itself is untouched
+    tuned = FineTunedEncoder(enc, net)
+    assert not np.allclose(tuned.encode_pixels(x), before, atol=1e-5)
+    assert tuned.dim == dim and tuned.fingerprint() != enc.fingerprint()
+
+
 @pytest.mark.parametrize("case", TEXT_CASES)
 def test_text_encoder(case, tmp_path):
     library, build, dim = TEXT_CASES[case]
