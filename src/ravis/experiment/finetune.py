@@ -19,18 +19,15 @@ runs on those inputs. Weights are cached under a key of everything that determin
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
-from safetensors.torch import load_file
 
-from ..cache import entry_lock, is_sealed, seal
 from ..encoders import create_image_encoder
 from ..encoders.embed import embed_images
 from ..encoders.trainable import FineTunedEncoder, trainable_network
 from ..io import stable_hash
-from ..training.checkpoint import remove_checkpoint, save_weights
+from ..training.checkpoint import cached_weights
 from ..training.data import MemoryTensors, QuerySet
 from ..training.finetune import JointModel, Pixels, finetune
 from .prepare import Prepared, SplitData, prepare
@@ -53,33 +50,22 @@ def finetune_method(model, prep: Prepared, fit_set: QuerySet, val: QuerySet, val
     # the keys policy acts after training: both policies share the fine-tuned weights
     key = stable_hash("finetune-v1", base_key, {f: getattr(cfg, f) for f in FINETUNE_FIELDS
                                                 if f != "finetune_keys"})
-    final = cache_dir / "models" / f"{key}.safetensors"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with entry_lock(final):  # two runs that need the same weights train them once
-        if is_sealed(final):
-            from safetensors import safe_open
 
-            with safe_open(str(final), framework="pt") as f:
-                details = json.loads(f.metadata()["details"])
-            joint.load_state_dict(load_file(str(final), device=str(prep.device)))
-            details["cached"] = True
-        else:
-            pixels = Pixels(prep.train.dataset, base.preprocess)
-            ckpt = checkpoint_dir / f"{key}.ckpt.safetensors"
-            try:
-                result = finetune(joint, pixels, fit_set, np.flatnonzero(~val_mask), memory, cfg, counts,
-                                  tau=tau, val=val if len(val) else None, val_rows=np.flatnonzero(val_mask),
-                                  checkpoint=ckpt, resume=resume, metric=metric,
-                                  log=(lambda s: log_fn(f"{name} finetune: {s}")) if log_fn else None)
-            finally:
-                pixels.close()
-            details = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                       "steps": result.steps, "history": result.history,
-                       "initial_score": result.initial_score, "val_score": result.best_score}
-            save_weights(joint, final, {"details": json.dumps(details)})
-            seal(final)
-            remove_checkpoint(ckpt)
-            details["cached"] = False
+    def train(ckpt: Path) -> dict:
+        pixels = Pixels(prep.train.dataset, base.preprocess)
+        try:
+            result = finetune(joint, pixels, fit_set, np.flatnonzero(~val_mask), memory, cfg, counts,
+                              tau=tau, val=val if len(val) else None, val_rows=np.flatnonzero(val_mask),
+                              checkpoint=ckpt, resume=resume, metric=metric,
+                              log=(lambda s: log_fn(f"{name} finetune: {s}")) if log_fn else None)
+        finally:
+            pixels.close()
+        return {"best_epoch": result.best_epoch, "epochs_run": len(result.history), "steps": result.steps,
+                "history": result.history, "initial_score": result.initial_score,
+                "val_score": result.best_score}
+
+    details = cached_weights(joint, cache_dir / "models" / f"{key}.safetensors",
+                             checkpoint_dir / f"{key}.ckpt.safetensors", train)
     encoder = FineTunedEncoder(base, joint.encoder, prep.device)
     details["keys"] = cfg.finetune_keys
     return joint.fusion, inputs_from(encoder, prep, cache_dir), details, joint.encoder

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from ..cache import entry_lock, is_sealed, seal
 from ..config import TrainConfig
 from ..encoders import create_text_encoder
 from ..encoders.embed import embed_texts
@@ -22,7 +19,7 @@ from ..io import stable_hash
 from ..methods import method
 from ..training.data import MemoryTensors, QuerySet
 from ..training.loss import log_prior
-from ..training.checkpoint import remove_checkpoint, save_weights
+from ..training.checkpoint import cached_weights
 from ..training.trainer import fit, predict
 from . import memory_curve
 from .finetune import FINETUNE_FIELDS, finetune_method
@@ -245,35 +242,18 @@ def _memory_rows(prep: Prepared, reads_memory: bool):
 
 def _fit_cached(model, key, fit_set, val, memory, cfg: TrainConfig, counts, tau, metric, cache_dir,
                 checkpoint_dir, resume, log_fn, name) -> dict:
-    final = cache_dir / "models" / f"{key}.safetensors"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with entry_lock(final):  # two runs that need the same model train it once
-        return _load_or_fit(model, final, fit_set, val, memory, cfg, counts, tau, metric,
-                            checkpoint_dir / f"{key}.ckpt.safetensors", resume, log_fn, name)
-
-
-def _load_or_fit(model, final: Path, fit_set, val, memory, cfg: TrainConfig, counts, tau, metric,
-                 ckpt: Path, resume, log_fn, name) -> dict:
-    if is_sealed(final):  # weights whose bytes match the sha256 recorded when they were saved
-        from safetensors import safe_open
-
-        with safe_open(str(final), framework="pt") as f:
-            details = json.loads(f.metadata()["details"])
-        model.load_state_dict(load_file(str(final), device=str(next(model.parameters()).device)))
-        details["cached"] = True
+    def train(ckpt: Path) -> dict:
+        result = fit(model, fit_set, memory, cfg, counts, tau=tau, val=val if len(val) else None,
+                     checkpoint=ckpt, resume=resume, metric=metric,
+                     log=(lambda s: log_fn(f"{name}: {s}")) if log_fn else None)
+        details = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                   "steps": result.steps, "history": result.history}
+        if result.best_epoch is not None:  # the kept weights are that epoch's
+            details["val_score"] = result.best_score
         return details
-    result = fit(model, fit_set, memory, cfg, counts, tau=tau, val=val if len(val) else None,
-                 checkpoint=ckpt, resume=resume, metric=metric,
-                 log=(lambda s: log_fn(f"{name}: {s}")) if log_fn else None)
-    details = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-               "steps": result.steps, "history": result.history}
-    if result.best_epoch is not None:  # the kept weights are that epoch's
-        details["val_score"] = result.best_score
-    save_weights(model, final, {"details": json.dumps(details)})
-    seal(final)
-    remove_checkpoint(ckpt)  # the final weights supersede it
-    details["cached"] = False
-    return details
+
+    return cached_weights(model, cache_dir / "models" / f"{key}.safetensors",
+                          checkpoint_dir / f"{key}.ckpt.safetensors", train)
 
 
 def accuracy_vs_k(model, test: QuerySet, memory: MemoryTensors, ks, labels, adjust=0.0) -> dict:

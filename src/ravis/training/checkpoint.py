@@ -12,8 +12,10 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..cache import entry_lock, is_sealed, seal
 from ..io import atomic_path
 
 
@@ -46,8 +48,6 @@ def _host(t: torch.Tensor) -> torch.Tensor:
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
     """Restores model and optimiser in place; returns (progress, best_state or None)."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     device = next(model.parameters()).device
@@ -61,6 +61,27 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")} or None
     return json.loads(meta["progress"]), best
+
+
+def cached_weights(model: torch.nn.Module, final: Path, ckpt: Path, train) -> dict:
+    """The details (JSON-able) of ``model``'s weights in the cache file ``final``: loaded into
+    it where the file is sealed (its bytes match the sha256 recorded when it was saved), else
+    trained by ``train(ckpt)``, which returns them; then saved, sealed, and the training
+    checkpoint ``ckpt`` removed. Two runs that need the same weights train them once."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with entry_lock(final):
+        if is_sealed(final):
+            with safe_open(str(final), framework="pt") as f:
+                details = json.loads(f.metadata()["details"])
+            model.load_state_dict(load_file(str(final), device=str(next(model.parameters()).device)))
+            details["cached"] = True
+            return details
+        details = train(ckpt)
+        save_weights(model, final, {"details": json.dumps(details)})
+        seal(final)
+        remove_checkpoint(ckpt)  # the final weights supersede it
+        details["cached"] = False
+        return details
 
 
 def remove_checkpoint(path: Path) -> None:
