@@ -157,14 +157,26 @@ def test_tiny_ft_counterpart_runs_and_is_not_served_silently(tmp_path, ravis_cac
                "--set", "retrieval.vote_ks=[2,4,8]", "--set", "retrieval.k_curve=[2,8]",
                "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "mam.num_layers=2",
                "--set", "retrieval.rac_texts=4",
-               "--set", "train.finetune_epochs=1", "--set", "train.finetune_batch_size=8"])
+               "--set", "train.finetune_epochs=1", "--set", "train.finetune_batch_size=8",
+               # no validation split: the fine-tuned weights are kept (no epoch 0 to fall back on)
+               "--set", "train.val_fraction=0", "--set", "train.posthoc_tau=0", "--set", "train.tau=1"])
     assert rc == 0, capsys.readouterr().err
     exp = load_json(out / "results.json")["experiments"][0]
     for m in ("linear", "mam"):
         tuned = exp["details"][m]["finetune"]
         assert tuned["keys"] == "frozen" and tuned["epochs_run"] == 1 and tuned["steps"] == 3
+        assert tuned["best_epoch"] is None  # the last epoch's weights
         assert (out / "imagenet-lt+ft" / f"{m}.encoder.safetensors").exists()
     with np.load(out / "imagenet-lt+ft" / "predictions.npz") as f:
         assert "neighbors_mam" not in f  # frozen keys: MAM read the neighbours every method did
     with pytest.raises(RunFolderError, match="fine-tuned encoder"):
         Predictor.load(out, method="mam", cache_dir=ravis_cache)
+    from types import SimpleNamespace
+
+    from ravis.run_folder import load_config
+    from ravis.serve.models import ServedModels
+
+    cfg = load_config(out)
+    started = SimpleNamespace(config=cfg, experiment=cfg.experiments[0], method="mean_knn")
+    served = ServedModels(started, run_dir=out)
+    assert {"experiment": "imagenet-lt+ft", "method": "mam"} not in served.choices()  # nor offered by the server

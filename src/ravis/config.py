@@ -95,7 +95,8 @@ class TrainConfig:
     select_margin: float = 1.0
     patience: int = 0  # > 0: stop after this many epochs without validation improvement
     seed: int = 0
-    # Seconds between training checkpoints (written at the end of an epoch; 0: every epoch).
+    # Seconds between training checkpoints (written at the end of an epoch, and while the
+    # encoder is fine-tuned also after a step; 0: every epoch, or every fine-tuning step).
     # A MAM checkpoint holds weights, Adam's moments and the best weights (about 100 MB at
     # d 1280): written each of 50 short epochs it cost more than the training.
     checkpoint_every: float = 60.0

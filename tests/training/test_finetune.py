@@ -145,6 +145,7 @@ def test_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
     for k, v in joint.state_dict().items():
         torch.testing.assert_close(v, reference[k], rtol=0, atol=0, msg=k)
     assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
+    assert resumed.initial_score == whole.initial_score is not None
 
 
 def test_flip_mirrors_the_width_axis_of_either_layout():

@@ -41,9 +41,8 @@ FINETUNE_FIELDS = ("finetune_encoder", "finetune_epochs", "finetune_batch_size",
 def finetune_method(model, prep: Prepared, fit_set: QuerySet, val: QuerySet, val_mask: np.ndarray,
                     memory: MemoryTensors, counts, tau: float, metric: str, base_key: str,
                     cache_dir: Path, checkpoint_dir: Path, resume: bool, log_fn, name: str):
-    """(fusion model, the experiment's inputs from the fine-tuned encoder, details, the
-    fine-tuned encoder network). ``model``, the method's fusion model trained on the frozen
-    embeddings, is fine-tuned in place."""
+    """(fusion model, fine-tuned encoder, details). ``model``, the method's fusion model
+    trained on the frozen embeddings, is fine-tuned in place."""
     exp, cfg = prep.config, prep.config.train
     base = create_image_encoder(exp.encoder, device=prep.device)
     joint = JointModel(trainable_network(base), model).to(prep.device)
@@ -66,15 +65,22 @@ def finetune_method(model, prep: Prepared, fit_set: QuerySet, val: QuerySet, val
 
     details = cached_weights(joint, cache_dir / "models" / f"{key}.safetensors",
                              checkpoint_dir / f"{key}.ckpt.safetensors", train)
-    encoder = FineTunedEncoder(base, joint.encoder, prep.device)
     details["keys"] = cfg.finetune_keys
-    return joint.fusion, inputs_from(encoder, prep, cache_dir), details, joint.encoder
+    return joint.fusion, FineTunedEncoder(base, joint.encoder, prep.device), details
 
 
-def inputs_from(encoder: FineTunedEncoder, prep: Prepared, cache_dir: Path) -> Prepared:
-    """``prep`` with the queries (and with ``reembed`` keys and neighbours) from ``encoder``."""
-    if prep.config.train.finetune_keys == "reembed":
-        return prepare(prep.run, prep.config, cache_dir, progress=False, encoder=encoder)
+def inputs_from(encoder: FineTunedEncoder, prep: Prepared, cache_dir: Path,
+                reads_memory: bool = True) -> Prepared:
+    """``prep`` with the queries (and with ``reembed`` keys and neighbours) from ``encoder``;
+    a method that reads no memory gets its queries only, whatever the policy."""
+    if prep.config.train.finetune_keys == "reembed" and reads_memory:
+        new = prepare(prep.run, prep.config, cache_dir, progress=False, encoder=encoder)
+        for old, split in ((prep.train, new.train), (prep.test, new.test)):
+            # the validation mask and the test labels are applied by row: the rows must be the same
+            if list(old.dataset.ids) != list(split.dataset.ids):
+                raise RuntimeError(f"{prep.config.name}: the fine-tuned encoder could not embed the "
+                                   "same images as the frozen one (some were unreadable this time)")
+        return new
     queries = []
     for split in (prep.train, prep.test):
         out = embed_images(encoder, split.dataset, cache_dir, progress=False)
@@ -82,7 +88,9 @@ def inputs_from(encoder: FineTunedEncoder, prep: Prepared, cache_dir: Path) -> P
             raise RuntimeError(f"{prep.config.name}: {int((~out.valid).sum())} images could not be read "
                                f"again for the fine-tuned encoder: {out.skipped[:3]}")
         queries.append(SplitData(split.dataset, out.embeddings))
-    return dataclasses.replace(prep, train=queries[0], test=queries[1])
+    # a fresh rows_cache: what is cached there (the memory curve's neighbours) was searched
+    # with the frozen encoder's queries
+    return dataclasses.replace(prep, train=queries[0], test=queries[1], rows_cache={})
 
 
 __all__ = ["FINETUNE_FIELDS", "finetune_method", "inputs_from"]

@@ -22,7 +22,7 @@ from ..training.loss import log_prior
 from ..training.checkpoint import cached_weights
 from ..training.trainer import fit, predict
 from . import memory_curve
-from .finetune import FINETUNE_FIELDS, finetune_method
+from .finetune import FINETUNE_FIELDS, finetune_method, inputs_from
 from .prepare import Prepared, test_like_training
 
 log = logging.getLogger(__name__)
@@ -138,15 +138,20 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     _, tau, model, details, key = best
     encoder_net, test_neighbors = None, None
     if cfg.finetune_encoder:
-        model, prep, tuned, encoder_net = finetune_method(
+        model, encoder, tuned = finetune_method(
             model, prep, fit_set, val, val_mask, memory, counts, tau, metric, key, cache_dir,
             checkpoint_dir, resume, log_fn, f"{exp.name}/{name} tau={tau}")
         details = {**details, "finetune": tuned}
-        # from here on: the queries (and, re-embedded, the keys and neighbours) of the fine-tuned encoder
-        memory, test_memory, train, test = _query_sets(prep, name, cache_dir, text_encoder)
-        fit_set, val = train.subset(np.flatnonzero(~val_mask)), train.subset(np.flatnonzero(val_mask))
-        if cfg.finetune_keys == "reembed":
-            test_neighbors = (prep.test_I, prep.test_D)
+        # Epoch 0 kept: validation preferred the frozen encoder, and the method is as it was
+        # (served with it too). Otherwise, from here on: the queries (and, re-embedded, the
+        # keys and neighbours) of the fine-tuned encoder.
+        if tuned["best_epoch"] != 0:
+            encoder_net = encoder.net
+            prep = inputs_from(encoder, prep, cache_dir, spec.reads_memory)
+            memory, test_memory, train, test = _query_sets(prep, name, cache_dir, text_encoder)
+            fit_set, val = train.subset(np.flatnonzero(~val_mask)), train.subset(np.flatnonzero(val_mask))
+            if cfg.finetune_keys == "reembed" and spec.reads_memory:
+                test_neighbors = (prep.test_I, prep.test_D)
     posthoc_fixed = posthoc != "auto"
     if posthoc == "auto":  # adjusting the validation logits needs no retraining
         val_logits, val_labels = predict(model, val, memory)[0], val.labels.numpy()
@@ -171,7 +176,9 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
                               labels, posthoc_tau * prior)
         curve[int(test.neighbors.shape[1])] = result.metrics["top1"]  # all k: the main prediction
         result.details["accuracy_vs_k"] = curve
-        if exp.retrieval.memory_curve:
+        # the curve searches memory subsets with the test queries; with frozen keys the
+        # fine-tuned queries are not the ones retrieval used, so there is no such curve
+        if exp.retrieval.memory_curve and not (encoder_net is not None and cfg.finetune_keys == "frozen"):
             result.details["accuracy_vs_memory"] = memory_curve.model_curve(
                 model, prep, posthoc_tau * prior, reads_labels, result.metrics["top1"])
     return model, result

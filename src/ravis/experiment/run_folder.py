@@ -58,9 +58,10 @@ def save_for_serving(folder: Path, run_dir: Path, prep: Prepared, methods: dict[
         "test_thumbnails": "test_thumbnails.parquet",
         "logit_adjustment": {name: logit_adjustment(prep, name, r) for name, r in methods.items()
                              if get_method(name).trains},
-        # methods trained with a fine-tuned encoder, and their keys policy (not servable yet)
+        # methods whose predictions need their fine-tuned encoder, and its keys policy (not
+        # servable yet); one whose validation kept the frozen encoder is not among them
         "finetuned": {name: r.details["finetune"]["keys"] for name, r in methods.items()
-                      if "finetune" in r.details},
+                      if r.encoder is not None},
     })
 
 

@@ -41,7 +41,9 @@ class ServedModels:
         for exp in self.default.config.experiments:
             folder = experiment_dir(self.run_dir, exp.name)
             for m in exp.methods:
-                if get_method(m).servable and (folder / f"{m}.safetensors").is_file():
+                # a fine-tuned model (its encoder beside it) is not servable yet
+                if (get_method(m).servable and (folder / f"{m}.safetensors").is_file()
+                        and not (folder / f"{m}.encoder.safetensors").is_file()):
                     out.append({"experiment": exp.name, "method": m})
         return out
 

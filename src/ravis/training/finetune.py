@@ -126,14 +126,15 @@ def finetune(joint: JointModel, pixels: Pixels, train: QuerySet, train_rows: np.
     def save(epoch: int, step: int) -> None:
         save_checkpoint(checkpoint, joint, opt,
                         {"epoch": epoch, "step": step, "losses": losses, "history": result.history,
-                         "best_epoch": result.best_epoch, "best_score": best_score}, best_state)
+                         "best_epoch": result.best_epoch, "best_score": best_score,
+                         "initial_score": result.initial_score}, best_state)
 
     has_val = val is not None and len(val) > 0
     if resume and checkpoint is not None and checkpoint.exists():
         progress, best_state = load_checkpoint(checkpoint, joint, opt)
         epoch0, step0, losses = progress["epoch"], progress["step"], progress["losses"]
         result.history, result.best_epoch = progress["history"], progress["best_epoch"]
-        best_score = progress["best_score"]
+        best_score, result.initial_score = progress["best_score"], progress["initial_score"]
     elif has_val:
         result.initial_score = best_score = score()
         result.best_epoch, best_state = 0, copy.deepcopy(joint.state_dict())
