@@ -57,7 +57,11 @@ def test_presets_by_name_and_listed(capsys, tmp_path):
         find_preset("nope")
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    assert "imagenet_lt" in out and "tiny" in out
+    assert "imagenet_lt" in out and "tiny" in out and "inat2021_mini_ft" in out
+    lines = out.splitlines()
+    # the descriptions start in one column, after the longest name and two spaces
+    column = max(len(line.split()[0]) for line in lines) + 2
+    assert all(line[column - 2:column] == "  " and line[column] != " " for line in lines)
 
 
 def test_quiet_silences_faiss(tmp_path, capfd, monkeypatch):

@@ -223,8 +223,10 @@ def cmd_presets(args) -> int:
     """Each packaged preset with the command its first comment line gives."""
     from .cli import CONFIG_DIR, preset_names
 
-    for name in preset_names():
+    names = preset_names()
+    width = max(map(len, names), default=0)
+    for name in names:
         first = (CONFIG_DIR / f"{name}.yaml").read_text().splitlines()[:3]
         says = next((line.lstrip("# ").strip() for line in first[1:] if line.startswith("#")), "")
-        print(f"{name:<15} {says}")
+        print(f"{name:<{width}}  {says}")
     return 0
