@@ -383,3 +383,15 @@ def test_importing_the_libraries_leaves_torchvision_absent():
         from transformers.utils import is_torchvision_available
 
         assert not is_torchvision_available()
+
+
+def test_open_clip_network_copies_the_image_tower_only(tmp_path):
+    """CLIP's encode_image is its image tower: the text tower stays out of fine-tuning."""
+    from ravis.encoders.trainable import trainable_network
+
+    require("open_clip")
+    spec, kwargs = open_clip_json(tmp_path, seed=0)
+    enc = create_image_encoder(spec, device="cpu", **kwargs)
+    net = trainable_network(enc)
+    assert net.net is not enc.model.visual
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in enc.model.visual.parameters())

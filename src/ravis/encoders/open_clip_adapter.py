@@ -145,15 +145,26 @@ class OpenCLIPImageEncoder:
         return l2_normalize(feats.float().cpu().numpy())  # (B, dim)
 
     def network(self):
-        """A trainable copy of the model (:mod:`ravis.encoders.trainable`) whose features
-        are ``encode_image``'s (the text tower gets no gradient and stays as it is)."""
+        """A trainable copy of the image tower (:mod:`ravis.encoders.trainable`) whose
+        features are ``encode_image``'s. Where ``encode_image`` is CLIP's own (the tower's
+        output as it is) only the tower is copied: the text tower would double the memory,
+        the checkpoints and the saved encoder while getting no gradient. Other models (CoCa
+        pools inside ``encode_image``) are copied whole."""
         from .trainable import FeatureNet
 
+        oc = _open_clip().model
+        plain = {getattr(getattr(oc, n, None), "encode_image", None) for n in ("CLIP", "CustomTextCLIP")}
+        if type(self.model).encode_image in plain:
+            return FeatureNet(copy.deepcopy(self.model.visual), _tower)
         return FeatureNet(copy.deepcopy(self.model), _image_features)
 
 
 def _image_features(model, x: torch.Tensor) -> torch.Tensor:
     return model.encode_image(x.float())
+
+
+def _tower(visual, x: torch.Tensor) -> torch.Tensor:
+    return visual(x.float())
 
 
 class OpenCLIPTextEncoder:
