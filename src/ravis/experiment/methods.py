@@ -110,7 +110,8 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     memory, test_memory, train, test = _query_sets(prep, name, cache_dir, text_encoder)
     val_mask = (validation_split(prep.train.dataset.labels, cfg.val_fraction, cfg.seed)
                 if cfg.val_fraction > 0 else np.zeros(len(train), dtype=bool))
-    fit_set, val = train.subset(np.flatnonzero(~val_mask)), train.subset(np.flatnonzero(val_mask))
+    split = lambda queries: (queries.subset(np.flatnonzero(~val_mask)), queries.subset(np.flatnonzero(val_mask)))
+    fit_set, val = split(train)
     counts = np.bincount(fit_set.labels.numpy(), minlength=prep.num_classes)
     prior = log_prior(counts).numpy()
     train_tau, posthoc = cfg.for_method(spec.reads_memory)
@@ -149,7 +150,7 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
             encoder_net = encoder.net
             prep = inputs_from(encoder, prep, cache_dir, spec.reads_memory)
             memory, test_memory, train, test = _query_sets(prep, name, cache_dir, text_encoder)
-            fit_set, val = train.subset(np.flatnonzero(~val_mask)), train.subset(np.flatnonzero(val_mask))
+            fit_set, val = split(train)
             if cfg.finetune_keys == "reembed" and spec.reads_memory:
                 test_neighbors = (prep.test_I, prep.test_D)
     posthoc_fixed = posthoc != "auto"

@@ -35,7 +35,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import BatchBuffers, MemoryTensors, QuerySet
 from .loss import lace_loss
 from .schedule import warmup_cosine
-from .trainer import FitResult, parameter_groups, predict, reads_of
+from .trainer import FitResult, format_entry, parameter_groups, predict, reads_of, to_model
 
 
 class JointModel(torch.nn.Module):
@@ -155,12 +155,11 @@ def finetune(joint: JointModel, pixels: Pixels, train: QuerySet, train_rows: np.
                     pending = pixels.submit(train_rows[batches[b + 1].numpy()])
                 for g in opt.param_groups:
                     g["lr"] = g["base_lr"] * warmup_cosine(step, total, warmup)
-                (_, keys, values, nbr_labels), y = train.batch(batches[b], memory, reads_of(joint.fusion), buffers)
-                move = lambda t: None if t is None else to_device(t, device)
-                x = to_device(flip(images, joint.encoder.width_axis, gen), device)
+                (_, *neighbours), y = train.batch(batches[b], memory, reads_of(joint.fusion), buffers)
+                (x, *neighbours), y = to_model(joint, (flip(images, joint.encoder.width_axis, gen), *neighbours), y)
                 with autocast(device):
-                    logits, _ = joint(x, move(keys), move(values), move(nbr_labels))
-                loss = lace_loss(logits.float(), move(y), class_counts, tau=tau,
+                    logits, _ = joint(x, *neighbours)  # neighbours: keys, values, their labels
+                loss = lace_loss(logits.float(), y, class_counts, tau=tau,
                                  label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -178,7 +177,7 @@ def finetune(joint: JointModel, pixels: Pixels, train: QuerySet, train_rows: np.
                     best_state = copy.deepcopy(joint.state_dict())
             result.history.append(entry)
             if log:
-                log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
+                log(format_entry(entry))
             if checkpoint is not None:
                 save(epoch + 1, 0)
                 last_saved = time.monotonic()

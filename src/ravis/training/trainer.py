@@ -97,8 +97,7 @@ def fit(model: torch.nn.Module, train: QuerySet, memory: MemoryTensors, cfg: Tra
                 best_state = copy.deepcopy(model.state_dict())
         result.history.append(entry)
         if log:
-            log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in entry.items()))
+            log(format_entry(entry))
         if checkpoint is not None and time.monotonic() - last_saved >= cfg.checkpoint_every:
             last_saved = time.monotonic()
             save_checkpoint(checkpoint, model, opt,
@@ -153,6 +152,11 @@ def predict(model: torch.nn.Module, queries: QuerySet, memory: MemoryTensors,
         logits.append(out.float().cpu().numpy())
         attns.append(attn.float().cpu().numpy())
     return np.concatenate(logits), np.concatenate(attns)
+
+
+def format_entry(entry: dict) -> str:
+    """One epoch's history entry as a log line: ``epoch=3 loss=0.9015 val_score=0.7213``."""
+    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items())
 
 
 def to_model(model: torch.nn.Module, inputs, labels):
