@@ -98,7 +98,9 @@ def test_train_resumes_after_interruption(tmp_path, ravis_cache, monkeypatch, me
     reference = tmp_path / "ref"
     assert main(["train", *args, "--out", str(reference)]) == 0
     ref = load_json(reference / "results.json")["experiments"][0]["methods"]["mam"]
-    shutil.rmtree(cache / "models")  # forget trained weights, keep embeddings and neighbours
+    # forget trained weights and their evaluations, keep embeddings and neighbours
+    shutil.rmtree(cache / "models")
+    shutil.rmtree(cache / "evaluations")
 
     real_epoch = trainer._train_epoch
     calls = {"n": 0}

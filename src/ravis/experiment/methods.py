@@ -118,14 +118,11 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     options = asdict(getattr(exp, spec.options)) if spec.options else None
     # label evidence starts as the kNN vote at the k the vote itself is run with
     label_k = vote_k(prep)[0] if reads_labels else 0
-    # the embeddings themselves: the datasets' fingerprints do not say which encoder (or
-    # image size) made them
-    embeddings = stable_hash(prep.train.z, prep.test.z)
     best = None
     for tau in cfg.tau_grid if train_tau == "auto" else [float(train_tau)]:
         key = stable_hash("model-v7", name, _train_key(cfg), metric, options, tau, label_k,
                           prep.train.dataset.fingerprint, prep.test.dataset.fingerprint,
-                          embeddings,
+                          prep.embeddings_digest,
                           prep.memory.digest if spec.reads_memory else None,
                           stable_hash(prep.train_I) if spec.reads_memory else None,
                           exp.retrieval.rac_texts if spec.extra == "texts" else None, prep.num_classes)

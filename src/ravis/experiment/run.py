@@ -24,13 +24,16 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 import yaml
 
 from ..config import ExperimentConfig, RunConfig, to_dict
 from ..evaluation.report import format_table, plot_accuracy_vs_k, plot_shots
+from ..fusion import build_model
 from ..io import atomic_path, exclusive_lock, save_json
 from ..methods import method as get_method
 from ..training.checkpoint import save_weights
+from .evaluation_cache import cached_evaluation, evaluation_key
 from .methods import MethodResult, train_method, vote_result
 from .prepare import Prepared, prepare
 from ..run_folder import begin_run, experiment_dir, finish_run
@@ -132,16 +135,11 @@ def run_methods(cfg: RunConfig, prep: Prepared, out: Path, cache_dir: Path, *, r
     times = {}
     for method in exp.methods:
         t = time.perf_counter()
-        if not get_method(method).trains:
-            methods[method] = vote_result(prep)
-        else:
-            model, methods[method] = train_method(
-                method, prep, cache_dir, cfg.text_encoder, checkpoint_dir=cache_dir / "checkpoints",
-                resume=resume, log_fn=lambda s: log.info(s))
-            if write_folder:
-                save_weights(model, folder / f"{method}.safetensors")
-                if methods[method].encoder is not None:  # fine-tuned with it (train.finetune_encoder)
-                    save_weights(methods[method].encoder, folder / f"{method}.encoder.safetensors")
+        model, methods[method] = evaluate_method(method, prep, cfg, cache_dir, resume)
+        if model is not None and write_folder:
+            save_weights(model, folder / f"{method}.safetensors")
+            if methods[method].encoder is not None:  # fine-tuned with it (train.finetune_encoder)
+                save_weights(methods[method].encoder, folder / f"{method}.encoder.safetensors")
         times[f"method:{method}"] = time.perf_counter() - t
         m = methods[method].metrics
         echo(f"   {method:<9} top1 {100 * m['top1']:5.1f}  ({times[f'method:{method}']:.1f} s"
@@ -153,6 +151,24 @@ def run_methods(cfg: RunConfig, prep: Prepared, out: Path, cache_dir: Path, *, r
         save_for_serving(folder, out, prep, methods, cache_dir, copy_memory)
         times["run_folder"] = time.perf_counter() - t
     return entry, times
+
+
+def evaluate_method(method: str, prep: Prepared, cfg: RunConfig, cache_dir: Path,
+                    resume: bool) -> tuple[torch.nn.Module | None, MethodResult]:
+    """(the kept model, or None for the vote; its result): trained and evaluated, or read
+    from the evaluation cache (:mod:`.evaluation_cache`) where this exact evaluation ran before."""
+    if get_method(method).trains:
+        compute = lambda: train_method(method, prep, cache_dir, cfg.text_encoder,
+                                       checkpoint_dir=cache_dir / "checkpoints", resume=resume,
+                                       log_fn=lambda s: log.info(s))
+        rebuild = lambda details: build_model(method, prep.config, prep.memory.dim, prep.memory.value_dim,
+                                              prep.num_classes, details.get("label_k", 0)).to(prep.device)
+    else:
+        compute, rebuild = (lambda: (None, vote_result(prep))), None
+    if prep.config.train.finetune_encoder:  # its result carries a fine-tuned network: not cached
+        return compute()
+    key = evaluation_key(prep, method, cfg.text_encoder)
+    return cached_evaluation(cache_dir / "evaluations" / f"{key}.safetensors", compute, rebuild)
 
 
 def summarise(prep: Prepared, cfg: RunConfig, methods: dict[str, MethodResult]) -> dict:

@@ -41,7 +41,8 @@ def build_memory(dataset: ImageDataset, keys: np.ndarray, *, key_encoder: str, k
 
     if kind not in VALUE_KINDS:
         raise ValueError(f"unknown memory value kind {kind!r}; choose from {VALUE_KINDS}")
-    keep = np.flatnonzero(valid) if valid is not None else np.arange(len(dataset))
+    # every row kept: a slice, so the arrays are views (a 60k x 1280 copy otherwise)
+    keep = np.flatnonzero(valid) if valid is not None else slice(None)
     if kind == "image":
         if image_values is None or value_encoder is None:
             raise ValueError("value kind 'image' needs image_values and value_encoder")
@@ -51,10 +52,11 @@ def build_memory(dataset: ImageDataset, keys: np.ndarray, *, key_encoder: str, k
             raise ValueError(f"value kind {kind!r} needs a text encoder")
         values = embed_texts(text_encoder, value_texts(dataset, kind, prompt), cache_dir)
         value_encoder = text_encoder.fingerprint()
-    texts = entry_texts(dataset, kind)
+    texts, ids = entry_texts(dataset, kind), list(dataset.ids)
+    if not isinstance(keep, slice):
+        texts, ids = [texts[i] for i in keep], [ids[i] for i in keep]
     return ArrayMemory(keys=keys[keep], values=values[keep], labels=dataset.labels[keep],
-                  texts=[texts[i] for i in keep], ids=[dataset.ids[i] for i in keep],
-                  sources=[dataset.name] * len(keep), key_encoder=key_encoder,
+                  texts=texts, ids=ids, sources=[dataset.name] * len(ids), key_encoder=key_encoder,
                   value_encoder=value_encoder, class_names=list(dataset.class_names))
 
 

@@ -7,6 +7,7 @@ saved in-RAM memory opens as a :class:`~ravis.memory.sharded.ShardedMemory`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -61,11 +62,13 @@ class ArrayMemory:
     def dtype(self) -> np.dtype:
         return self.keys.dtype
 
-    @property
+    # Hashed once: the arrays are built whole and never changed in place (an edit makes a
+    # new memory), and a 60k-row memory is 400 MB to hash, asked for by every cache key.
+    @functools.cached_property
     def digest(self) -> str:
         return stable_hash(self.keys, self.values, self.labels, self.texts, self.ids, self.class_names)
 
-    @property
+    @functools.cached_property
     def key_digest(self) -> str:
         return stable_hash(self.keys, self.ids)
 
