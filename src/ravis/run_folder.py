@@ -28,6 +28,7 @@ reads against the sha256 the record holds.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from .cache import entry_lock
 from .config import RunConfig, resolve
 from .io import atomic_path, link_or_copy, load_json, save_json, sha256_file
 from .memory.base import MemoryMismatchError
@@ -42,8 +44,11 @@ from .memory.compose import ComposedMemory, compose, source_name
 from .memory.edits import LOG_NAME as EDIT_LOG
 from .memory.sharded import STAMPS_NAME, ShardedMemory
 
+log = logging.getLogger(__name__)
+
 SERVING_FILE = "serving.json"
 MEMORY_DIR = "memory"
+CONTENT_FILE = "content.json"  # the digest of the in-RAM memory a saved part holds
 COMPLETE_FILE = "complete.json"
 # Not in the completion record: the record and the lock themselves, the memory parts (their
 # manifests hold their own checksums, checked by open_run_memory), and what ``ravis report``
@@ -162,10 +167,12 @@ def part_slug(spec: str) -> str:
     return source_name(spec).replace("/", "-")
 
 
-def save_memory_part(folder: Path, spec: str, memory, run_dir: Path, copy: bool) -> dict:
+def save_memory_part(folder: Path, spec: str, memory, run_dir: Path, copy: bool,
+                     cache_dir: Path | None = None) -> dict:
     """Where serving finds one memory part: a memory made in RAM is saved under
-    ``folder/memory/<part>``; a memory folder is referred to (or, with ``copy``, copied in).
-    Returns the part's serving.json entry."""
+    ``folder/memory/<part>`` (with ``cache_dir``, saved once into the cache and hard-linked
+    from there); a memory folder is referred to (or, with ``copy``, copied in). Returns the
+    part's serving.json entry."""
     target = Path(folder) / MEMORY_DIR / part_slug(spec)
     if isinstance(memory, ShardedMemory) and not copy:
         return {"spec": spec, "path": str(memory.memdir.resolve()), "digest": memory.digest,
@@ -173,20 +180,48 @@ def save_memory_part(folder: Path, spec: str, memory, run_dir: Path, copy: bool)
     if isinstance(memory, ShardedMemory):
         saved = _copy_memory(memory, target)
     else:
-        saved = _save_if_changed(memory, target)
+        saved = _save_if_changed(memory, target, cache_dir)
         _link_same_files(saved, Path(run_dir))
     return {"spec": spec, "path": str(target.relative_to(folder)), "digest": saved.digest,
             "rows": len(saved), "copied": isinstance(memory, ShardedMemory)}
 
 
-def _save_if_changed(memory, target: Path) -> ShardedMemory:
+def _save_if_changed(memory, target: Path, cache_dir: Path | None = None) -> ShardedMemory:
     """ArrayMemory.save unless ``target`` already holds this memory (a rerun rewrites nothing)."""
-    marker = target / "content.json"
+    marker = target / CONTENT_FILE
     if marker.is_file() and load_json(marker).get("digest") == memory.digest:
         return ShardedMemory.open(target)
-    saved = memory.save(target)
+    if cache_dir is None:
+        saved = memory.save(target)
+    else:
+        saved = _linked_from_cache(memory, target, Path(cache_dir) / "run-memories" / memory.digest)
     save_json(marker, {"digest": memory.digest})
     return saved
+
+
+def _linked_from_cache(memory, target: Path, entry: Path) -> ShardedMemory:
+    """``memory`` saved once into the cache folder ``entry`` and its files hard-linked into
+    ``target``: a run into a fresh folder does not write the demo's 400 MB memories again.
+    ravis writes every file by rename, never in place, so a link shares nothing that
+    changes. The cached copy is checked against its manifest's sha256 before it is linked;
+    a damaged one is saved again, with a warning naming the file."""
+    with entry_lock(entry):
+        done = entry / CONTENT_FILE
+        fresh = not (done.is_file() and load_json(done).get("digest") == memory.digest)
+        if not fresh:
+            try:
+                ShardedMemory.open(entry, verify=True)
+            except MemoryMismatchError as e:
+                log.warning("saving the cached memory %s again: %s", entry, e)
+                fresh = True
+        if fresh:
+            shutil.rmtree(entry, ignore_errors=True)
+            memory.save(entry)
+            save_json(done, {"digest": memory.digest})
+        skip = {CONTENT_FILE, STAMPS_NAME}
+        for src in sorted(p for p in entry.rglob("*") if p.is_file() and p.name not in skip):
+            link_or_copy(src, target / src.relative_to(entry))
+    return ShardedMemory.open(target)
 
 
 def _copy_memory(memory: ShardedMemory, target: Path) -> ShardedMemory:

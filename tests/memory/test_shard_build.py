@@ -203,7 +203,11 @@ def test_resume_after_a_kill_gives_the_same_bytes(tmp_path, reference, wds_dir, 
                           env={**os.environ, "RAVIS_CACHE": str(ravis_cache)}, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert (out / shard_file("00004", "keys")).exists()  # half a shard on disk...
-    assert ShardedMemory.open(out).shard_names == ["00000", "00001", "00002"]  # ...not in it
+    # ...not in it. Shards 0-2 were finished before the kill; on a loaded machine a slow
+    # manifest save spaces the next ones out (ShardManifest.record), so fewer may be in.
+    every = [f"{i:05d}" for i in range(7)]
+    committed = ShardedMemory.open(out).shard_names
+    assert 1 <= len(committed) <= 3 and committed == every[:len(committed)]
 
     built = []
 
@@ -213,7 +217,7 @@ def test_resume_after_a_kill_gives_the_same_bytes(tmp_path, reference, wds_dir, 
 
     build_sharded_memory(sources(wds_dir, parquet_dir), out, progress=False,
                          shard_builder=counting)
-    assert built == ["00003", "00004", "00005", "00006"]  # the failed one is retried
+    assert built == every[len(committed):]  # the failed one is retried
     assert all_bytes(out) == all_bytes(reference)  # no temporary file left either
 
     # A finished shard damaged on disk is rebuilt by the next run; intact ones are not.

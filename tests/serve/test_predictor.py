@@ -1,6 +1,7 @@
 """The Predictor against the run's own evaluation, and the run folder it loads from."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -210,3 +211,33 @@ def test_identical_memory_arrays_are_hard_linked(tiny_run, tmp_path):
     assert entries[0]["digest"] == entries[1]["digest"]
     again = run_folder.save_memory_part(tmp_path / "y", "train", memory, tmp_path, copy=False)
     assert again == entries[1]  # a rerun rewrites nothing
+
+
+def test_a_memory_part_is_saved_once_into_the_cache_and_linked_into_each_run(tiny_run, tmp_path, caplog):
+    """A run into a fresh folder links the cached copy instead of writing the memory again;
+    a damaged cached copy is refused by its checksum before any run uses it."""
+    memory = ShardedMemory.open(tiny_run / "tiny-fmnist" / "memory" / "train").to_memory()
+    cache = tmp_path / "cache"
+    first = run_folder.save_memory_part(tmp_path / "run1" / "e", "train", memory, tmp_path / "run1",
+                                        copy=False, cache_dir=cache)
+    second = run_folder.save_memory_part(tmp_path / "run2" / "e", "train", memory, tmp_path / "run2",
+                                         copy=False, cache_dir=cache)
+    keys = "memory/train/shards/00000.keys.npy"
+    (cached,) = (cache / "run-memories").glob("*/shards/00000.keys.npy")
+    assert os.path.samefile(tmp_path / "run1" / "e" / keys, cached)
+    assert os.path.samefile(tmp_path / "run2" / "e" / keys, cached)
+    assert first["digest"] == second["digest"] == memory.save(tmp_path / "plain").digest
+    assert ShardedMemory.open(tmp_path / "run2" / "e" / "memory" / "train", verify=True).to_memory().ids == memory.ids
+
+    data = bytearray(cached.read_bytes())
+    data[-1] ^= 0xFF
+    damaged = cached.with_name("damaged")
+    damaged.write_bytes(bytes(data))
+    os.replace(damaged, cached)  # a new file at the cached path: the runs keep theirs
+    with caplog.at_level(logging.WARNING):
+        third = run_folder.save_memory_part(tmp_path / "run3" / "e", "train", memory, tmp_path / "run3",
+                                            copy=False, cache_dir=cache)
+    assert "00000.keys.npy" in caplog.text and "again" in caplog.text
+    assert third["digest"] == first["digest"]
+    for run in ("run1", "run3"):
+        ShardedMemory.open(tmp_path / run / "e" / "memory" / "train", verify=True)

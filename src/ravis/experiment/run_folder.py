@@ -46,7 +46,7 @@ def save_for_serving(folder: Path, run_dir: Path, prep: Prepared, methods: dict[
     for spec, part in memory.parts:
         if isinstance(part, ArrayMemory) and part.thumbnails is None:
             part.thumbnails = dataset_thumbnails(full_train, part.ids, cache_dir)
-        parts.append(save_memory_part(folder, spec, part, run_dir, copy_memory))
+        parts.append(save_memory_part(folder, spec, part, run_dir, copy_memory, cache_dir))
     write_thumbnails(folder / "test_thumbnails.parquet", prep.test.dataset, cache_dir=cache_dir)
     write_serving(folder, {
         "experiment": exp.name,
