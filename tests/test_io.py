@@ -25,3 +25,18 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
     for name in ("a.json", "b.npy", "c.bin", "plain"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_link_or_copy_links_atomically_and_leaves_the_source_permissions(tmp_path):
+    from ravis.io import link_or_copy
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"shared")
+    os.chmod(src, 0o444)  # a cache file another user made read-only
+    dst = tmp_path / "run" / "dst.bin"
+    dst.parent.mkdir()
+    dst.write_bytes(b"old")
+    assert link_or_copy(src, dst)
+    assert os.path.samefile(src, dst) and dst.read_bytes() == b"shared"
+    assert (src.stat().st_mode & 0o777) == 0o444
+    assert not [p for p in dst.parent.iterdir() if p.name != "dst.bin"]  # no temporary left

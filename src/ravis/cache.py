@@ -16,11 +16,12 @@ entry want the same bytes. Two rules keep a shared cache honest:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from pathlib import Path
 from typing import Iterator
 
-from .io import exclusive_lock, load_json, save_json, sha256_file
+from .io import exclusive_lock, load_json, save_json, sha256_file, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,21 @@ def unseal(path: Path | str) -> None:
     path = Path(path)
     _seal_path(path).unlink(missing_ok=True)
     path.unlink(missing_ok=True)
+
+
+@functools.cache
+def code_version() -> str:
+    """A hash of the ravis package's Python source and the libraries that do its arithmetic,
+    for cache entries that a code change could make wrong (a method's evaluation, a saved
+    run memory). Computed once per process; a run calls it first, so an edit made while it
+    runs is not mistaken for the code that ran."""
+    import numpy as np
+    import torch
+
+    root = Path(__file__).resolve().parent
+    sources = [(str(p.relative_to(root)), p.read_bytes()) for p in sorted(root.rglob("*.py"))]
+    return stable_hash([name for name, _ in sources], *[text for _, text in sources],
+                       torch.__version__, torch.version.cuda, np.__version__)
 
 
 def _seal_path(path: Path) -> Path:

@@ -181,17 +181,25 @@ class VerifiedStamps:
 
 def link_or_copy(src: Path | str, dst: Path | str) -> bool:
     """``dst`` becomes ``src``'s content, atomically: a hard link where the filesystem allows
-    (no copy of a many-GB file), else a copy. True if linked."""
+    (no copy of a many-GB file), else a copy. True if linked. A link shares ``src``'s inode,
+    so its permissions are left as they are (``atomic_path`` would chmod the shared file)."""
     import shutil
 
-    with atomic_path(dst) as tmp:
-        tmp.unlink()
-        try:
-            os.link(src, tmp)
-            return True
-        except OSError:  # another filesystem, or links not allowed
-            shutil.copyfile(src, tmp)
-            return False
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # another filesystem, or links not allowed
+        with atomic_path(dst) as copy:
+            shutil.copyfile(src, copy)
+        return False
+    try:
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 class FolderBusyError(RuntimeError):

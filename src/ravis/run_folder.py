@@ -36,9 +36,9 @@ from pathlib import Path
 
 import yaml
 
-from .cache import entry_lock
+from .cache import code_version, entry_lock
 from .config import RunConfig, resolve
-from .io import atomic_path, link_or_copy, load_json, save_json, sha256_file
+from .io import atomic_path, link_or_copy, load_json, save_json, sha256_file, stable_hash
 from .memory.base import MemoryMismatchError
 from .memory.compose import ComposedMemory, compose, source_name
 from .memory.edits import LOG_NAME as EDIT_LOG
@@ -194,7 +194,10 @@ def _save_if_changed(memory, target: Path, cache_dir: Path | None = None) -> Sha
     if cache_dir is None:
         saved = memory.save(target)
     else:
-        saved = _linked_from_cache(memory, target, Path(cache_dir) / "run-memories" / memory.digest)
+        # named by everything the saved files hold, not only what the digest covers
+        name = stable_hash(FORMAT_VERSION, code_version(), memory.digest, memory.key_encoder,
+                           memory.value_encoder, memory.sources, stable_hash(*(memory.thumbnails or [])))
+        saved = _linked_from_cache(memory, target, Path(cache_dir) / "run-memories" / name)
     save_json(marker, {"digest": memory.digest})
     return saved
 
@@ -207,11 +210,13 @@ def _linked_from_cache(memory, target: Path, entry: Path) -> ShardedMemory:
     a damaged one is saved again, with a warning naming the file."""
     with entry_lock(entry):
         done = entry / CONTENT_FILE
-        fresh = not (done.is_file() and load_json(done).get("digest") == memory.digest)
+        fresh = not done.is_file()
         if not fresh:
             try:
+                if load_json(done).get("digest") != memory.digest:
+                    raise MemoryMismatchError(f"{done}: it holds another memory")
                 ShardedMemory.open(entry, verify=True)
-            except MemoryMismatchError as e:
+            except (MemoryMismatchError, ValueError, KeyError, OSError) as e:
                 log.warning("saving the cached memory %s again: %s", entry, e)
                 fresh = True
         if fresh:

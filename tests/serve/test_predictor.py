@@ -241,3 +241,12 @@ def test_a_memory_part_is_saved_once_into_the_cache_and_linked_into_each_run(tin
     assert third["digest"] == first["digest"]
     for run in ("run1", "run3"):
         ShardedMemory.open(tmp_path / run / "e" / "memory" / "train", verify=True)
+
+    caplog.clear()
+    (entry,) = [p for p in (cache / "run-memories").iterdir() if p.is_dir()]
+    (entry / "content.json").write_text("{not json")  # an unreadable record is saved again too
+    with caplog.at_level(logging.WARNING):
+        run_folder.save_memory_part(tmp_path / "run4" / "e", "train", memory, tmp_path / "run4",
+                                    copy=False, cache_dir=cache)
+    assert "content.json" in caplog.text
+    ShardedMemory.open(tmp_path / "run4" / "e" / "memory" / "train", verify=True)

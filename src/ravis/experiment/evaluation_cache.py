@@ -17,8 +17,8 @@ every cache file: a damaged entry is recomputed with a warning naming it.
 
 from __future__ import annotations
 
-import functools
 import json
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -27,29 +27,29 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..cache import entry_lock, is_sealed, seal
+from ..cache import code_version, entry_lock, is_sealed, seal
 from ..config import to_dict
+from ..encoders import create_text_encoder
 from ..io import atomic_path, stable_hash, to_json
 from .methods import MethodResult
 from .prepare import Prepared
+
+log = logging.getLogger(__name__)
 
 #: details whose keys are ints (k, memory size) and come back from JSON as strings
 _INT_KEYED = ("accuracy_vs_k", "accuracy_vs_memory")
 
 
-@functools.cache
-def code_version() -> str:
-    """A hash of the ravis package's Python source and the libraries that do its arithmetic."""
-    root = Path(__file__).resolve().parents[1]
-    sources = [(str(p.relative_to(root)), p.read_bytes()) for p in sorted(root.rglob("*.py"))]
-    return stable_hash([name for name, _ in sources], *[text for _, text in sources],
-                       torch.__version__, np.__version__)
-
-
 def evaluation_key(prep: Prepared, method: str, text_encoder: str) -> str:
     """The cache key of method ``method``'s evaluation on ``prep``."""
-    return stable_hash("evaluation-v1", code_version(), method, to_dict(prep.config), text_encoder,
-                       str(prep.device), prep.train.dataset.fingerprint, prep.test.dataset.fingerprint,
+    # the text encoder's weights, not only its name (RAC embeds texts the memory digest does
+    # not cover); the accelerator, whose arithmetic differs slightly from the CPU's and GPU's
+    text = create_text_encoder(text_encoder).fingerprint()
+    device = str(prep.device)
+    if prep.device.type == "cuda":
+        device += f" {torch.cuda.get_device_name(prep.device)} cuda {torch.version.cuda}"
+    return stable_hash("evaluation-v1", code_version(), method, to_dict(prep.config), text, device,
+                       prep.train.dataset.fingerprint, prep.test.dataset.fingerprint,
                        prep.embeddings_digest, prep.memory.digest, prep.neighbors_digest,
                        [int(c) for c in prep.class_counts])
 
@@ -63,7 +63,10 @@ def cached_evaluation(path: Path, evaluate: Callable[[], tuple[torch.nn.Module |
     path.parent.mkdir(parents=True, exist_ok=True)
     with entry_lock(path):
         if is_sealed(path):
-            return _load(path, rebuild)
+            try:
+                return _load(path, rebuild)
+            except (KeyError, ValueError, RuntimeError) as e:  # sealed, but not what this ravis reads
+                log.warning("ignoring the cached evaluation %s, recomputing it: %s", path, e)
         model, result = evaluate()
         _save(path, model, result)
         seal(path)
@@ -71,7 +74,7 @@ def cached_evaluation(path: Path, evaluate: Callable[[], tuple[torch.nn.Module |
 
 
 def _save(path: Path, model, result: MethodResult) -> None:
-    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in (model.state_dict() if model else {}).items()}
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in (model.state_dict() if model is not None else {}).items()}
     for name in ("logits", "attention"):
         array = getattr(result, name)
         if array is not None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..cache import code_version
 from ..config import ExperimentConfig, RunConfig, to_dict
 from ..evaluation.report import format_table, plot_accuracy_vs_k, plot_shots
 from ..fusion import build_model
@@ -60,6 +61,7 @@ def run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool = True, prog
 
 def _run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool, progress: bool,
          copy_memory: bool, echo: Callable[[str], None]) -> dict:
+    code_version()  # hashed now: an edit made while this run works is not taken for its code
     begin_run(out)  # incomplete until finish_run below
     # The saved config is the first seed's: the run folder serves that seed's models.
     cfg = dataclasses.replace(cfg, experiments=[with_seed(e, seeds_of(e)[0]) for e in cfg.experiments])
