@@ -189,3 +189,22 @@ def test_emoji_memory_is_built_once_and_never_half_served(trimmed, tmp_path, rav
     assert [s["input"] for s in ShardedMemory.open(partial).manifest["shards"]] == [
         f"emoji:{broken.resolve()}:emoji-datasource-{a}@{v}[0:{len(SAMPLE)}]"
         for a, v in package_versions(broken, ("google", "twitter")).items()]
+
+
+def test_the_emoji_imagefolder_script_writes_one_folder_per_subcategory(real_root, tmp_path):
+    """benchmarks/emoji_imagefolder.py: the long-tailed ImageFolder the README measures."""
+    import importlib.util
+    from pathlib import Path
+
+    from ravis.data import load_dataset
+
+    path = Path(__file__).parents[2] / "benchmarks" / "emoji_imagefolder.py"
+    spec = importlib.util.spec_from_file_location("emoji_imagefolder", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--out", str(tmp_path / "if"), "--root", str(real_root)]) == 0
+    data = load_dataset(f"imagefolder:{tmp_path / 'if'}", class_depth=1)
+    counts = np.bincount(data.labels)
+    assert len(data) == len(load_emoji(real_root)) and len(data.class_names) == 99
+    assert counts.min() <= 5 and counts.max() >= 500  # long-tailed
+    assert "face-smiling" in data.class_names
