@@ -31,6 +31,7 @@ from ..cache import code_version, entry_lock, is_sealed, seal
 from ..config import to_dict
 from ..encoders import create_text_encoder
 from ..io import atomic_path, stable_hash, to_json
+from ..training.checkpoint import host_tensor
 from .methods import MethodResult
 from .prepare import Prepared
 
@@ -74,7 +75,8 @@ def cached_evaluation(path: Path, evaluate: Callable[[], tuple[torch.nn.Module |
 
 
 def _save(path: Path, model, result: MethodResult) -> None:
-    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in (model.state_dict() if model is not None else {}).items()}
+    state = model.state_dict() if model is not None else {}
+    tensors = {f"model/{k}": host_tensor(v) for k, v in state.items()}
     for name in ("logits", "attention"):
         array = getattr(result, name)
         if array is not None:

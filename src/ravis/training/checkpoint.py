@@ -22,13 +22,13 @@ from ..io import atomic_path
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     progress: dict, best_state: dict[str, torch.Tensor] | None = None) -> None:
     """Writes model, optimiser, the best weights so far and ``progress`` (JSON-able) to ``path``."""
-    tensors = {f"model/{k}": _host(v) for k, v in model.state_dict().items()}
+    tensors = {f"model/{k}": host_tensor(v) for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for pid, state in opt["state"].items():
         for name, value in state.items():
-            tensors[f"opt/{pid}/{name}"] = _host(torch.as_tensor(value))
+            tensors[f"opt/{pid}/{name}"] = host_tensor(torch.as_tensor(value))
     for k, v in (best_state or {}).items():
-        tensors[f"best/{k}"] = _host(v)
+        tensors[f"best/{k}"] = host_tensor(v)
     meta = {"progress": json.dumps(progress), "param_groups": json.dumps(opt["param_groups"])}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -36,12 +36,12 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """The model's weights alone (safetensors, atomic), for a finished run."""
-    tensors = {k: _host(v) for k, v in model.state_dict().items()}
+    tensors = {k: host_tensor(v) for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def _host(t: torch.Tensor) -> torch.Tensor:
+def host_tensor(t: torch.Tensor) -> torch.Tensor:
     """A tensor as safetensors writes it: on the CPU, contiguous (a no-op for CPU tensors)."""
     return t.detach().cpu().contiguous()
 
