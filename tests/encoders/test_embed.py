@@ -222,10 +222,7 @@ def test_empty_dataset(tmp_path):
     assert res.embeddings.shape == (0, 8) and res.valid.shape == (0,)
 
 
-@pytest.mark.parametrize("have_tqdm", [True, False])
-def test_progress_goes_to_stderr(tmp_path, capsys, monkeypatch, have_tqdm):
-    if not have_tqdm:
-        monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
+def test_progress_goes_to_stderr(tmp_path, capsys):
     embed_images(FakeEncoder(), make_dataset(12), tmp_path, **{**KW, "progress": True})
     err = capsys.readouterr().err
     assert "12/12" in err and "tiny" in err

@@ -1,7 +1,5 @@
 """cached_neighbors: a second call reads the same arrays back; a damaged file is named."""
 
-import re
-import shutil
 
 import numpy as np
 import pytest

@@ -10,7 +10,6 @@ import pytest
 
 import ravis
 from ravis.cli import main
-from ravis.config import RetrievalConfig
 from ravis.data import load_fashion_mnist
 from ravis.editor import MemoryEditor
 from ravis.memory import ArrayMemory

@@ -10,7 +10,6 @@ the ravis cache directory, keyed by the weights' hash, and written atomically.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import warnings
@@ -22,6 +21,7 @@ from PIL import Image
 from ..device import onnx_providers
 from ..io import atomic_path, default_cache_dir
 from .base import l2_normalize
+from .fingerprint import file_digest
 from .preprocess import resized_rgb
 
 def _weights_path() -> Path:
@@ -95,7 +95,7 @@ class EfficientNetLite0Encoder:
         self.image_size = image_size
         self.name = "efficientnet_lite0" if image_size == 224 else f"efficientnet_lite0:{image_size}"
         weights = self.weights = _weights_path()
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+        digest = file_digest(weights)
         self._fingerprint = f"efficientnet_lite0-{digest}-{image_size}-crop0.875-bicubic-tf"
         self.onnx_path = (Path(cache_dir or default_cache_dir()) / "models"
                           / f"efficientnet_lite0-{digest}-{image_size}-u8.onnx")

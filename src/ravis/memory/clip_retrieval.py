@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_path, load_npy
+from ..progress import progress_bar
 from . import MemoryMismatchError
-from .shard_build import BuildSettings, _exclusive, _progress_bar, _remove_temporaries
+from .shard_build import BuildSettings, _exclusive, _remove_temporaries
 from .sharded import (DTYPES, FILE_KINDS, FORMAT, META_ROW_GROUP, ShardedMemory,
                       check_shard_files, file_record, load_manifest, meta_table, npy_header,
                       save_manifest, shard_file)
@@ -361,7 +362,8 @@ def _import_parts(memdir: Path, manifest: dict, todo, total: int, copy: bool,
     """Imports the shards ``todo`` (name, paths), saving the manifest after each: a kill
     loses at most the shard in progress, whose files are only temporaries."""
     save_manifest(memdir, manifest)
-    with _progress_bar(total, total - len(todo), progress and bool(todo)) as bar:
+    with progress_bar(total, "memory shards", "shard", initial=total - len(todo),
+                      enabled=progress and bool(todo)) as bar:
         for name, paths in todo:
             entry = import_shard(memdir, name, paths, copy, source_name, default_source,
                                  manifest["class_names"])
@@ -390,7 +392,8 @@ def export_clip_retrieval(memdir: Path | str, out: Path | str, progress: bool = 
     out = Path(out)
     shards = memory.manifest["shards"]
     _check_no_leftovers(out, len(shards))
-    with _progress_bar(len(shards), 0, progress and bool(shards)) as bar:
+    with progress_bar(len(shards), "memory shards", "shard",
+                      enabled=progress and bool(shards)) as bar:
         for i, shard in enumerate(shards):
             for kind in ("keys", "values"):
                 folder, pattern = LAYOUT[kind]

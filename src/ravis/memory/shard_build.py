@@ -18,7 +18,6 @@ import collections
 import contextlib
 import logging
 import os
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..io import exclusive_lock
+from ..progress import progress_bar
 from ._shard_pipeline import Reader, encode, write
 from .dedup import drop_duplicate_images
 from .sharded import (DTYPES, FORMAT, ShardedMemory, check_shard_files, load_manifest,
@@ -230,7 +230,8 @@ def _run(memdir: Path, manifest: dict, jobs, settings: BuildSettings, engine: st
     writer = _ManifestWriter(memdir, manifest)
     writer.save()
     t0, rows, built = time.perf_counter(), 0, set()
-    with _progress_bar(len(jobs), len(jobs) - len(todo), progress and bool(todo)) as bar:
+    with progress_bar(len(jobs), "memory shards", "shard", initial=len(jobs) - len(todo),
+                      enabled=progress and bool(todo)) as bar:
         def done(result: dict) -> None:
             nonlocal rows
             writer.record(result)
@@ -327,13 +328,6 @@ def _remove_temporaries(folder: Path) -> None:
     for path in folder.glob(".*.tmp"):
         with contextlib.suppress(OSError):
             path.unlink()
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc="memory shards", unit="shard",
-                file=sys.stderr, disable=not enabled, dynamic_ncols=True, smoothing=0.1)
 
 
 class MemoryBusyError(ValueError):
