@@ -19,7 +19,6 @@ time; measured on such a machine, it is about a quarter of the encoders' (PNG st
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import queue
 import threading
@@ -29,11 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from ..data.dataset import BadImageError
 from ..encoders.base import l2_normalize
 from ..encoders.embed import _check_rows
+from ..thumbnails import make_thumbnail
 from .sharded import meta_table, write_shard
 from .sources import InputShard, ShardReadError, decode_image, read_rows
 
@@ -42,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ravis.memory.shard_build")
 
-THUMBNAIL_SIDE = 64
+THUMBNAIL_SIDE = 64  # long side of the thumbnails a memory shard keeps (PNG for grey or tiny images, else JPEG)
 
 
 @dataclass
@@ -226,17 +225,6 @@ def prepare(rows, encoder, where: str, settings: BuildSettings) -> Batch:
             continue
         ok.append(k)
         pixels.append(x)
-        thumbs.append(thumbnail(image) if settings.thumbnails else None)
+        thumbs.append(make_thumbnail(image, THUMBNAIL_SIDE) if settings.thumbnails else None)
         contents.append(hashlib.blake2b(data, digest_size=16).digest())
     return Batch(ok, np.stack(pixels) if pixels else None, thumbs, contents)
-
-
-def thumbnail(image: Image.Image) -> bytes:
-    """A JPEG whose longer side is at most THUMBNAIL_SIDE pixels."""
-    w, h = image.size
-    scale = min(1.0, THUMBNAIL_SIDE / max(w, h))
-    small = image.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                         Image.BICUBIC, reducing_gap=2.0) if scale < 1 else image
-    buf = io.BytesIO()
-    small.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
