@@ -12,7 +12,19 @@ from ..io import stable_hash
 
 
 class BadImageError(ValueError):
-    """An image that cannot be decoded; the message names the file (or item) and the problem."""
+    """An image that cannot be decoded; the message names the file (or item) and the problem.
+
+    ``kind`` names the problem for callers that answer differently to each (the server's
+    HTTP errors): "missing", "empty", "too_many_pixels", "not_an_image" or "corrupt".
+    """
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
+
+    def naming(self, where: str) -> "BadImageError":
+        """The same error with ``where`` (a shard, an item) in front of the message."""
+        return BadImageError(f"{where}: {self}", self.kind)
 
 
 class MissingDataError(FileNotFoundError):

@@ -29,8 +29,9 @@ MAX_PIXELS = 89_478_485  # PIL's own default MAX_IMAGE_PIXELS (about 0.25 GiB fo
 
 # What the PIL plugins raise for files they cannot parse: OSError (truncated,
 # UnidentifiedImageError), SyntaxError and ValueError (bad headers), struct.error and
-# EOFError (short reads), and the decompression-bomb pair.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error,
+# EOFError (short reads), IndexError (some plugins on crafted files), and the
+# decompression-bomb pair.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
                   Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 _strict_lock = threading.Lock()
@@ -78,24 +79,28 @@ def open_image(path: Path | str | bytes, max_pixels: int = MAX_PIXELS, where: st
 
     Raises:
         BadImageError: the file is missing, empty, truncated, not an image, or too large;
-            the message starts with ``where``.
+            the message starts with ``where`` and ``kind`` says which.
     """
     encoded = isinstance(path, (bytes, bytearray))
     where = where or ("image bytes" if encoded else str(path))
     try:
         if (len(path) if encoded else os.path.getsize(path)) == 0:
-            raise BadImageError(f"{where}: empty {'image' if encoded else 'file'} (0 bytes)")
+            raise BadImageError(f"{where}: empty {'image' if encoded else 'file'} (0 bytes)", "empty")
         with _no_truncated_loads(), Image.open(io.BytesIO(path) if encoded else path) as im:
             # The size comes from the header, so a bomb is refused before any decoding.
             w, h = im.size
             if w * h > max_pixels:
                 raise BadImageError(f"{where}: {w}x{h} = {w * h} pixels exceeds the limit of "
-                                    f"{max_pixels} (possible decompression bomb)")
+                                    f"{max_pixels} (possible decompression bomb)", "too_many_pixels")
             im.load()
             return to_rgb(im)
     except BadImageError:
         raise
     except FileNotFoundError as e:
-        raise BadImageError(f"{where}: file not found") from e
+        raise BadImageError(f"{where}: file not found", "missing") from e
+    except Image.UnidentifiedImageError as e:
+        raise BadImageError(f"{where}: not an image PIL can read", "not_an_image") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImageError(f"{where}: {e} (possible decompression bomb)", "too_many_pixels") from e
     except _DECODE_ERRORS as e:
         raise BadImageError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e

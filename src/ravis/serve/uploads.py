@@ -2,7 +2,7 @@
 
 Every refusal is an :class:`ApiError` with an HTTP status, a short machine-readable ``kind``
 (also the label of the ``ravis_errors_total`` metric) and a message naming the problem.
-Like :func:`ravis.data.open_image`, decoding is strict: truncated files are refused (not
+Decoding is :func:`ravis.data.images.open_image`'s, strict: truncated files are refused (not
 grey-filled), and the pixel count is read from the header and checked before decoding, so a
 small file that claims a gigapixel image costs nothing.
 """
@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
-import struct
 
 from PIL import Image
 
-from ..data.images import _no_truncated_loads
-from ..encoders.preprocess import to_rgb
+from ..data.dataset import BadImageError
+from ..data.images import open_image
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024  # 10 MB
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: any camera photo; far below what would exhaust RAM
-
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
-                  Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 class ApiError(Exception):
@@ -38,35 +33,23 @@ class ApiError(Exception):
         return {"error": {"kind": self.kind, "message": self.message, "status": self.status}}
 
 
+# The HTTP answer to each way an upload fails to decode (BadImageError.kind).
+_UPLOAD_ERRORS = {"empty": (400, "empty_upload"), "not_an_image": (400, "not_an_image"),
+                  "too_many_pixels": (413, "too_many_pixels"), "corrupt": (400, "truncated_image")}
+
+
 def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Fully decodes image bytes to RGB (transparency flattened on white).
+    """Fully decodes image bytes to RGB (transparency flattened on white), by
+    :func:`ravis.data.images.open_image`, the decoder every dataset uses.
 
     Raises:
         ApiError: 400 empty_upload / not_an_image / truncated_image, 413 too_many_pixels.
     """
-    if not data:
-        raise ApiError(400, "empty_upload", f"{name}: the upload is empty (0 bytes)")
-    fmt = None
     try:
-        with _no_truncated_loads(), Image.open(io.BytesIO(data)) as im:
-            w, h = im.size  # from the header: a bomb is refused before any decoding
-            if w * h > max_pixels:
-                raise ApiError(413, "too_many_pixels",
-                               f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
-                               "(possible decompression bomb)")
-            fmt = im.format
-            im.load()
-            return to_rgb(im)
-    except ApiError:
-        raise
-    except Image.UnidentifiedImageError as e:
-        raise ApiError(400, "not_an_image", f"{name}: not an image PIL can read ({len(data)} bytes)") from e
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ApiError(413, "too_many_pixels", f"{name}: {e}") from e
-    except _DECODE_ERRORS as e:
-        raise ApiError(400, "truncated_image",
-                       f"{name}: the {fmt or 'image'} data is truncated or corrupt "
-                       f"({type(e).__name__}: {e})") from e
+        return open_image(data, max_pixels, where=name)
+    except BadImageError as e:
+        status, kind = _UPLOAD_ERRORS.get(e.kind, (400, "truncated_image"))
+        raise ApiError(status, kind, str(e)) from e
 
 
 def json_object(body: bytes) -> dict:
