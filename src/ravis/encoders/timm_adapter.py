@@ -144,7 +144,7 @@ def _head_names(model) -> tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
-def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
+def load_timm_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Strictly load a timm-format checkpoint, minus the classifier (the model has none)."""
     from timm.models import load_state_dict  # safetensors, or torch.load(weights_only=True)
 
@@ -202,7 +202,7 @@ class TimmImageEncoder:
         model = timm.create_model(model_name, pretrained=pretrained, num_classes=0,
                                   **_with_input_size(self.model_kwargs))
         if checkpoint:
-            load_checkpoint(model, checkpoint)
+            load_timm_weights(model, checkpoint)
             self._weights = f"file:{file_digest(checkpoint)}"
         elif pretrained:
             cfg = model.pretrained_cfg
