@@ -38,6 +38,7 @@ import numpy as np
 from ..cache import entry_lock
 from ..io import atomic_path, load_json, load_npy, quiet_native, save_json, save_npy
 from ..progress import progress_bar
+from ..ray_tasks import run_tasks
 from .base import META_NAME, STAMPS_NAME
 from .choose import IndexChoice, choose_index, parse_bytes
 from .faiss_index import INDEX_NAME, IVFDATA_NAME, FaissIndex
@@ -294,19 +295,10 @@ def _add_blocks(keys: KeyShards, out: Path, trained: Path, engine: str, progress
     with progress_bar(len(blocks), "encoding shards", "shard", enabled=progress) as bar:
         bar.update(len(blocks) - len(todo))
         if engine == "ray":
-            import ray
-
-            if not ray.is_initialized():
-                ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
             if any(not isinstance(keys.sources[i], (str, os.PathLike)) for i in todo):
                 raise ValueError("engine='ray' needs key shards given as .npy paths")
-            remote = ray.remote(max_retries=3)(add_block)
-            pending = [remote.remote(str(trained), str(keys.sources[i]), int(keys.offsets[i]), str(blocks[i]))
-                       for i in todo]
-            while pending:
-                done, pending = ray.wait(pending)
-                ray.get(done)
-                bar.update(len(done))
+            run_tasks(add_block, [(str(trained), str(keys.sources[i]), int(keys.offsets[i]), str(blocks[i]))
+                                  for i in todo], lambda _: bar.update(1))
         else:
             for i in todo:
                 add_block(trained, keys.arrays[i], int(keys.offsets[i]), blocks[i])

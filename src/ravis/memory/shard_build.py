@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 
 from ..io import exclusive_lock
 from ..progress import progress_bar
+from ..ray_tasks import run_tasks
 from ._shard_pipeline import Reader, encode, write
 from .dedup import drop_duplicate_images
 from .sharded import (DTYPES, FORMAT, ShardedMemory, check_shard_files, load_manifest,
@@ -35,7 +36,6 @@ from .store import MemoryMismatchError
 
 log = logging.getLogger(__name__)
 
-RAY_MAX_RETRIES = 3  # a shard whose worker dies is rerun this many times before the build fails
 
 
 @dataclass(frozen=True)
@@ -292,30 +292,10 @@ def _keep_index_rows(memdir: Path, manifest: dict, todo: list) -> list:
 
 def _run_ray(memdir: Path, todo, settings: BuildSettings, address, builder, done) -> None:
     """One Ray task per shard; results are recorded in the order tasks finish."""
-    import ray
-
-    own = not ray.is_initialized()
-    if own:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
     task_settings = replace(settings, num_threads=settings.num_threads or 1, decode_workers=1,
                             env=settings.env + _worker_env())
-    task = ray.remote(num_cpus=task_settings.num_threads, max_retries=RAY_MAX_RETRIES)(builder)
-    refs = {task.remote(str(memdir), name, shard, task_settings): name for name, shard in todo}
-    try:
-        while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            for ref in ready:
-                refs.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:  # the task's own error, unwrapped
-                    raise (e.cause if isinstance(e.cause, Exception) else e) from None
-                done(result)
-    finally:
-        for ref in refs:  # after a failure: do not leave tasks writing into MEMDIR
-            ray.cancel(ref, force=True)
-        if own:
-            ray.shutdown()
+    run_tasks(builder, [(str(memdir), name, shard, task_settings) for name, shard in todo], done,
+              address=address, num_cpus=task_settings.num_threads)
 
 
 def _worker_env() -> tuple:
