@@ -119,3 +119,12 @@ def test_pixel_limit_is_a_parameter(tmp_path):
     with pytest.raises(BadImageError, match="3072 pixels exceeds the limit of 3071") as e:
         open_image(path, max_pixels=64 * 48 - 1)
     assert str(path) in str(e.value) and e.value.kind == "too_many_pixels"
+
+
+def test_the_kind_survives_pickling(tmp_path):
+    import pickle
+
+    with pytest.raises(BadImageError) as e:
+        open_image(tmp_path / "absent.png")
+    back = pickle.loads(pickle.dumps(e.value))
+    assert (str(back), back.kind) == (str(e.value), "missing")

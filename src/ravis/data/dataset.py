@@ -22,6 +22,9 @@ class BadImageError(ValueError):
         super().__init__(message)
         self.kind = kind
 
+    def __reduce__(self):  # the kind survives a trip between processes (a Ray worker)
+        return BadImageError, (str(self), self.kind)
+
     def naming(self, where: str) -> "BadImageError":
         """The same error with ``where`` (a shard, an item) in front of the message."""
         return BadImageError(f"{where}: {self}", self.kind)

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ravis.memory.shard_build")
 
-THUMBNAIL_SIDE = 64  # long side of the thumbnails a memory shard keeps (PNG for grey or tiny images, else JPEG)
+THUMBNAIL_SIDE = 64  # long side of the thumbnails a memory shard keeps (JPEG; PNG for images of 32 px or less)
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Batch:
 
     ok: list[int]  # positions within the batch of the decodable rows
     pixels: np.ndarray | None  # (len(ok), ...) stacked encoder inputs; None if none decoded
-    thumbnails: list  # per row: a JPEG, or None (no thumbnails, or undecodable)
+    thumbnails: list  # per row: a thumbnail (JPEG or PNG), or None (no thumbnails, or undecodable)
     contents: list  # per row: the 16-byte blake2b of the image's bytes, None if unreadable
 
 

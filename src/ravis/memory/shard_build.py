@@ -45,7 +45,7 @@ class BuildSettings:
     image_encoder: str = "efficientnet_lite0"  # image encoder spec (keys)
     text_encoder: str = "minilm"  # text encoder spec (values)
     dtype: str = "float16"  # stored dtype of keys and values
-    thumbnails: bool = True  # store a 64 px JPEG per row in the metadata
+    thumbnails: bool = True  # store a 64 px thumbnail per row in the metadata (JPEG; PNG up to 32 px)
     strict: bool = False  # any skipped row, empty or unreadable shard is an error
     batch_size: int = 64  # images per encoder call (fixed: batches are part of the result)
     num_threads: int | None = None  # onnxruntime threads per encoder (None: all cores)

@@ -6,7 +6,7 @@
                                        shards [{name, input, rows, skipped, files}], failed_shards
     MEMDIR/shards/NNNNN.keys.npy       (rows, dim) unit-normalised image embeddings
     MEMDIR/shards/NNNNN.values.npy     (rows, value_dim) caption embeddings
-    MEMDIR/shards/NNNNN.meta.parquet   id, text, source, label, thumbnail (64 px JPEG), json,
+    MEMDIR/shards/NNNNN.meta.parquet   id, text, source, label, thumbnail (64 px JPEG or PNG), json,
                                        content (blake2b of the image's bytes)
 
 Keys and values are float16 or float32 ``.npy`` files, memory-mappable. Global row ids are
