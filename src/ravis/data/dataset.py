@@ -25,10 +25,6 @@ class BadImageError(ValueError):
     def __reduce__(self):  # the kind survives a trip between processes (a Ray worker)
         return BadImageError, (str(self), self.kind)
 
-    def naming(self, where: str) -> "BadImageError":
-        """The same error with ``where`` (a shard, an item) in front of the message."""
-        return BadImageError(f"{where}: {self}", self.kind)
-
 
 class MissingDataError(FileNotFoundError):
     """A dataset that is not on this machine; the message says which package or path to give."""

@@ -292,8 +292,8 @@ def _add_blocks(keys: KeyShards, out: Path, trained: Path, engine: str, progress
     blocks = [out / "blocks" / f"{name}.faiss" for name in keys.names]
     todo = [i for i, b in enumerate(blocks) if not b.exists()]
     (out / "blocks").mkdir(exist_ok=True)
-    with progress_bar(len(blocks), "encoding shards", "shard", enabled=progress) as bar:
-        bar.update(len(blocks) - len(todo))
+    with progress_bar(len(blocks), "encoding shards", "shard", initial=len(blocks) - len(todo),
+                      enabled=progress) as bar:
         if engine == "ray":
             if any(not isinstance(keys.sources[i], (str, os.PathLike)) for i in todo):
                 raise ValueError("engine='ray' needs key shards given as .npy paths")

@@ -37,7 +37,6 @@ from .store import MemoryMismatchError
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class BuildSettings:
     """What every shard of one memory is built with (pickled to Ray workers)."""

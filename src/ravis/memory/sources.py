@@ -394,5 +394,5 @@ def decode_image(image: bytes | str, where: str, max_pixels: int = MAX_PIXELS) -
         try:
             return open_image(image, max_pixels)
         except BadImageError as e:
-            raise e.naming(where) from e
+            raise BadImageError(f"{where}: {e}", e.kind) from e
     return open_image(image, max_pixels, where=where)
