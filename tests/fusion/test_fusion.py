@@ -114,6 +114,13 @@ def test_registry_forward_backward(name):
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("name", [m.name for m in METHODS.values() if m.trains])
+def test_fusion_declares_what_its_registry_entry_reads(name):
+    # the training data gathers only what a module declares; labels are the classifier's
+    spec = METHODS[name]
+    assert set(create_fusion(name, D, DV).reads) == set(spec.reads) - {"labels"}
+
+
 def test_unknown_fusion():
     with pytest.raises(ValueError, match="unknown method"):
         create_fusion("nope", D, DV)

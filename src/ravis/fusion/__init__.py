@@ -53,7 +53,7 @@ class RetrievalClassifier(nn.Module):
         self.fusion = fusion
         self.head = nn.Linear(dim, num_classes, device=device, dtype=dtype)
         self.num_classes, self.label_eps = num_classes, label_eps
-        fusion_reads = tuple(getattr(fusion, "reads", ("keys", "values")))
+        fusion_reads = tuple(fusion.reads)  # every fusion module declares what it reads
         self.label_weight = None
         if label_evidence:
             kw = dict(device=device, dtype=dtype)

@@ -69,6 +69,8 @@ class MemoryAttention(nn.Module):
             output (the attention still uses z).
     """
 
+    reads = ("keys", "values")  # the memory parts forward() uses
+
     def __init__(
         self,
         dim: int,

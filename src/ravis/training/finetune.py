@@ -35,7 +35,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import BatchBuffers, MemoryTensors, QuerySet
 from .loss import lace_loss
 from .schedule import warmup_cosine
-from .trainer import FitResult, format_entry, parameter_groups, predict, reads_of, to_model
+from .trainer import FitResult, format_entry, parameter_groups, predict, to_model
 
 
 class JointModel(torch.nn.Module):
@@ -155,7 +155,7 @@ def finetune(joint: JointModel, pixels: Pixels, train: QuerySet, train_rows: np.
                     pending = pixels.submit(train_rows[batches[b + 1].numpy()])
                 for g in opt.param_groups:
                     g["lr"] = g["base_lr"] * warmup_cosine(step, total, warmup)
-                (_, *neighbours), y = train.batch(batches[b], memory, reads_of(joint.fusion), buffers)
+                (_, *neighbours), y = train.batch(batches[b], memory, joint.fusion.reads, buffers)
                 (x, *neighbours), y = to_model(joint, (flip(images, joint.encoder.width_axis, gen), *neighbours), y)
                 with autocast(device):
                     logits, _ = joint(x, *neighbours)  # neighbours: keys, values, their labels

@@ -125,7 +125,7 @@ def _train_epoch(model, opt, train, memory, buffers, cfg, class_counts, tau, epo
         for group in opt.param_groups:
             group["lr"] = cfg.lr * group["lr_scale"] * warmup_cosine(step, total, warmup)
         inputs, y = to_model(model, *train.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size],
-                                                 memory, reads_of(model), buffers))
+                                                 memory, model.reads, buffers))
         with autocast(y.device):
             logits, _ = model(*inputs)
         loss = lace_loss(logits.float(), y, class_counts, tau=tau, label_smoothing=cfg.label_smoothing)
@@ -146,7 +146,7 @@ def predict(model: torch.nn.Module, queries: QuerySet, memory: MemoryTensors,
     buffers = buffers if buffers is not None else BatchBuffers()
     for start in range(0, len(queries), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(queries)))
-        inputs, _ = to_model(model, *queries.batch(idx, memory, reads_of(model), buffers))
+        inputs, _ = to_model(model, *queries.batch(idx, memory, model.reads, buffers))
         with autocast(next(model.parameters()).device):
             out, attn = model(*inputs)
         logits.append(out.float().cpu().numpy())
@@ -166,11 +166,6 @@ def to_model(model: torch.nn.Module, inputs, labels):
     # next batch, BatchBuffers) are free again at once while the copy to the GPU runs
     move = lambda t: None if t is None else to_device(t, device)
     return tuple(move(t) for t in inputs), move(labels)
-
-
-def reads_of(model: torch.nn.Module) -> tuple[str, ...]:
-    """What the model reads of each neighbour (keys and values unless it says)."""
-    return getattr(model, "reads", ("keys", "values"))
 
 
 __all__ = ["FitResult", "epochs_for", "fit", "parameter_groups", "predict"]
