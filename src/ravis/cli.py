@@ -337,21 +337,23 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a model hub
     if getattr(args, "quiet", False):  # faiss's and ScaNN's C++ chatter too (and in Ray workers)
         os.environ.update(RAVIS_QUIET="1", TF_CPP_MIN_LOG_LEVEL="3", GLOG_minloglevel="3")
-    from .config import ConfigError
-    from .device import DeviceError
-    from .data import BadImageError, MissingDataError
-    from .memory.base import MemoryMismatchError
+    from .errors import InputError
     from .io import FolderBusyError
-    from .run_folder import RunFolderError
 
     try:
         return _dispatch(args)
-    except (ConfigError, MissingDataError, BadImageError, MemoryMismatchError, RunFolderError, FileNotFoundError,
-            FolderBusyError, DeviceError, ValueError, OSError) as e:
+    except (InputError, FolderBusyError, OSError) as e:  # the input, the folder, the disk
         if getattr(args, "verbose", False):  # -v: the whole story, then the one line
             traceback.print_exc()
         print(f"ravis {args.verb}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except ValueError as e:
+        # Not one of ravis's checks: a library ravis called was given something it should
+        # not have been, which is a bug in ravis and must not read as a problem with the input.
+        traceback.print_exc()
+        print(f"ravis {args.verb}: internal error: {e} (a bug in ravis, not in your input: "
+              "please report it with the traceback above)", file=sys.stderr)
+        return 1
 
 
 def _one_line(e: Exception) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 
 def _cache(args) -> Path:
     from .io import default_cache_dir
@@ -151,8 +153,11 @@ def cmd_serve(args) -> int:
     for item in args.search_params:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--search-param {item!r}: expected KEY=VALUE, e.g. nprobe=16")
-        params[key] = float(value) if "." in value else int(value)
+            raise InputError(f"--search-param {item!r}: expected KEY=VALUE, e.g. nprobe=16")
+        try:
+            params[key] = float(value) if "." in value else int(value)
+        except ValueError:
+            raise InputError(f"--search-param {item!r}: the value must be a number, e.g. nprobe=16") from None
     token = _edit_token(args)
     predictor = Predictor.load(args.run_dir, args.experiment, args.method, args.cache,
                                index=args.index, search_params=params, device=args.device)
@@ -170,14 +175,14 @@ def _edit_token(args) -> str | None:
     """The bearer token edits need, from --edit-token-file; None without --allow-edits."""
     if not args.allow_edits:
         if args.edit_token_file:
-            raise ValueError("--edit-token-file needs --allow-edits")
+            raise InputError("--edit-token-file needs --allow-edits")
         return None
     if not args.edit_token_file:
-        raise ValueError("--allow-edits needs --edit-token-file FILE: a file holding the bearer "
+        raise InputError("--allow-edits needs --edit-token-file FILE: a file holding the bearer "
                          "token that edit requests must carry")
     token = Path(args.edit_token_file).read_text().strip()
     if len(token) < 16:
-        raise ValueError(f"{args.edit_token_file}: the edit token must be at least 16 characters "
+        raise InputError(f"{args.edit_token_file}: the edit token must be at least 16 characters "
                          "(for example: python -c 'import secrets; print(secrets.token_urlsafe())')")
     return token
 

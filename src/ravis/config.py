@@ -18,10 +18,11 @@ from pathlib import Path
 
 import yaml
 
+from .errors import InputError
 from .methods import METHODS
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config that cannot run, with the field that is wrong."""
 
 

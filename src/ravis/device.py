@@ -14,11 +14,12 @@ import logging
 import torch
 
 from .config import DEVICE_CHOICES as CHOICES, is_device_spec
+from .errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-class DeviceError(ValueError):
+class DeviceError(InputError):
     """A device that this machine does not have, or a spec that names none."""
 
 

@@ -13,6 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .errors import InputError
+
 
 def default_cache_dir() -> Path:
     """Where ravis caches models, embeddings, neighbours: $RAVIS_CACHE or ~/.cache/ravis."""
@@ -76,7 +78,7 @@ def load_npy(path: Path | str, mmap: bool = False) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable .npy array ({e})") from e
+        raise InputError(f"{path}: not a readable .npy array ({e})") from e
 
 
 def save_json(path: Path | str, obj) -> None:
@@ -93,7 +95,7 @@ def load_json(path: Path | str):
     try:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from e
+        raise InputError(f"{path}: invalid JSON ({e})") from e
 
 
 def _json_default(o):

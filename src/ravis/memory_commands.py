@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from .errors import InputError
+
 
 def _use_cache(args) -> None:
     """--cache reaches the encoders (and Ray workers) through RAVIS_CACHE."""
@@ -100,7 +102,7 @@ def cmd_index(args) -> int:
     t0 = time.perf_counter()
     if args.from_faiss is not None:
         if args.factory or args.backend != "faiss":
-            raise ValueError("--from-faiss attaches an existing index: drop --factory and --backend")
+            raise InputError("--from-faiss attaches an existing index: drop --factory and --backend")
         index = attach_index(args.memdir, args.from_faiss, target_recall=args.target_recall, k=args.k)
     else:
         index = index_memory(args.memdir, budget=args.budget, target_recall=args.target_recall, k=args.k,
@@ -133,7 +135,7 @@ def cmd_search(args) -> int:
     if args.queries is not None:
         queries, names = np.load(args.queries, allow_pickle=False).astype(np.float32), None
         if queries.ndim != 2 or queries.shape[1] != memory.dim:
-            raise ValueError(f"{args.queries}: queries are {queries.shape}, the memory's keys are {memory.dim}-d")
+            raise InputError(f"{args.queries}: queries are {queries.shape}, the memory's keys are {memory.dim}-d")
         names = [f"query {i}" for i in range(len(queries))]
     elif args.images:
         from .data.images import open_image
@@ -146,7 +148,7 @@ def cmd_search(args) -> int:
         queries = encoder.encode_pixels(np.stack([encoder.preprocess(open_image(p)) for p in args.images]))
         names = [str(p) for p in args.images]
     else:
-        raise ValueError("give query images or --queries FILE.npy")
+        raise InputError("give query images or --queries FILE.npy")
     if args.exact:
         D, I = exact_search([np.load(p, mmap_mode="r") for p in key_paths(memory)], queries, args.k)
     else:

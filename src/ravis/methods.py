@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import InputError
+
 
 @dataclass(frozen=True)
 class Method:
@@ -71,5 +73,5 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 def method(name: str) -> Method:
     """The registry entry of ``name``; a clear error for an unknown one."""
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {list(METHODS)}")
+        raise InputError(f"unknown method {name!r}; choose from {list(METHODS)}")
     return METHODS[name]

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from .config import ExperimentConfig, RunConfig
 from .device import autocast, resolve_device, to_device
 from .encoders import create_image_encoder
+from .errors import InputError
 from .fusion import build_model
 from .io import default_cache_dir
 from .memory.base import Memory, neighbor_labels
@@ -68,7 +69,7 @@ class Predictor:
         cfg, record = open_run(run_dir)
         exp = pick_experiment(cfg, run_dir, experiment)
         if not get_method(method).servable:
-            raise ValueError(f"predict serves trained models whose inputs are the neighbours "
+            raise InputError(f"predict serves trained models whose inputs are the neighbours "
                              f"themselves, not {method!r}")
         folder = experiment_dir(run_dir, exp.name)
         weights = folder / f"{method}.safetensors"

@@ -38,6 +38,7 @@ import yaml
 
 from .cache import code_version, entry_lock
 from .config import RunConfig, resolve
+from .errors import InputError
 from .io import atomic_path, link_or_copy, load_json, save_json, sha256_file, stable_hash
 from .memory.base import MemoryMismatchError
 from .memory.compose import ComposedMemory, compose, source_name
@@ -58,7 +59,7 @@ _UNRECORDED_DIRS = {MEMORY_DIR, "report"}
 FORMAT_VERSION = 2
 
 
-class RunFolderError(ValueError):
+class RunFolderError(InputError):
     """A run folder that is incomplete, from another ravis version, or whose memory changed."""
 
 
@@ -128,7 +129,7 @@ def pick_experiment(cfg: RunConfig, run_dir: Path | str, name: str | None):
     names = [e.name for e in cfg.experiments]
     exp = next((e for e in cfg.experiments if e.name == (name or names[0])), None)
     if exp is None:
-        raise ValueError(f"{run_dir}: no experiment {name!r}; it has {names}")
+        raise InputError(f"{run_dir}: no experiment {name!r}; it has {names}")
     return exp
 
 

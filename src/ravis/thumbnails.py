@@ -23,6 +23,7 @@ from PIL import Image
 from .data.dataset import BadImageError, ImageDataset
 from .encoders.preprocess import to_rgb
 from .cache import entry_lock, is_sealed, seal
+from .errors import InputError
 from .io import atomic_path, link_or_copy, stable_hash
 
 THUMBNAIL_SIZE = 96  # long side in pixels: enough for a gallery tile, about 2-4 kB each
@@ -131,7 +132,7 @@ class ThumbnailStore:
         try:
             table = pq.read_table(path, columns=["id", "image"])
         except (OSError, ValueError, KeyError) as e:  # ArrowInvalid is a ValueError
-            raise ValueError(f"{path}: not a ravis thumbnail store ({e})") from e
+            raise InputError(f"{path}: not a ravis thumbnail store ({e})") from e
         return cls(table.column("id").to_pylist(), table.column("image").to_pylist())
 
     @classmethod

@@ -7,6 +7,7 @@ of loader code.
 
 from __future__ import annotations
 
+from ..errors import InputError
 from .dataset import BadImageError, ImageDataset, MissingDataError, Splits
 from .fashion_mnist import load_fashion_mnist
 from .imagefolder import load_imagefolder, stratified_split
@@ -50,9 +51,9 @@ def load_dataset(spec: str, **kwargs) -> ImageDataset | Splits:
         parts = _split_paths(arg, 3)
         if len(parts) == 3 and all(parts):
             return load_lt_splits(*parts, **kwargs)
-        raise ValueError(f"dataset spec {spec!r}: expected "
+        raise InputError(f"dataset spec {spec!r}: expected "
                          "lt-split:IMAGE_ROOT:TRAIN_FILE:TEST_FILE")
-    raise ValueError(f"unknown dataset spec {spec!r}; expected one of: {', '.join(SPECS)}")
+    raise InputError(f"unknown dataset spec {spec!r}; expected one of: {', '.join(SPECS)}")
 
 
 def _split_paths(text: str, n: int) -> list[str]:

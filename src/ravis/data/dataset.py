@@ -8,10 +8,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError
 from ..io import stable_hash
 
 
-class BadImageError(ValueError):
+class BadImageError(InputError):
     """An image that cannot be decoded; the message names the file (or item) and the problem.
 
     ``kind`` names the problem for callers that answer differently to each (the server's
@@ -51,7 +52,7 @@ class ImageDataset:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         n = len(self.ids)
         if len(self.labels) != n or len(self.captions) != n:
-            raise ValueError(f"{self.name}: ids, labels and captions differ in length "
+            raise InputError(f"{self.name}: ids, labels and captions differ in length "
                              f"({n}, {len(self.labels)}, {len(self.captions)})")
 
     def __len__(self) -> int:
@@ -97,7 +98,7 @@ class Splits:
 
     def __post_init__(self):
         if self.train.class_names != self.test.class_names:
-            raise ValueError("train and test splits must share class_names")
+            raise InputError("train and test splits must share class_names")
 
 
 def held_out_classes(class_names: list[str], fraction: float, seed: int) -> list[str]:

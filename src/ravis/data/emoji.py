@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputError
 from ..io import default_data_dir
 from .dataset import MissingDataError
 
@@ -102,11 +103,11 @@ def _load_artist(root: Path, artist: str) -> list[EmojiImage]:
             continue
         unified = entry["unified"].lower()
         if unified in seen:
-            raise ValueError(f"{where}: emoji {entry['unified']} is listed twice")
+            raise InputError(f"{where}: emoji {entry['unified']} is listed twice")
         seen.add(unified)
         caption = caption_of(entry)
         if not caption:
-            raise ValueError(f"{where}: emoji {entry['unified']} has neither name nor short name")
+            raise InputError(f"{where}: emoji {entry['unified']} has neither name nor short name")
         meta = {"name": entry["name"], "short_names": entry.get("short_names") or [],
                 "category": entry.get("category"), "subcategory": entry.get("subcategory"),
                 "unified": entry["unified"], "artist": artist, "package": package}
@@ -122,14 +123,14 @@ def _entries(path: Path, root: Path, artist: str) -> list[dict]:
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); run scripts/setup.sh again "
+        raise InputError(f"{path}: not valid JSON ({e}); run scripts/setup.sh again "
                          f"after removing {path.parent}") from e
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a list of emoji entries, got {type(entries).__name__}")
+        raise InputError(f"{path}: expected a list of emoji entries, got {type(entries).__name__}")
     for i, entry in enumerate(entries):
         if not (isinstance(entry, dict)
                 and all(isinstance(entry.get(f), str) for f in ("name", "image", "unified"))):
-            raise ValueError(f"{path}: entry {i} lacks a string name, image or unified field")
+            raise InputError(f"{path}: entry {i} lacks a string name, image or unified field")
     return entries
 
 
@@ -140,9 +141,9 @@ def _version(root: Path, artist: str) -> str:
     try:
         version = json.loads(path.read_text(encoding="utf-8")).get("version")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise ValueError(f"{path}: not a readable package.json ({e})") from e
+        raise InputError(f"{path}: not a readable package.json ({e})") from e
     if not isinstance(version, str) or not version:
-        raise ValueError(f"{path}: no version")
+        raise InputError(f"{path}: no version")
     return version
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError
 from ..io import stable_hash
 from .dataset import ImageDataset, MissingDataError, Splits
 
@@ -42,16 +43,16 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
             the header; the message names the file.
     """
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{name}: not an IDX file (magic number {data[:4].hex() or 'missing'})")
+        raise InputError(f"{name}: not an IDX file (magic number {data[:4].hex() or 'missing'})")
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{name}: IDX header cut short ({len(data)} bytes)")
+        raise InputError(f"{name}: IDX header cut short ({len(data)} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
-        raise ValueError(f"{name}: IDX header says shape {shape} ({expected} bytes) "
+        raise InputError(f"{name}: IDX header says shape {shape} ({expected} bytes) "
                          f"but the file has {len(data)} bytes")
     arr = np.frombuffer(data, dtype, offset=header).reshape(shape)
     return arr.astype(dtype.newbyteorder("="), copy=False)
@@ -66,7 +67,7 @@ def _gunzip(raw: bytes, path) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-        raise ValueError(f"{path}: corrupt gzip file ({e})") from e
+        raise InputError(f"{path}: corrupt gzip file ({e})") from e
 
 
 def load_fashion_mnist(root: Path | str = DEFAULT_ROOT) -> Splits:
@@ -106,12 +107,12 @@ def _parsed_split(root: Path, split: str, stats: tuple) -> ImageDataset:
     images = parse_idx(_gunzip(image_raw, image_file), str(image_file))  # (N, 28, 28) uint8
     labels = parse_idx(_gunzip(label_raw, label_file), str(label_file))  # (N,) uint8
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{image_file}: expected (N, H, W) uint8 images, "
+        raise InputError(f"{image_file}: expected (N, H, W) uint8 images, "
                          f"got {images.shape} {images.dtype}")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"{label_file}: expected {len(images)} labels, got shape {labels.shape}")
+        raise InputError(f"{label_file}: expected {len(images)} labels, got shape {labels.shape}")
     if labels.size and int(labels.max()) >= len(CLASS_NAMES):
-        raise ValueError(f"{label_file}: label {int(labels.max())} out of range 0..9")
+        raise InputError(f"{label_file}: label {int(labels.max())} out of range 0..9")
     n = len(labels)
     return ImageDataset(
         name=f"fashion-mnist-{split}",

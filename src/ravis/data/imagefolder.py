@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..errors import InputError
 from ..io import stable_hash
 from .dataset import ImageDataset, Splits
 from .images import open_image
@@ -57,10 +58,10 @@ def load_imagefolder(root: Path | str, class_depth: int = 1,
         raise FileNotFoundError(f"{root}: image folder not found")
     rels = find_files(root, extensions)
     if not rels:
-        raise ValueError(f"{root}: no images ({', '.join(extensions)}) found below this folder")
+        raise InputError(f"{root}: no images ({', '.join(extensions)}) found below this folder")
     loose = [r for r in rels if len(PurePosixPath(r).parts) == 1]
     if loose:
-        raise ValueError(f"{root}: images directly in the root folder have no class; move them "
+        raise InputError(f"{root}: images directly in the root folder have no class; move them "
                          f"into a class folder: {', '.join(loose[:10])}"
                          + (f" and {len(loose) - 10} more" if len(loose) > 10 else ""))
     return build_dataset(root, rels, class_depth, name=root.name or str(root),
@@ -94,7 +95,7 @@ def shown_name(name: str) -> str:
 
 def check_class_depth(class_depth: int) -> None:
     if not isinstance(class_depth, int) or class_depth < 1:
-        raise ValueError(f"class_depth must be an integer >= 1, got {class_depth!r}")
+        raise InputError(f"class_depth must be an integer >= 1, got {class_depth!r}")
 
 
 def class_of(rel: str, class_depth: int) -> str:
@@ -172,7 +173,7 @@ def stratified_split(dataset: ImageDataset, test_fraction: float = 0.2, seed: in
     Items keep their original order within each split.
     """
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)
     train, test = [], []
     for c in range(dataset.num_classes):  # class order fixed, so one rng stream is deterministic

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
+
 BUCKETS = ("many", "mid", "few")
 MANY_ABOVE = 100  # "many-shot": more than 100 training images (Liu et al. 2019, OLTR)
 FEW_BELOW = 20  # "few-shot": fewer than 20; "mid" is 20..100 inclusive
@@ -18,9 +20,9 @@ def longtail_counts(num_classes: int, imbalance_ratio: float = 100,
                     max_per_class: int = 1000) -> np.ndarray:
     """Items kept per rank 0..C-1 (before capping by what each class has)."""
     if imbalance_ratio < 1:
-        raise ValueError(f"imbalance_ratio must be >= 1, got {imbalance_ratio}")
+        raise InputError(f"imbalance_ratio must be >= 1, got {imbalance_ratio}")
     if max_per_class < 1:
-        raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
+        raise InputError(f"max_per_class must be >= 1, got {max_per_class}")
     if num_classes == 1:
         return np.array([max_per_class], dtype=np.int64)
     r = np.arange(num_classes)
@@ -50,10 +52,10 @@ def longtail_indices(labels, imbalance_ratio: float = 100, max_per_class: int = 
         class_order = np.arange(num_classes)
     class_order = np.asarray(class_order, dtype=np.int64)
     if len(np.unique(class_order)) != len(class_order):
-        raise ValueError("class_order repeats a class")
+        raise InputError("class_order repeats a class")
     unranked = np.setdiff1d(np.unique(labels), class_order)
     if len(unranked):
-        raise ValueError(f"class_order leaves out classes present in labels: {unranked.tolist()}")
+        raise InputError(f"class_order leaves out classes present in labels: {unranked.tolist()}")
     if len(class_order) == 0:
         return np.zeros(0, dtype=np.int64)
     counts = longtail_counts(len(class_order), imbalance_ratio, max_per_class)

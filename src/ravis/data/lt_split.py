@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..io import stable_hash
 from .dataset import ImageDataset, Splits
 from .images import open_image
@@ -78,7 +79,7 @@ def read_class_names(path: Path | str) -> list[str]:
     names = [line.strip() for line in lines]
     for i, name in enumerate(names):
         if not name:
-            raise ValueError(f"{path}:{i + 1}: empty class name (line i names class i - 1)")
+            raise InputError(f"{path}:{i + 1}: empty class name (line i names class i - 1)")
     return names
 
 
@@ -88,7 +89,7 @@ def _parse(path: Path) -> tuple[bytes, list[str], np.ndarray, list[int]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a UTF-8 text file ({e})") from e
+        raise InputError(f"{path}: not a UTF-8 text file ({e})") from e
     rels, labels, linenos = [], [], []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -96,13 +97,13 @@ def _parse(path: Path) -> tuple[bytes, list[str], np.ndarray, list[int]]:
         # rsplit: the label is the last field, so a path may itself contain spaces.
         fields = line.strip().rsplit(maxsplit=1)
         if len(fields) != 2:
-            raise ValueError(f"{path}:{lineno}: expected 'relative/path label', got {line!r}")
+            raise InputError(f"{path}:{lineno}: expected 'relative/path label', got {line!r}")
         try:
             label = int(fields[1])
         except ValueError:
-            raise ValueError(f"{path}:{lineno}: label {fields[1]!r} is not an integer") from None
+            raise InputError(f"{path}:{lineno}: label {fields[1]!r} is not an integer") from None
         if label < 0:
-            raise ValueError(f"{path}:{lineno}: negative label {label}")
+            raise InputError(f"{path}:{lineno}: negative label {label}")
         rels.append(fields[0])
         labels.append(label)
         linenos.append(lineno)
@@ -114,7 +115,7 @@ def _dataset(path: Path, raw: bytes, rels: list[str], labels: np.ndarray, lineno
     too_big = np.flatnonzero(labels >= len(class_names))
     if len(too_big):
         i = int(too_big[0])
-        raise ValueError(f"{path}:{linenos[i]}: label {int(labels[i])} has no class name "
+        raise InputError(f"{path}:{linenos[i]}: label {int(labels[i])} has no class name "
                          f"(only {len(class_names)} classes)")
     return ImageDataset(
         name=path.stem,

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 
+from ..errors import InputError
 from ..io import stable_hash
 from .dataset import ImageDataset
 
@@ -15,9 +16,9 @@ def noisy_labels(labels: np.ndarray, rate: float, num_classes: int, seed: int) -
     """A copy of ``labels`` with round(rate * N) of them, chosen with ``seed``, replaced by
     another class (uniform over the other num_classes - 1; never the true one)."""
     if not 0 <= rate <= 1:
-        raise ValueError(f"label noise rate must be in [0, 1], got {rate}")
+        raise InputError(f"label noise rate must be in [0, 1], got {rate}")
     if num_classes < 2 and rate > 0:
-        raise ValueError("label noise needs at least two classes")
+        raise InputError("label noise needs at least two classes")
     labels = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
     flip = rng.choice(len(labels), round(rate * len(labels)), replace=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from ..errors import InputError
 from .dataset import ImageDataset, MissingDataError
 from .imagefolder import build_dataset, check_class_depth, find_files, read_caption
 
@@ -48,7 +49,7 @@ def load_tuxpaint(root: Path | str = DEFAULT_ROOT, class_depth: int = 2) -> Imag
         raise MissingDataError(f"{root}: no stamp PNG with a .txt caption found; {hint}")
     loose = [r for r in rels if len(PurePosixPath(r).parts) == 1]
     if loose:
-        raise ValueError(f"{root}: stamps directly in the root folder have no category: "
+        raise InputError(f"{root}: stamps directly in the root folder have no category: "
                          f"{', '.join(loose[:10])}")
     return build_dataset(root, rels, class_depth, name="tuxpaint",
                          caption_of=lambda p: read_caption(p, first_non_empty=False))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from ..errors import InputError
 from .base import ImageEncoder, TextEncoder, l2_normalize
 
 # name -> "module:factory"; modules are imported on first use so optional extras stay optional.
@@ -35,7 +36,7 @@ def _split(spec: str) -> tuple[str, str | None]:
 def _build(registry: dict, kind: str, spec: str, **kwargs):
     family, arg = _split(spec)
     if family not in registry:
-        raise ValueError(f"unknown {kind} encoder {spec!r}; registered: {sorted(registry)}")
+        raise InputError(f"unknown {kind} encoder {spec!r}; registered: {sorted(registry)}")
     module, _, factory = registry[family].partition(":")
     cls = getattr(importlib.import_module(module), factory)
     return cls(arg, **kwargs) if arg is not None else cls(**kwargs)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..device import onnx_providers
+from ..errors import InputError
 from ..io import atomic_path, default_cache_dir
 from .base import l2_normalize
 from .fingerprint import file_digest
@@ -89,9 +90,9 @@ class EfficientNetLite0Encoder:
         try:
             image_size = int(image_size)
         except ValueError:
-            raise ValueError(f"efficientnet_lite0:SIZE takes an image size in pixels, got {image_size!r}") from None
+            raise InputError(f"efficientnet_lite0:SIZE takes an image size in pixels, got {image_size!r}") from None
         if not 32 <= image_size <= 1024:
-            raise ValueError(f"efficientnet_lite0:{image_size}: the image size must be in [32, 1024]")
+            raise InputError(f"efficientnet_lite0:{image_size}: the image size must be in [32, 1024]")
         self.image_size = image_size
         self.name = "efficientnet_lite0" if image_size == 224 else f"efficientnet_lite0:{image_size}"
         weights = self.weights = _weights_path()

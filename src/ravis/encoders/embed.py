@@ -32,6 +32,7 @@ import numpy as np
 
 from ..cache import entry_lock
 from ..data.dataset import BadImageError, ImageDataset
+from ..errors import InputError
 from ..io import load_json, load_npy, save_json, save_npy, stable_hash
 from ..progress import progress_bar
 from .base import ImageEncoder, TextEncoder
@@ -76,16 +77,16 @@ class _Store:
         try:
             meta = load_json(meta_path)
             if (meta.get("start"), meta.get("stop")) != (start, stop):
-                raise ValueError(f"it covers items [{meta.get('start')}, {meta.get('stop')}), "
+                raise InputError(f"it covers items [{meta.get('start')}, {meta.get('stop')}), "
                                  f"this run needs [{start}, {stop}) (another shard_size?)")
             emb, valid = load_npy(emb_path), load_npy(valid_path)
             _expect(emb_path, emb, (stop - start, self.dim), np.float32)
             _expect(valid_path, valid, (stop - start,), np.bool_)
             if meta.get("hash") != stable_hash(emb, valid):
-                raise ValueError("its arrays do not match the hash in its .json")
+                raise InputError("its arrays do not match the hash in its .json")
             skipped = [(str(a), str(b)) for a, b in meta["skipped"]]
             if len(skipped) != int((~valid).sum()):
-                raise ValueError(f"{len(skipped)} skipped items but {int((~valid).sum())} "
+                raise InputError(f"{len(skipped)} skipped items but {int((~valid).sum())} "
                                  "invalid rows")
         except (ValueError, KeyError, TypeError, OSError) as e:
             log.warning("recomputing shard %s: %s", meta_path, e)
@@ -111,7 +112,7 @@ class _Store:
                 path = self.root / f"{name}.npy"
                 arrays[name] = _expect(path, load_npy(path), shape, dtype)
             if meta.get("hash") != stable_hash(*arrays.values()):
-                raise ValueError("its arrays do not match the hash in meta.json (damaged or "
+                raise InputError("its arrays do not match the hash in meta.json (damaged or "
                                  "changed, or written by an older ravis)")
         except (ValueError, OSError) as e:
             log.warning("ignoring the damaged cache %s, recomputing: %s", self.root, e)
@@ -135,7 +136,7 @@ class _Store:
 
 def _expect(path: Path, a: np.ndarray, shape: tuple[int, ...], dtype) -> np.ndarray:
     if a.shape != tuple(shape) or a.dtype != dtype:
-        raise ValueError(f"{path.name} has shape {a.shape} {a.dtype}, "
+        raise InputError(f"{path.name} has shape {a.shape} {a.dtype}, "
                          f"expected {tuple(shape)} {np.dtype(dtype)}")
     return a
 
@@ -144,12 +145,12 @@ def _check_rows(out, n: int, dim: int, who: str, name_of: Callable[[int], str]) 
     """Encoder output as (n, dim) float32, refusing wrong shapes and NaN or infinite rows."""
     out = np.asarray(out, dtype=np.float32)
     if out.shape != (n, dim):
-        raise ValueError(f"{who} returned shape {out.shape} for {n} inputs, expected ({n}, {dim})")
+        raise InputError(f"{who} returned shape {out.shape} for {n} inputs, expected ({n}, {dim})")
     bad = ~np.isfinite(out).all(axis=1)
     if bad.any():
         more = f" (and {int(bad.sum()) - 1} more in its batch)" if bad.sum() > 1 else ""
         first = name_of(int(np.argmax(bad)))
-        raise ValueError(f"{who} gave a NaN or infinite embedding for {first}{more}")
+        raise InputError(f"{who} gave a NaN or infinite embedding for {first}{more}")
     return out
 
 
@@ -220,7 +221,7 @@ def _prepare(encoder: ImageEncoder, dataset: ImageDataset, items: range, strict:
         if buf is None:  # filled in place: saves the copy np.stack would make
             buf = np.empty((len(items),) + np.shape(x), np.asarray(x).dtype)
         elif np.shape(x) != buf.shape[1:]:  # assignment would silently broadcast
-            raise ValueError(f"{dataset.ids[i]}: {encoder.name} preprocess gave shape "
+            raise InputError(f"{dataset.ids[i]}: {encoder.name} preprocess gave shape "
                              f"{np.shape(x)}, other images in its batch {buf.shape[1:]}")
         buf[len(rows)] = x
         rows.append(k)
@@ -315,7 +316,7 @@ def embed_images(encoder: ImageEncoder, dataset: ImageDataset, cache_dir: Path |
         ValueError: an embedding that is NaN or infinite, naming the item id.
     """
     if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+        raise InputError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     t0 = time.perf_counter()
     dim = int(encoder.dim)
     fingerprint = encoder.fingerprint()

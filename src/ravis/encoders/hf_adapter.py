@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from ..device import autocast, to_device
+from ..errors import InputError
 from .base import l2_normalize
 from .fingerprint import settings_digest, state_digest, text_digest
 from .preprocess import resize_center_crop, to_chw, to_rgb
@@ -67,7 +68,7 @@ def _side(size) -> tuple[str, int]:
     if "shortest_edge" in size:
         return "shortest", int(size["shortest_edge"])
     if size.get("height") != size.get("width"):
-        raise ValueError(f"only square inputs are supported, got size {size}")
+        raise InputError(f"only square inputs are supported, got size {size}")
     return "square", int(size["height"])
 
 
@@ -115,7 +116,7 @@ class HFImageEncoder:
 
     def __init__(self, name_or_path: str, device: str | torch.device = "cpu", pooling: str = "auto"):
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.name = f"hf:{name_or_path}"
         self.device = torch.device(device)
         self.model, missing = _load_model(name_or_path, self.device)

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from ..device import autocast, to_device
+from ..errors import InputError
 from .base import l2_normalize
 from .preprocess import resize_center_crop, to_chw, to_rgb
 from .fingerprint import file_digest, settings_digest, state_digest
@@ -41,7 +42,7 @@ def _resolve(spec: str) -> tuple[str, str, str | None]:
     model, _, pretrained = spec.partition("@")
     if model.startswith(SCHEMAS):
         if pretrained:
-            raise ValueError(f"{spec!r}: {model.split(':')[0]} brings its own weights, "
+            raise InputError(f"{spec!r}: {model.split(':')[0]} brings its own weights, "
                              f"drop '@{pretrained}'")
         if model.startswith("local-dir:"):  # the config's content, not where the folder lies
             return model, f"local-dir:{file_digest(Path(model[10:]) / 'open_clip_config.json')}", None
@@ -61,7 +62,7 @@ def _weights_id(open_clip, name: str, pretrained: str | None) -> str | None:
         return f"file:{file_digest(pretrained)}"
     if not open_clip.get_pretrained_cfg(name, pretrained):
         tags = open_clip.list_pretrained_tags_by_model(name)
-        raise ValueError(f"{pretrained!r} is neither a file nor a pretrained tag of {name} ({tags})")
+        raise InputError(f"{pretrained!r} is neither a file nor a pretrained tag of {name} ({tags})")
     return f"tag:{pretrained}"
 
 
@@ -83,10 +84,10 @@ def _preprocess_cfg(open_clip, model) -> dict:
     size = cfg["size"]
     h, w = (size, size) if isinstance(size, int) else size
     if h != w:
-        raise ValueError(f"only square inputs are supported, the model wants {h}x{w}")
+        raise InputError(f"only square inputs are supported, the model wants {h}x{w}")
     mode = cfg.get("resize_mode", "shortest")
     if mode not in ("shortest", "longest", "squash"):
-        raise ValueError(f"resize_mode {mode!r} is not supported")
+        raise InputError(f"resize_mode {mode!r} is not supported")
     return {"size": int(h), "mean": [float(m) for m in cfg["mean"]],
             "std": [float(s) for s in cfg["std"]], "resize_mode": mode,
             "interpolation": cfg.get("interpolation", "bicubic"),

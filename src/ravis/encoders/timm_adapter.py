@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from ..device import autocast, to_device
+from ..errors import InputError
 from .base import l2_normalize
 from .fingerprint import file_digest, settings_digest, state_digest
 from .preprocess import resize_center_crop, to_chw, to_rgb
@@ -153,7 +154,7 @@ def load_timm_weights(model: torch.nn.Module, path: str | Path) -> None:
     state = {k: v for k, v in state.items() if not (heads and k.startswith(heads))}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"checkpoint {path} does not match the model: "
+        raise InputError(f"checkpoint {path} does not match the model: "
                          f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
 
 
@@ -161,9 +162,9 @@ def _preprocess_cfg(timm, model) -> dict:
     cfg = timm.data.resolve_model_data_config(model)
     _, h, w = cfg["input_size"]
     if h != w:
-        raise ValueError(f"only square inputs are supported, the model wants {h}x{w}")
+        raise InputError(f"only square inputs are supported, the model wants {h}x{w}")
     if cfg.get("crop_mode", "center") not in ("center", "squash"):
-        raise ValueError(f"crop_mode {cfg['crop_mode']!r} is not supported (center, squash)")
+        raise InputError(f"crop_mode {cfg['crop_mode']!r} is not supported (center, squash)")
     return {"size": int(h), "crop_pct": float(cfg.get("crop_pct") or 1.0),
             "crop_mode": cfg.get("crop_mode", "center"), "interpolation": cfg["interpolation"],
             "mean": [float(m) for m in cfg["mean"]], "std": [float(s) for s in cfg["std"]]}
@@ -195,7 +196,7 @@ class TimmImageEncoder:
         timm = import_without_torchvision("timm")
         model_name, _, checkpoint = spec.partition("@")
         if checkpoint and pretrained:
-            raise ValueError("give a checkpoint path or pretrained=True, not both")
+            raise InputError("give a checkpoint path or pretrained=True, not both")
         self.name = f"timm:{spec}"
         self.device = torch.device(device)
         self.model_kwargs = dict(model_kwargs or {})

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..device import autocast, to_device
+from ..errors import InputError
 from .base import ImageEncoder, l2_normalize
 
 
@@ -49,7 +50,7 @@ def trainable_network(encoder: ImageEncoder) -> FeatureNet:
     """A trainable copy of ``encoder``'s network (the encoder itself is left as it is)."""
     network = getattr(encoder, "network", None)
     if network is None:
-        raise ValueError(f"train.finetune_encoder: the image encoder {encoder.name!r} has no torch "
+        raise InputError(f"train.finetune_encoder: the image encoder {encoder.name!r} has no torch "
                          "network to fine-tune (efficientnet_lite0, timm:, open_clip: and hf: do)")
     return network()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.longtail import shot_buckets
+from ..errors import InputError
 
 
 def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -44,7 +45,7 @@ def selection_score(pred: np.ndarray, labels: np.ndarray, metric: str) -> float:
         return float((pred == labels).mean()) if len(labels) else 0.0
     if metric == "balanced":
         return balanced_accuracy(pred, labels)
-    raise ValueError(f"unknown selection metric {metric!r}; expected 'balanced' or 'top1'")
+    raise InputError(f"unknown selection metric {metric!r}; expected 'balanced' or 'top1'")
 
 
 def sample_weights(labels: np.ndarray, metric: str) -> np.ndarray:
@@ -56,7 +57,7 @@ def sample_weights(labels: np.ndarray, metric: str) -> np.ndarray:
         counts = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
         present = int((counts > 0).sum())
         return 1.0 / (present * counts[labels]) if len(labels) else np.zeros(0)
-    raise ValueError(f"unknown selection metric {metric!r}; expected 'balanced' or 'top1'")
+    raise InputError(f"unknown selection metric {metric!r}; expected 'balanced' or 'top1'")
 
 
 def paired_gain(pred: np.ndarray, reference: np.ndarray, labels: np.ndarray, metric: str) -> tuple[float, float]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
+
 
 def knn_vote(D: np.ndarray, labels: np.ndarray, num_classes: int, k: int,
              temperature: float = 0.07) -> np.ndarray:
@@ -25,7 +27,7 @@ def knn_vote(D: np.ndarray, labels: np.ndarray, num_classes: int, k: int,
         (nq, C) vote scores.
     """
     if k > D.shape[1]:
-        raise ValueError(f"k={k} exceeds the {D.shape[1]} precomputed neighbours")
+        raise InputError(f"k={k} exceeds the {D.shape[1]} precomputed neighbours")
     votes = voting(labels, k)  # (nq, K)
     w = np.where(votes, np.exp(D.astype(np.float64) / temperature), 0.0)
     scores = np.zeros((D.shape[0], num_classes))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import InputError
 from .base import Index, IndexFileError, read_meta
 from .exact import ExactIndex
 from .faiss_index import FaissFlatIndex, FaissIndex
@@ -30,9 +31,9 @@ INDEXES: dict[str, type] = {}
 def register_index(name: str, cls: type) -> type:
     """Makes ``cls`` available to :func:`create_index` and :func:`load_index` as ``name``."""
     if not name or ":" in name:
-        raise ValueError(f"bad index name {name!r}")
+        raise InputError(f"bad index name {name!r}")
     if name in INDEXES and INDEXES[name] is not cls:
-        raise ValueError(f"index name {name!r} is already registered to {INDEXES[name].__name__}")
+        raise InputError(f"index name {name!r} is already registered to {INDEXES[name].__name__}")
     INDEXES[name] = cls
     return cls
 
@@ -40,7 +41,7 @@ def register_index(name: str, cls: type) -> type:
 def _backend(spec: str) -> tuple[type, str]:
     name, _, options = spec.partition(":")
     if name not in INDEXES:
-        raise ValueError(f"unknown index {name!r} in spec {spec!r}; known: {sorted(INDEXES)}")
+        raise InputError(f"unknown index {name!r} in spec {spec!r}; known: {sorted(INDEXES)}")
     return INDEXES[name], options
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import faiss
 
+from ..errors import InputError
 from ..io import link_or_copy, load_json
 from .base import META_NAME
 from .build import KeyShards, _tune, clear_build_files, sample_rows
@@ -73,13 +74,13 @@ def _read_checked(path: Path, file: Path, vectors: KeyShards):
     try:
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError as e:
-        raise ValueError(f"{file}: not a readable faiss index ({str(e).strip().splitlines()[-1]})") from None
+        raise InputError(f"{file}: not a readable faiss index ({str(e).strip().splitlines()[-1]})") from None
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         metric = {faiss.METRIC_L2: "L2"}.get(index.metric_type, f"number {index.metric_type}")
-        raise ValueError(f"{file}: the index compares vectors by metric {metric}, ravis by inner "
+        raise InputError(f"{file}: the index compares vectors by metric {metric}, ravis by inner "
                          f"product; build it with faiss.METRIC_INNER_PRODUCT (autofaiss: --metric_type=ip)")
     if index.d != vectors.d or index.ntotal != vectors.n:
-        raise ValueError(f"{file}: holds {index.ntotal} vectors of dimension {index.d}, the memory "
+        raise InputError(f"{file}: holds {index.ntotal} vectors of dimension {index.d}, the memory "
                          f"{vectors.n} keys of dimension {vectors.d}")
     return index
 

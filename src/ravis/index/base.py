@@ -19,6 +19,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ravis.io import VerifiedStamps, load_json, save_json, sha256_file
+from ravis.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ META_NAME = "index.json"
 STAMPS_NAME = ".verified.json"  # index files already hashed OK (see ravis.io.VerifiedStamps)
 
 
-class IndexFileError(ValueError):
+class IndexFileError(InputError):
     """A file of a saved index is missing, truncated or corrupt; the message names it."""
 
 
@@ -130,20 +131,20 @@ class ExactBackend:
 
     def set_search_params(self, **params) -> None:
         if params:
-            raise ValueError(f"index {self.spec!r} takes no search parameters (got {sorted(params)})")
+            raise InputError(f"index {self.spec!r} takes no search parameters (got {sorted(params)})")
 
 
 def as_vectors(x, d: int, name: str = "x") -> np.ndarray:
     """x as a C-contiguous float32 (n, d) array, without a copy when it already is one."""
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != d:
-        raise ValueError(f"{name}: expected shape (n, {d}), got {x.shape}")
+        raise InputError(f"{name}: expected shape (n, {d}), got {x.shape}")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def check_k(k: int) -> int:
     if int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise InputError(f"k must be a positive integer, got {k!r}")
     return int(k)
 
 
@@ -249,14 +250,14 @@ def read_meta(path: Path | str) -> dict:
     meta = load_json(meta_path)
     missing = {"spec", "d", "ntotal"} - set(meta) if isinstance(meta, dict) else {"spec", "d", "ntotal"}
     if missing:
-        raise ValueError(f"{meta_path}: missing fields {sorted(missing)}")
+        raise InputError(f"{meta_path}: missing fields {sorted(missing)}")
     return meta
 
 
 def check_loaded(path: Path | str, meta: dict, xb: np.ndarray) -> None:
     """The stored array must match its sidecar (a save interrupted between files would not)."""
     if xb.ndim != 2 or xb.shape != (meta["ntotal"], meta["d"]) or xb.dtype != np.float32:
-        raise ValueError(
+        raise InputError(
             f"{path}: vectors {xb.dtype}{xb.shape} do not match {META_NAME} "
             f"(ntotal={meta['ntotal']}, d={meta['d']}, float32)"
         )

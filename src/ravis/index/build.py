@@ -36,6 +36,7 @@ import faiss
 import numpy as np
 
 from ..cache import entry_lock
+from ..errors import InputError
 from ..io import atomic_path, load_json, load_npy, quiet_native, save_json, save_npy
 from ..progress import progress_bar
 from ..ray_tasks import run_tasks
@@ -66,7 +67,7 @@ class KeyShards:
         self.names = list(names) if names is not None else [f"{i:05d}" for i in range(len(self.arrays))]
         dims = {a.shape[1] for a in self.arrays}
         if len(dims) != 1 or any(a.ndim != 2 for a in self.arrays):
-            raise ValueError(f"key shards disagree on dimension: "
+            raise InputError(f"key shards disagree on dimension: "
                              f"{ {n: a.shape for n, a in zip(self.names, self.arrays)} }")
         self.d = dims.pop()
         self.rows = [len(a) for a in self.arrays]
@@ -136,7 +137,7 @@ def index_over(vectors, spec: str, folder: Path | str | None = None, *, budget: 
 
 def _built_index(keys: KeyShards, spec: str, folder, budget, target: float, k: int, progress: bool):
     if folder is None:
-        raise ValueError(f"index {spec!r} is built and tuned on the memory: it needs a folder")
+        raise InputError(f"index {spec!r} is built and tuned on the memory: it needs a folder")
     name, _, options = spec.partition(":")
     args = dict(budget=budget, target_recall=target, k=min(k, keys.n - 1),
                 backend="scann" if name == "scann" else "faiss", factory=options or None)
@@ -168,7 +169,7 @@ def build_index(shards, out: Path | str, *, budget: int | str = "16G",
     out.mkdir(parents=True, exist_ok=True)
     keys = shards if isinstance(shards, KeyShards) else KeyShards(shards, names)
     if keys.n < 2:
-        raise ValueError("an index needs at least 2 vectors")
+        raise InputError("an index needs at least 2 vectors")
     (out / META_NAME).unlink(missing_ok=True)  # the index is being rebuilt: mark it unfinished first
     plan = _plan(keys, out, parse_bytes(budget), backend, factory, target_recall, k, seed)
     choice = IndexChoice(**plan["choice"])
@@ -196,7 +197,7 @@ def _make_plan(keys: KeyShards, budget: int, backend: str, factory: str | None, 
                k: int, seed: int) -> dict:
     """What the build will do (plan.json), from its inputs alone."""
     if backend not in ("faiss", "scann"):
-        raise ValueError(f"unknown index backend {backend!r}; choose faiss or scann")
+        raise InputError(f"unknown index backend {backend!r}; choose faiss or scann")
     if backend == "scann":
         from .scann_index import ScannIndex
 
@@ -296,7 +297,7 @@ def _add_blocks(keys: KeyShards, out: Path, trained: Path, engine: str, progress
                       enabled=progress) as bar:
         if engine == "ray":
             if any(not isinstance(keys.sources[i], (str, os.PathLike)) for i in todo):
-                raise ValueError("engine='ray' needs key shards given as .npy paths")
+                raise InputError("engine='ray' needs key shards given as .npy paths")
             run_tasks(add_block, [(str(trained), str(keys.sources[i]), int(keys.offsets[i]), str(blocks[i]))
                                   for i in todo], lambda _: bar.update(1))
         else:
@@ -341,7 +342,7 @@ def merge_in_ram(index, blocks: Sequence[Path], rows: Sequence[int]):
     for block, n in zip(blocks, rows):
         part = faiss.read_index(str(block))
         if part.ntotal != n:
-            raise ValueError(f"{block}: holds {part.ntotal} vectors, its shard has {n}; delete it to re-encode")
+            raise InputError(f"{block}: holds {part.ntotal} vectors, its shard has {n}; delete it to re-encode")
         start = index.base_index.ntotal
         index.base_index.merge_from(part.base_index, start)
         part_codes = faiss.downcast_index(part.refine_index).codes
@@ -432,10 +433,10 @@ def add_to_index(folder: Path | str, shards: Sequence, names: Sequence[str], off
     folder = Path(folder)
     meta = load_json(folder / META_NAME)
     if not meta["spec"].startswith("faiss:"):
-        raise ValueError(f"{folder}: a {meta['spec']} index cannot append; rebuild it with ravis memory index")
+        raise InputError(f"{folder}: a {meta['spec']} index cannot append; rebuild it with ravis memory index")
     index = FaissIndex.load(folder)
     if index.ntotal != offset:
-        raise ValueError(f"{folder}: index holds {index.ntotal} vectors but the new shards start at row {offset}")
+        raise InputError(f"{folder}: index holds {index.ntotal} vectors but the new shards start at row {offset}")
     family = index.info.get("choice", {}).get("family", "")
     if "attached" in index.info:  # no trained.faiss or blocks here: add to it in RAM
         family = "attached"

@@ -37,6 +37,8 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
+from ..errors import InputError
+
 EXACT_MAX = 100_000
 HNSW_MAX = 1_000_000
 HNSW_M = 32
@@ -53,7 +55,7 @@ def parse_bytes(text: str | int) -> int:
         return text
     m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)i?B?\s*", str(text), re.IGNORECASE)
     if not m:
-        raise ValueError(f"cannot read a size from {text!r}; write e.g. 16G, 512M or 1e9")
+        raise InputError(f"cannot read a size from {text!r}; write e.g. 16G, 512M or 1e9")
     scale = 1024 ** " KMGT".index(m.group(2).upper() or " ")
     return int(float(m.group(1)) * scale)
 
@@ -125,5 +127,5 @@ def choose_index(n: int, d: int, budget: int | str, target_recall: float = 0.95)
                                f"8-bit codes ({sq8 / 2**30:.2f} GiB) exceed {gib}; PQ{m} "
                                f"({size / 2**30:.2f} GiB) fits")
     need = n * (8 + ID_BYTES) / FILL
-    raise ValueError(f"{n:,} vectors of dimension {d} do not fit {gib}, even as 8-byte PQ codes "
+    raise InputError(f"{n:,} vectors of dimension {d} do not fit {gib}, even as 8-byte PQ codes "
                      f"(needs about {need / 2**30:.2f} GiB); raise --budget or shard the memory")

@@ -19,6 +19,7 @@ import torch
 
 from ravis.io import load_npy, save_npy
 
+from ..errors import InputError
 from .base import (ExactBackend, as_vectors, check_ids, check_k, check_loaded, no_results, open_meta,
                    pad_results, write_meta)
 
@@ -42,7 +43,7 @@ class ExactIndex(ExactBackend):
     def __init__(self, d: int, *, block_bytes: int = 256 << 20, max_block_queries: int = 1024,
                  device=None):
         if d < 1 or block_bytes < 4 or max_block_queries < 1:
-            raise ValueError(f"bad ExactIndex arguments: d={d}, block_bytes={block_bytes}, "
+            raise InputError(f"bad ExactIndex arguments: d={d}, block_bytes={block_bytes}, "
                              f"max_block_queries={max_block_queries}")
         self.spec, self.d = "exact", int(d)
         self.block_bytes, self.max_block_queries = int(block_bytes), int(max_block_queries)
@@ -60,7 +61,7 @@ class ExactIndex(ExactBackend):
     @classmethod
     def from_spec(cls, d: int, options: str = "") -> "ExactIndex":
         if options:
-            raise ValueError(f"'exact' takes no options, got {options!r}")
+            raise InputError(f"'exact' takes no options, got {options!r}")
         return cls(d)
 
     @property

@@ -10,6 +10,7 @@ import numpy as np
 
 from ravis.io import atomic_path, load_npy, quiet_native, save_npy
 
+from ..errors import InputError
 from .base import (ExactBackend, as_vectors, check_ids, check_k, check_loaded, no_results, open_meta,
                    pad_results, write_meta)
 
@@ -27,7 +28,7 @@ class FaissFlatIndex(ExactBackend):
     @classmethod
     def from_spec(cls, d: int, options: str = "") -> "FaissFlatIndex":
         if options:
-            raise ValueError(f"'faiss-flat' takes no options, got {options!r}")
+            raise InputError(f"'faiss-flat' takes no options, got {options!r}")
         return cls(d)
 
     @property
@@ -117,11 +118,11 @@ class FaissIndex:
     @classmethod
     def from_spec(cls, d: int, options: str) -> "FaissIndex":
         if not options:
-            raise ValueError("'faiss' needs a factory string, e.g. 'faiss:IVF1024,Flat'")
+            raise InputError("'faiss' needs a factory string, e.g. 'faiss:IVF1024,Flat'")
         try:
             return cls(d, options)
         except RuntimeError as e:
-            raise ValueError(f"faiss cannot build {options!r}: {str(e).strip().splitlines()[-1]}") from None
+            raise InputError(f"faiss cannot build {options!r}: {str(e).strip().splitlines()[-1]}") from None
 
     @property
     def ntotal(self) -> int:
@@ -136,7 +137,7 @@ class FaissIndex:
 
     def add(self, xb) -> None:
         if not self.index.is_trained:
-            raise ValueError(f"{self.spec}: train the index before adding vectors")
+            raise InputError(f"{self.spec}: train the index before adding vectors")
         self.index.add(as_vectors(xb, self.d, "xb"))
 
     def set_search_params(self, **params) -> None:
@@ -146,13 +147,13 @@ class FaissIndex:
         for name, value in params.items():
             if name == "rerank":
                 if int(value) < 1:
-                    raise ValueError(f"{self.spec}: rerank must be >= 1, got {value}")
+                    raise InputError(f"{self.spec}: rerank must be >= 1, got {value}")
                 self._search_params[name] = int(value)
                 continue
             try:
                 space.set_index_parameter(self.index, name, value)
             except RuntimeError as e:
-                raise ValueError(f"{self.spec}: cannot set {name}={value}: {str(e).strip()}") from None
+                raise InputError(f"{self.spec}: cannot set {name}={value}: {str(e).strip()}") from None
             self._search_params[name] = value
 
     def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +162,7 @@ class FaissIndex:
             return no_results(len(xq), k)
         rerank = self.search_params.get("rerank", 1)
         if rerank > 1 and self.vectors is None:
-            raise ValueError(f"{self.spec}: rerank needs the stored vectors (pass vectors= to the "
+            raise InputError(f"{self.spec}: rerank needs the stored vectors (pass vectors= to the "
                              f"constructor or load_index)")
         D, I = self.index.search(xq, min(k * rerank, self.ntotal) if rerank > 1 else k)
         if rerank > 1:
@@ -225,9 +226,9 @@ class FaissIndex:
             with quiet_native():  # faiss says where it found the on-disk lists
                 index = faiss.read_index(str(file), flags)
         except RuntimeError as e:
-            raise ValueError(f"{file}: not a readable faiss index ({str(e).strip().splitlines()[-1]})") from None
+            raise InputError(f"{file}: not a readable faiss index ({str(e).strip().splitlines()[-1]})") from None
         if index.d != meta["d"] or index.ntotal != meta["ntotal"]:
-            raise ValueError(f"{file}: d={index.d}, ntotal={index.ntotal} disagree with index.json "
+            raise InputError(f"{file}: d={index.d}, ntotal={index.ntotal} disagree with index.json "
                              f"(d={meta['d']}, ntotal={meta['ntotal']})")
         out = cls(meta["d"], meta["spec"].partition(":")[2], index=index, vectors=vectors)
         out.set_search_params(**meta.get("search_params", {}))

@@ -14,6 +14,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
+from ..errors import InputError
 from .base import Index, as_vectors, check_ids, check_k, pad_results
 
 
@@ -49,10 +50,10 @@ class MultiIndex:
 
     def __init__(self, parts: Sequence[Index]):
         if not parts:
-            raise ValueError("MultiIndex needs at least one part")
+            raise InputError("MultiIndex needs at least one part")
         dims = {p.d for p in parts}
         if len(dims) != 1:
-            raise ValueError(f"index parts disagree on dimension: {sorted(dims)}")
+            raise InputError(f"index parts disagree on dimension: {sorted(dims)}")
         self.parts, self.d = list(parts), dims.pop()
         self.spec = "multi:" + "|".join(p.spec for p in self.parts)
         self.info: dict = {"parts": [p.spec for p in self.parts]}
@@ -70,7 +71,7 @@ class MultiIndex:
         return all(p.is_trained for p in self.parts)
 
     def train(self, xb) -> None:
-        raise ValueError("a MultiIndex is not trained as a whole: train each part on its own rows")
+        raise InputError("a MultiIndex is not trained as a whole: train each part on its own rows")
 
     @property
     def search_params(self) -> dict:
@@ -78,7 +79,7 @@ class MultiIndex:
 
     def set_search_params(self, **params) -> None:
         if params:
-            raise ValueError(f"a MultiIndex has no search parameters of its own (got {sorted(params)}); "
+            raise InputError(f"a MultiIndex has no search parameters of its own (got {sorted(params)}); "
                              f"set them on its parts")
 
     def add(self, xb) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .base import as_vectors, check_ids, check_k, no_results, open_meta, pad_results, write_meta
 
 ASSETS = "scann"
@@ -28,10 +29,10 @@ def _options(text: str) -> dict:
     for item in filter(None, text.split(",")):
         name, _, value = item.partition("=")
         if name not in DEFAULTS:
-            raise ValueError(f"unknown ScaNN option {name!r} in {text!r}; known: {sorted(DEFAULTS)}")
+            raise InputError(f"unknown ScaNN option {name!r} in {text!r}; known: {sorted(DEFAULTS)}")
         opts[name] = value if name == "reorder" else type(DEFAULTS[name])(float(value))
     if opts["reorder"] not in ("float32", "int8"):
-        raise ValueError(f"ScaNN reorder must be float32 or int8, got {opts['reorder']!r}")
+        raise InputError(f"ScaNN reorder must be float32 or int8, got {opts['reorder']!r}")
     return opts
 
 
@@ -75,7 +76,7 @@ class ScannIndex:
 
     def add(self, xb) -> None:
         if self.searcher is not None:
-            raise ValueError("a built ScaNN index cannot take more vectors; build a new one")
+            raise InputError("a built ScaNN index cannot take more vectors; build a new one")
         xb = as_vectors(xb, self.d, "xb")
         self._pending.append(xb)
         self._n += len(xb)
@@ -101,7 +102,7 @@ class ScannIndex:
     def set_search_params(self, **params) -> None:
         unknown = set(params) - {"leaves_to_search", "pre_reorder_num_neighbors"}
         if unknown:
-            raise ValueError(f"ScaNN has no search parameter {sorted(unknown)}")
+            raise InputError(f"ScaNN has no search parameter {sorted(unknown)}")
         self._search_params.update({k: int(v) for k, v in params.items()})
 
     def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +120,7 @@ class ScannIndex:
 
     def reconstruct(self, ids) -> np.ndarray:
         if self.vectors is None:
-            raise ValueError("a ScaNN index does not give back its vectors; pass vectors= to the "
+            raise InputError("a ScaNN index does not give back its vectors; pass vectors= to the "
                              "constructor or load_index")
         ids = check_ids(ids, self.ntotal)
         return np.asarray(self.vectors(ids), dtype=np.float32).reshape(len(ids), self.d)

@@ -20,11 +20,13 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..errors import InputError
+
 #: Metadata columns every memory can return from ``meta_at``.
 META_COLUMNS = ("id", "text", "source", "thumbnail")
 
 
-class MemoryMismatchError(ValueError):
+class MemoryMismatchError(InputError):
     """A memory that cannot serve a query encoder, or whose files disagree."""
 
 

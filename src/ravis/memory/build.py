@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dataset import ImageDataset
+from ..errors import InputError
 from .store import ArrayMemory
 
 VALUE_KINDS = ("label_prompt", "caption", "image")
@@ -40,16 +41,16 @@ def build_memory(dataset: ImageDataset, keys: np.ndarray, *, key_encoder: str, k
     from ..encoders.embed import embed_texts
 
     if kind not in VALUE_KINDS:
-        raise ValueError(f"unknown memory value kind {kind!r}; choose from {VALUE_KINDS}")
+        raise InputError(f"unknown memory value kind {kind!r}; choose from {VALUE_KINDS}")
     # every row kept: a slice, so the arrays are views (a 60k x 1280 copy otherwise)
     keep = np.flatnonzero(valid) if valid is not None else slice(None)
     if kind == "image":
         if image_values is None or value_encoder is None:
-            raise ValueError("value kind 'image' needs image_values and value_encoder")
+            raise InputError("value kind 'image' needs image_values and value_encoder")
         values = image_values
     else:
         if text_encoder is None:
-            raise ValueError(f"value kind {kind!r} needs a text encoder")
+            raise InputError(f"value kind {kind!r} needs a text encoder")
         values = embed_texts(text_encoder, value_texts(dataset, kind, prompt), cache_dir)
         value_encoder = text_encoder.fingerprint()
     texts, ids = entry_texts(dataset, kind), list(dataset.ids)

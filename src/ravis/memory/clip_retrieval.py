@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..io import atomic_path, load_npy
 from ..progress import progress_bar
 from . import MemoryMismatchError
@@ -47,7 +48,7 @@ NORM_TOL = 1e-2  # how far from 1 a key row's norm may be (float16 rounding is ~
 EXPORT_COLUMNS = ("caption", "key", "source", "label")  # what export writes before json fields
 
 
-class ClipRetrievalError(ValueError):
+class ClipRetrievalError(InputError):
     """A folder that is not a valid clip-retrieval embedding layout (names the file)."""
 
 

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from ..index.multi import by_part
 from ..io import stable_hash
 from .base import Memory, MemoryMismatchError, as_rows, check_query_encoder
@@ -40,7 +41,7 @@ class ComposedMemory:
 
     def __init__(self, parts: Sequence[tuple[str, Memory]], class_names: Sequence[str]):
         if not parts:
-            raise ValueError("a composed memory needs at least one part")
+            raise InputError("a composed memory needs at least one part")
         first_spec, first = parts[0]
         for spec, m in parts[1:]:
             for what, a, b in [("key encoder", first.key_encoder, m.key_encoder),

@@ -45,6 +45,7 @@ from typing import Iterator, Sequence
 import faiss
 import numpy as np
 
+from ..errors import InputError
 from ..index.base import as_vectors, check_ids, check_k, pad_results
 from ..index.multi import merge_topk
 from ..io import exclusive_lock, stable_hash
@@ -56,7 +57,7 @@ LOG_NAME = "memory-edits.log"
 OPS = ("add", "delete", "delete_class", "delete_source", "relabel")
 
 
-class EditError(ValueError):
+class EditError(InputError):
     """An edit that cannot be applied (unknown id or class, bad arguments); nothing changed."""
 
 
@@ -71,7 +72,7 @@ def encode_array(a: np.ndarray) -> str:
 def decode_array(s: str, dim: int, what: str) -> np.ndarray:
     a = np.frombuffer(base64.b64decode(s), dtype=np.float32)
     if a.shape != (dim,):
-        raise ValueError(f"{what}: {a.size} numbers, expected {dim}")
+        raise InputError(f"{what}: {a.size} numbers, expected {dim}")
     return a
 
 
@@ -565,7 +566,7 @@ class EditedIndex:
         return True
 
     def train(self, xb) -> None:
-        raise ValueError("an edited memory's index follows its edits; it is not trained")
+        raise InputError("an edited memory's index follows its edits; it is not trained")
 
     @property
     def search_params(self) -> dict:
@@ -575,7 +576,7 @@ class EditedIndex:
         self.base_index.set_search_params(**params)
 
     def add(self, xb) -> None:
-        raise ValueError("add entries to an edited memory with an edit, not to its index")
+        raise InputError("add entries to an edited memory with an edit, not to its index")
 
     def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
         xq, k = as_vectors(xq, self.d, "xq"), check_k(k)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import InputError
 from ..index import load_index
 from ..index.attach import attach_faiss
 from ..index.base import META_NAME, read_meta, verify_files
@@ -59,7 +60,7 @@ def open_memory_index(memdir: Path | str, mmap: bool = True):
     if not has_index(memdir):
         raise FileNotFoundError(f"{folder}: no finished index; run `ravis memory index {memdir}`")
     if read_meta(folder)["ntotal"] != memory.count:  # before reading a possibly large index
-        raise ValueError(f"{folder}: index holds {read_meta(folder)['ntotal']} vectors but the "
+        raise InputError(f"{folder}: index holds {read_meta(folder)['ntotal']} vectors but the "
                          f"memory has {memory.count} rows; rerun `ravis memory index {memdir}`")
     return load_index(folder, vectors=memory_keys(memory), mmap=mmap)
 
@@ -92,13 +93,13 @@ def add_shards_to_index(memdir: Path | str, new_shard_names: list[str] | None = 
     held = indexed_rows(memdir)
     starts = [int(o) for o in memory.offsets[:-1]]
     if held not in starts + [memory.count]:
-        raise ValueError(f"{memdir}/index: holds {held} rows, which is not a shard boundary of the "
+        raise InputError(f"{memdir}/index: holds {held} rows, which is not a shard boundary of the "
                          f"memory; rebuild it with `ravis memory index {memdir}`")
     first = starts.index(held) if held < memory.count else len(starts)
     names = memory.shard_names[first:]
     unexpected = set(new_shard_names or []) - set(names)
     if unexpected:
-        raise ValueError(f"{memdir}/index: already holds shards {sorted(unexpected)}")
+        raise InputError(f"{memdir}/index: already holds shards {sorted(unexpected)}")
     if not names:
         return open_memory_index(memdir)
     return add_to_index(memory.memdir / INDEX_DIR, key_paths(memory)[first:], names,

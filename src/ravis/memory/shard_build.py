@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..errors import InputError
 from ..io import exclusive_lock
 from ..progress import progress_bar
 from ..ray_tasks import run_tasks
@@ -53,9 +54,9 @@ class BuildSettings:
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise InputError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +222,7 @@ def _run(memdir: Path, manifest: dict, jobs, settings: BuildSettings, engine: st
          ray_address, progress: bool, builder: Callable) -> None:
     """Builds the jobs (name, input shard) not already done, recording each as it ends."""
     if engine not in ("local", "ray"):
-        raise ValueError(f"unknown engine {engine!r}; choose local or ray")
+        raise InputError(f"unknown engine {engine!r}; choose local or ray")
     entries = {s["name"]: s for s in manifest["shards"]}
     todo = [(name, shard) for name, shard in jobs
             if not _is_done(memdir, manifest, entries.get(name), shard)]
@@ -309,7 +310,7 @@ def _remove_temporaries(folder: Path) -> None:
             path.unlink()
 
 
-class MemoryBusyError(ValueError):
+class MemoryBusyError(InputError):
     """Another build or add is writing the same memory folder."""
 
 

@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from ..index.multi import by_part
 from ..io import VerifiedStamps, atomic_path, load_json, save_json, save_npy, sha256_file, stable_hash
 from .base import META_COLUMNS, MemoryMismatchError, as_rows, check_query_encoder
@@ -61,7 +62,7 @@ def write_shard(memdir: Path, name: str, keys: np.ndarray, values: np.ndarray, m
     import pyarrow.parquet as pq
 
     if not (len(keys) == len(values) == meta.num_rows):
-        raise ValueError(f"shard {name}: {len(keys)} keys, {len(values)} values, "
+        raise InputError(f"shard {name}: {len(keys)} keys, {len(values)} values, "
                          f"{meta.num_rows} metadata rows")
     memdir = Path(memdir)
     save_npy(memdir / shard_file(name, "keys"), keys)
@@ -426,7 +427,7 @@ class _Rehash:
 def save_single_shard(memory, memdir: Path, dtype: str) -> ShardedMemory:
     """Writes any memory that fits in RAM as a one-shard folder (shard ``00000``)."""
     if dtype not in DTYPES:
-        raise ValueError(f"memory dtype must be one of {DTYPES}, got {dtype!r}")
+        raise InputError(f"memory dtype must be one of {DTYPES}, got {dtype!r}")
     rows = np.arange(len(memory))
     meta = memory.meta_at(rows, ["id", "text", "source", "thumbnail"])
     table = meta_table(meta["id"], meta["text"], meta["source"], memory.labels_at(rows),

@@ -37,6 +37,7 @@ from PIL import Image
 
 from ..data.dataset import BadImageError
 from ..data.images import MAX_PIXELS, open_image
+from ..errors import InputError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SKIP_REASONS = ("missing_caption", "missing_image", "bad_image", "duplicate_key")
@@ -45,7 +46,7 @@ CAPTION_COLUMNS = ("caption", "text", "txt")
 DEFAULT_PROMPT = "a photo of a {label}"
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """A bad source spec, or (with ``strict``) a row that would have been skipped."""
 
 

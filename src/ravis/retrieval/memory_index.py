@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..config import RetrievalConfig
+from ..errors import InputError
 from ..index.build import KeyShards, index_over, is_approximate
 from ..index.choose import parse_bytes
 from ..index.mapped import MappedExactIndex
@@ -57,7 +58,7 @@ def part_index(memory: Memory, r: RetrievalConfig, cache_dir: Path | None, searc
     folder = None
     if is_approximate(r.index):
         if cache_dir is None:
-            raise ValueError(f"retrieval.index={r.index!r} needs a cache folder to build its index in")
+            raise InputError(f"retrieval.index={r.index!r} needs a cache folder to build its index in")
         folder = Path(cache_dir) / "indexes" / stable_hash(memory.key_digest, r.index, r.budget,
                                                            r.target_recall, r.k)
     return index_over(vectors, r.index, folder, budget=r.budget, target_recall=r.target_recall,

@@ -24,6 +24,7 @@ import numpy as np
 from ravis.cache import entry_lock, is_sealed, seal
 from ravis.index.base import Index, as_vectors, check_k, pad_results
 from ravis.io import load_npy, save_npy, stable_hash
+from ravis.errors import InputError
 
 #: A candidate is compared byte for byte when its score is within this relative distance of
 #: the query's squared norm (its self-similarity). The score only preselects; byte equality
@@ -128,7 +129,7 @@ def self_rows_from_ids(query_ids, memory_ids) -> np.ndarray:
     """(nq,) row of each query id among ``memory_ids`` (ints or strings, unique), -1 if absent."""
     q, m = np.asarray(query_ids), np.asarray(memory_ids)
     if q.ndim != 1 or m.ndim != 1:
-        raise ValueError(f"query_ids {q.shape} and memory_ids {m.shape} must be 1-d")
+        raise InputError(f"query_ids {q.shape} and memory_ids {m.shape} must be 1-d")
     if (q.dtype.kind in "iu") != (m.dtype.kind in "iu") or not {q.dtype.kind, m.dtype.kind} <= set("iuUSO"):
         raise TypeError(f"query_ids ({q.dtype}) and memory_ids ({m.dtype}) must both be ints or both strings")
     row_of = {item: r for r, item in enumerate(m.tolist())}
@@ -140,7 +141,7 @@ def _check_self_rows(self_rows, nq: int, nb: int) -> np.ndarray | None:
         return None
     own = np.asarray(self_rows, dtype=np.int64)
     if own.shape != (nq,) or (own.size and (own.min() < -1 or own.max() >= nb)):
-        raise ValueError(f"self_rows must be ({nq},) rows in [-1, {nb}), got {own.shape}")
+        raise InputError(f"self_rows must be ({nq},) rows in [-1, {nb}), got {own.shape}")
     return own
 
 
@@ -204,9 +205,9 @@ def cached_neighbors(
 def _load_cached(d_path: Path, i_path: Path, nq: int, k: int, nb: int):
     D, I = load_npy(d_path), load_npy(i_path)
     if D.shape != (nq, k) or D.dtype != np.float32:
-        raise ValueError(f"{d_path}: cached scores are {D.dtype}{D.shape}, expected float32({nq}, {k})")
+        raise InputError(f"{d_path}: cached scores are {D.dtype}{D.shape}, expected float32({nq}, {k})")
     if I.shape != (nq, k) or I.dtype != np.int64:
-        raise ValueError(f"{i_path}: cached ids are {I.dtype}{I.shape}, expected int64({nq}, {k})")
+        raise InputError(f"{i_path}: cached ids are {I.dtype}{I.shape}, expected int64({nq}, {k})")
     if I.size and (I.min() < -1 or I.max() >= nb):
-        raise ValueError(f"{i_path}: cached ids outside [-1, {nb})")
+        raise InputError(f"{i_path}: cached ids outside [-1, {nb})")
     return D, I
