@@ -122,8 +122,8 @@ def cmd_index(args) -> int:
 def cmd_search(args) -> int:
     import json
 
-
     from .index.multi import exact_search
+    from .io import load_npy
     from .memory.indexing import key_paths, open_memory_index
     from .memory.sharded import ShardedMemory
     from .memory.store import MemoryMismatchError
@@ -133,7 +133,7 @@ def cmd_search(args) -> int:
     # opens re-hash only files whose size, mtime or inode changed)
     memory = ShardedMemory.open(args.memdir, verify=True)
     if args.queries is not None:
-        queries, names = np.load(args.queries, allow_pickle=False).astype(np.float32), None
+        queries, names = load_npy(args.queries).astype(np.float32), None
         if queries.ndim != 2 or queries.shape[1] != memory.dim:
             raise InputError(f"{args.queries}: queries are {queries.shape}, the memory's keys are {memory.dim}-d")
         names = [f"query {i}" for i in range(len(queries))]

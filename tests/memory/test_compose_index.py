@@ -305,3 +305,11 @@ def test_an_attached_index_grows_without_touching_its_source(autofaiss_dir, tmp_
     grown.set_search_params(nprobe=16)
     _, I = grown.search(x[:50], 2)
     assert set(range(3000, 3050)) <= set(I.ravel())  # each appended copy is found
+
+
+def test_unreadable_queries_file_is_named(memdir, tmp_path, capsys):
+    """A queries file numpy cannot read (here: pickled objects) is bad input, named, not a bug."""
+    np.save(tmp_path / "q.npy", np.array([{"not": "floats"}], dtype=object), allow_pickle=True)
+    assert main(["memory", "search", str(memdir), "--queries", str(tmp_path / "q.npy"), "--exact"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'q.npy'}: not a readable .npy array" in err and "internal error" not in err
