@@ -83,7 +83,7 @@ def main() -> None:
 
     from ravis.index import load_index
     from ravis.index.build import KeyShards, add_block
-    from ravis.index.choose import parse_bytes
+    from ravis.sizes import parse_bytes
     from ravis.index.tune import recall_at_k
     from ravis.io import load_json
     from synthetic import open_shards

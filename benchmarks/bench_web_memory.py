@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
-    from ravis.index.choose import parse_bytes
+    from ravis.sizes import parse_bytes
     from ravis.io import default_cache_dir, load_json
 
     cache = args.cache or default_cache_dir()

@@ -20,10 +20,19 @@ import yaml
 
 from .errors import InputError
 from .methods import METHODS
+from .sizes import parse_bytes
 
 
 class ConfigError(InputError):
     """A config that cannot run, with the field that is wrong."""
+
+
+def _size(name: str, value) -> None:
+    """A RAM budget ("16G", "512M") must be readable when the config is, not after embedding."""
+    try:
+        parse_bytes(value)
+    except InputError as e:
+        raise ConfigError(f"{name}: {e}") from None
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -123,6 +132,8 @@ class TrainConfig:
 
     def __post_init__(self):
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
+        _size("train.memory_rows_budget", self.memory_rows_budget)
         _check(self.weight_decay >= 0, "train.weight_decay must be >= 0")
         _check(self.batch_size >= 1, "train.batch_size must be >= 1")
         _check(self.epochs >= 1, "train.epochs must be >= 1")
@@ -186,6 +197,8 @@ class DataConfig:
 
     def __post_init__(self):
         _check(bool(self.dataset), "data.dataset is empty")
+        for name in ("split_seed", "longtail_seed", "label_noise_seed"):
+            _check(getattr(self, name) >= 0, f"data.{name} must be >= 0, got {getattr(self, name)}")
         _check(0 <= self.hold_out_fraction < 1, "data.hold_out_fraction must be in [0, 1)")
         _check(self.class_depth >= 1, "data.class_depth must be >= 1")
         _check(0 < self.test_fraction < 1, "data.test_fraction must be in (0, 1)")
@@ -221,6 +234,12 @@ class MemoryConfig:
         _check(len(set(self.sources)) == len(self.sources), f"memory.source lists an entry twice: {self.source!r}")
         _check(self.values in VALUE_KINDS, f"memory.values must be one of {VALUE_KINDS}, got {self.values!r}")
         _check("{label}" in self.prompt, "memory.prompt must contain '{label}'")
+        try:
+            self.prompt.format(label="x")
+        except (ValueError, KeyError, IndexError) as e:
+            raise ConfigError(f"memory.prompt {self.prompt!r} is not a format string with only "
+                              f"{{label}} in it ({e!r}); write a literal brace as {{{{ or }}}}") from None
+        _check(self.wrong_value_seed >= 0, f"memory.wrong_value_seed must be >= 0, got {self.wrong_value_seed}")
         _check(0 <= self.wrong_value_fraction < 1, "memory.wrong_value_fraction must be in [0, 1)")
         _check(self.wrong_value_fraction == 0 or self.values == "label_prompt",
                "memory.wrong_value_fraction needs memory.values=label_prompt")
@@ -253,6 +272,7 @@ class RetrievalConfig:
 
     def __post_init__(self):
         _check(self.k >= 1, "retrieval.k must be >= 1")
+        _size("retrieval.budget", self.budget)
         _check(0 < self.target_recall <= 1, "retrieval.target_recall must lie in (0, 1]")
         _check(all(1 <= v <= self.k for v in self.vote_ks), "retrieval.vote_ks must lie in [1, k]")
         _check(1 <= self.rac_texts <= self.k, "retrieval.rac_texts must lie in [1, k]")
@@ -284,6 +304,7 @@ class ExperimentConfig:
         _check(bool(self.name), "experiment name is empty")
         _check(self.seeds is None or (len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds)),
                f"{self.name}: seeds must be a non-empty list without repeats, got {self.seeds}")
+        _check(self.seeds is None or all(s >= 0 for s in self.seeds), f"{self.name}: seeds must be >= 0, got {self.seeds}")
         unknown = sorted(set(self.methods) - set(METHODS))
         _check(not unknown, f"{self.name}: unknown methods {unknown}; choose from {list(METHODS)}")
         if self.train.finetune_encoder and self.train.finetune_keys == "reembed":
@@ -415,16 +436,18 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 def _set_dotted(tree: dict, dotted: str, value) -> None:
     node, parts = tree, dotted.split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts):
         if isinstance(node, list):
-            node = node[int(part)]
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:depth]) or 'the config'} is a "
+                                  f"list of {len(node)}, and {part!r} is not an index into it")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:depth])} is a value, not a section")
+        if depth == len(parts) - 1:
+            node[part] = value
         else:
-            node = node.setdefault(part, {})
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+            node = node[part] if isinstance(node, list) else node.setdefault(part, {})
 
 
 #: Config sections that belong to each experiment; a preset may give them once for all.
@@ -433,7 +456,10 @@ STAGE_KEYS = ("data", "memory", "retrieval", "train", "mam", "methods", "seeds")
 
 def _parse_value(raw: str):
     """YAML scalar parsing, plus the floats YAML 1.1 leaves as strings ("3e-3")."""
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: a date that does not exist
+        raise ConfigError(f"cannot read the value {raw!r} ({e})") from e
     if isinstance(value, str):
         try:
             return float(value)
@@ -458,7 +484,10 @@ def resolve(tree: dict, overrides: list[str] = ()) -> RunConfig:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
-        parsed.append((key, _parse_value(raw)))
+        try:
+            parsed.append((key, _parse_value(raw)))
+        except ConfigError as e:
+            raise ConfigError(f"override {item!r}: {e}") from e
     # Overrides of the run and of its experiments (``experiments=[...]`` included) come before
     # the defaults are merged in, so a replaced experiment list gets them too; an
     # experiment's own settings still win over the defaults.
@@ -495,8 +524,8 @@ def load_preset(path: Path | str, overrides: list[str] = ()) -> RunConfig:
     if not path.exists():
         raise ConfigError(f"{path}: no such preset")
     try:
-        tree = _expand_env(yaml.safe_load(path.read_text()) or {})
-    except yaml.YAMLError as e:
+        tree = _expand_env(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: not UTF-8, or a date that does not exist
         raise ConfigError(f"{path}: invalid YAML ({e})") from e
     try:
         return resolve(tree, overrides)

@@ -1,4 +1,4 @@
-"""The error ravis raises when one of its own checks fails."""
+"""The error ravis raises when one of its checks on what it was given fails."""
 
 
 class InputError(ValueError):
@@ -6,6 +6,7 @@ class InputError(ValueError):
     argument), and the message names the problem and where it is.
 
     A ValueError, so callers of the library catch it as before. The command line reports it
-    as one line; a ValueError of any other kind comes from a library ravis called with
-    something it should not have, which is a bug in ravis, and is reported as one.
+    as one line. Any other ValueError is a bug in ravis and is reported as one: a library
+    ravis called was given something it should not have been, or one of ravis's checks on
+    how its own parts call each other (a plain ValueError) failed.
     """

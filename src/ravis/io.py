@@ -94,7 +94,7 @@ def to_json(obj) -> str:
 def load_json(path: Path | str):
     try:
         return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: invalid JSON ({e})") from e
 
 

@@ -133,7 +133,10 @@ def cmd_search(args) -> int:
     # opens re-hash only files whose size, mtime or inode changed)
     memory = ShardedMemory.open(args.memdir, verify=True)
     if args.queries is not None:
-        queries, names = load_npy(args.queries).astype(np.float32), None
+        queries = load_npy(args.queries)
+        if not np.issubdtype(queries.dtype, np.number):
+            raise InputError(f"{args.queries}: queries must be numbers, not {queries.dtype}")
+        queries = queries.astype(np.float32)
         if queries.ndim != 2 or queries.shape[1] != memory.dim:
             raise InputError(f"{args.queries}: queries are {queries.shape}, the memory's keys are {memory.dim}-d")
         names = [f"query {i}" for i in range(len(queries))]

@@ -9,7 +9,8 @@ import pytest
 from ravis.index import FaissIndex, load_index
 from ravis.index import build as build_mod
 from ravis.index.build import add_to_index, build_index
-from ravis.index.choose import choose_index, parse_bytes
+from ravis.index.choose import choose_index
+from ravis.sizes import parse_bytes
 from ravis.index.multi import MultiIndex, exact_search, merge_topk
 from ravis.index.tune import recall_at_k
 

@@ -14,7 +14,7 @@ from ..encoders import create_text_encoder
 from ..encoders.embed import embed_texts
 from ..evaluation.metrics import paired_gain, prediction_metrics, selection_score
 from ..fusion import RetrievalClassifier, build_model, knn_vote
-from ..index.choose import parse_bytes
+from ..sizes import parse_bytes
 from ..io import stable_hash
 from ..methods import method
 from ..training.data import MemoryTensors, QuerySet

@@ -13,7 +13,6 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from ..errors import InputError
 from .heads import MLP, NoMemory
 from .knn_vote import knn_vote
 from .mean_knn import MeanKNN
@@ -25,7 +24,7 @@ def create_fusion(name: str, dim: int, value_dim: int, **kwargs) -> nn.Module:
     """Builds the fusion module of registered method ``name`` (:mod:`ravis.methods`)."""
     spec = method(name)
     if not spec.trains:
-        raise InputError(f"method {name!r} has no fusion module: it trains nothing")
+        raise ValueError(f"method {name!r} has no fusion module: it trains nothing")
     return globals()[spec.fusion](dim, value_dim, **kwargs)
 
 
@@ -95,7 +94,7 @@ class RetrievalClassifier(nn.Module):
                     num_classes: int | None = None) -> torch.Tensor:
         """(B, C) the learned vote's mass per class (C: ``num_classes``, default the trained)."""
         if labels is None:
-            raise InputError("this classifier reads the neighbours' labels; none were given")
+            raise ValueError("this classifier reads the neighbours' labels; none were given")
         top = int(self.label_k) or keys.shape[1]
         labelled = labels >= 0
         votes_mask = labelled & (labelled.cumsum(dim=1) <= top)  # the first `top` labelled

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -40,8 +41,9 @@ from ..errors import InputError
 from ..io import atomic_path, load_json, load_npy, quiet_native, save_json, save_npy
 from ..progress import progress_bar
 from ..ray_tasks import run_tasks
+from ..sizes import parse_bytes
 from .base import META_NAME, STAMPS_NAME
-from .choose import IndexChoice, choose_index, parse_bytes
+from .choose import IndexChoice, choose_index
 from .faiss_index import INDEX_NAME, IVFDATA_NAME, FaissIndex
 from .multi import by_part, exact_search
 from .tune import drop_self, measure, tune
@@ -209,7 +211,7 @@ def _make_plan(keys: KeyShards, budget: int, backend: str, factory: str | None, 
         family = ("flat" if factory == "Flat" else "hnsw" if factory.startswith("HNSW") else
                   "ivf-fs" if "fs," in factory and "Refine" in factory else
                   "ivf-pq" if "PQ" in factory else "ivf-sq8" if "SQ" in factory else "ivf-flat")
-        nlist = int(factory.split("IVF")[1].split(",")[0].split("_")[0]) if "IVF" in factory else 0
+        nlist = _ivf_lists(factory)
         choice = IndexChoice(factory, family, nlist, 0, min(keys.n, 50 * nlist) if nlist else 0,
                              "factory string given")
     else:
@@ -467,3 +469,14 @@ def add_to_index(folder: Path | str, shards: Sequence, names: Sequence[str], off
     index.info["bytes_on_disk"] = _folder_bytes(folder)
     index.save_meta(folder)
     return index
+
+
+def _ivf_lists(factory: str) -> int:
+    """The number of inverted lists a faiss factory string asks for (0: not an IVF index)."""
+    if "IVF" not in factory:
+        return 0
+    m = re.match(r"(\d+)", factory.split("IVF", 1)[1])
+    if not m:
+        raise InputError(f"index factory {factory!r}: IVF must be followed by its number of "
+                         "lists, e.g. IVF1024,Flat")
+    return int(m.group(1))

@@ -34,10 +34,10 @@ per list (faiss warns below 39).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass
 
 from ..errors import InputError
+from ..sizes import parse_bytes
 
 EXACT_MAX = 100_000
 HNSW_MAX = 1_000_000
@@ -47,17 +47,6 @@ FILL = 0.85  # fraction of the budget the index may occupy
 PQ_BYTES = (256, 192, 128, 96, 64, 48, 32, 24, 16, 8)
 TRAIN_PER_LIST = 50
 ID_BYTES = 8  # each IVF entry stores its int64 id
-
-
-def parse_bytes(text: str | int) -> int:
-    """'16G', '512M', '2.5GB', '1e9' or an int -> bytes (powers of 1024 for K/M/G/T)."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)i?B?\s*", str(text), re.IGNORECASE)
-    if not m:
-        raise InputError(f"cannot read a size from {text!r}; write e.g. 16G, 512M or 1e9")
-    scale = 1024 ** " KMGT".index(m.group(2).upper() or " ")
-    return int(float(m.group(1)) * scale)
 
 
 @dataclass(frozen=True)

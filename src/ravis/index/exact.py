@@ -43,7 +43,7 @@ class ExactIndex(ExactBackend):
     def __init__(self, d: int, *, block_bytes: int = 256 << 20, max_block_queries: int = 1024,
                  device=None):
         if d < 1 or block_bytes < 4 or max_block_queries < 1:
-            raise InputError(f"bad ExactIndex arguments: d={d}, block_bytes={block_bytes}, "
+            raise ValueError(f"bad ExactIndex arguments: d={d}, block_bytes={block_bytes}, "
                              f"max_block_queries={max_block_queries}")
         self.spec, self.d = "exact", int(d)
         self.block_bytes, self.max_block_queries = int(block_bytes), int(max_block_queries)

@@ -50,7 +50,7 @@ class MultiIndex:
 
     def __init__(self, parts: Sequence[Index]):
         if not parts:
-            raise InputError("MultiIndex needs at least one part")
+            raise ValueError("MultiIndex needs at least one part")
         dims = {p.d for p in parts}
         if len(dims) != 1:
             raise InputError(f"index parts disagree on dimension: {sorted(dims)}")

@@ -30,7 +30,13 @@ def _options(text: str) -> dict:
         name, _, value = item.partition("=")
         if name not in DEFAULTS:
             raise InputError(f"unknown ScaNN option {name!r} in {text!r}; known: {sorted(DEFAULTS)}")
-        opts[name] = value if name == "reorder" else type(DEFAULTS[name])(float(value))
+        if name == "reorder":
+            opts[name] = value
+            continue
+        try:
+            opts[name] = type(DEFAULTS[name])(float(value))
+        except ValueError:
+            raise InputError(f"ScaNN option {name!r} in {text!r} needs a number, e.g. {name}={DEFAULTS[name]}") from None
     if opts["reorder"] not in ("float32", "int8"):
         raise InputError(f"ScaNN reorder must be float32 or int8, got {opts['reorder']!r}")
     return opts

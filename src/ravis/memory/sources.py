@@ -152,8 +152,12 @@ def expand(pattern: str, spec: str | None = None) -> list[str]:
     """
     from braceexpand import braceexpand
 
+    try:
+        names = list(braceexpand(pattern))
+    except ValueError as e:  # UnbalancedBracesError
+        raise SourceError(f"source {spec or pattern!r}: {e}") from e
     found = set()
-    for name in braceexpand(pattern):
+    for name in names:
         if glob.has_magic(name):
             found.update(glob.glob(name))
         else:

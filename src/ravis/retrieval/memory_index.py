@@ -18,7 +18,7 @@ import torch
 from ..config import RetrievalConfig
 from ..errors import InputError
 from ..index.build import KeyShards, index_over, is_approximate
-from ..index.choose import parse_bytes
+from ..sizes import parse_bytes
 from ..index.mapped import MappedExactIndex
 from ..index.multi import MultiIndex
 from ..io import stable_hash

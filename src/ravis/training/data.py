@@ -13,8 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import InputError
-
 
 @dataclass
 class MemoryTensors:
@@ -124,7 +122,7 @@ class QuerySet:
         nbr_labels = None
         if "labels" in reads:
             if self.neighbor_labels is None:
-                raise InputError("the model reads its neighbours' labels; this query set has none")
+                raise ValueError("the model reads its neighbours' labels; this query set has none")
             nbr_labels = self.neighbor_labels[idx]
         return (self.z[idx], keys, values, nbr_labels), self.labels[idx]
 
