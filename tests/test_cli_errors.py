@@ -80,3 +80,15 @@ def test_library_parsers_raise_input_errors(tmp_path):
     (tmp_path / "bad.json").write_bytes(b"\xff\xfe not utf-8")
     with pytest.raises(InputError, match="bad.json: invalid JSON"):
         load_json(tmp_path / "bad.json")
+
+
+def test_files_that_are_not_utf8_are_named(tmp_path, capsys):
+    from ravis.data.lt_split import read_class_names
+
+    bad = tmp_path / "names.txt"
+    bad.write_bytes(b"cat\n\xffdog\n")
+    with pytest.raises(InputError, match="names.txt: not a UTF-8 text file"):
+        read_class_names(bad)
+    assert main(["serve", str(tmp_path), "--allow-edits", "--edit-token-file", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "the edit token file is not UTF-8 text" in err and "internal error" not in err

@@ -180,7 +180,10 @@ def _edit_token(args) -> str | None:
     if not args.edit_token_file:
         raise InputError("--allow-edits needs --edit-token-file FILE: a file holding the bearer "
                          "token that edit requests must carry")
-    token = Path(args.edit_token_file).read_text().strip()
+    try:
+        token = Path(args.edit_token_file).read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{args.edit_token_file}: the edit token file is not UTF-8 text ({e})") from None
     if len(token) < 16:
         raise InputError(f"{args.edit_token_file}: the edit token must be at least 16 characters "
                          "(for example: python -c 'import secrets; print(secrets.token_urlsafe())')")

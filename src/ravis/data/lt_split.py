@@ -73,7 +73,10 @@ def default_class_names(n: int) -> list[str]:
 
 def read_class_names(path: Path | str) -> list[str]:
     """One name per line; trailing blank lines are ignored, blank lines inside are an error."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a UTF-8 text file ({e})") from None
     while lines and not lines[-1].strip():
         lines.pop()
     names = [line.strip() for line in lines]
