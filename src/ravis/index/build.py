@@ -220,6 +220,17 @@ def _make_plan(keys: KeyShards, budget: int, backend: str, factory: str | None, 
             "choice": choice.to_dict(), "seed": seed, "target_recall": target, "k": k}
 
 
+def _ivf_lists(factory: str) -> int:
+    """The number of inverted lists a faiss factory string asks for (0: not an IVF index)."""
+    if "IVF" not in factory:
+        return 0
+    m = re.match(r"(\d+)", factory.split("IVF", 1)[1])
+    if not m:
+        raise InputError(f"index factory {factory!r}: IVF must be followed by its number of "
+                         "lists, e.g. IVF1024,Flat")
+    return int(m.group(1))
+
+
 def _plan(keys: KeyShards, out: Path, budget: int, backend: str, factory: str | None,
           target: float, k: int, seed: int) -> dict:
     plan = _make_plan(keys, budget, backend, factory, target, k, seed)
@@ -469,14 +480,3 @@ def add_to_index(folder: Path | str, shards: Sequence, names: Sequence[str], off
     index.info["bytes_on_disk"] = _folder_bytes(folder)
     index.save_meta(folder)
     return index
-
-
-def _ivf_lists(factory: str) -> int:
-    """The number of inverted lists a faiss factory string asks for (0: not an IVF index)."""
-    if "IVF" not in factory:
-        return 0
-    m = re.match(r"(\d+)", factory.split("IVF", 1)[1])
-    if not m:
-        raise InputError(f"index factory {factory!r}: IVF must be followed by its number of "
-                         "lists, e.g. IVF1024,Flat")
-    return int(m.group(1))
