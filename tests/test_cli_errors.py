@@ -92,3 +92,16 @@ def test_files_that_are_not_utf8_are_named(tmp_path, capsys):
     assert main(["serve", str(tmp_path), "--allow-edits", "--edit-token-file", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "the edit token file is not UTF-8 text" in err and "internal error" not in err
+
+
+def test_a_damaged_run_config_is_named(tmp_path):
+    """open_run checks config.yaml's sha256 first; load_config, a library call of its own,
+    names the file too."""
+    from ravis.run_folder import load_config
+
+    (tmp_path / "config.yaml").write_text("experiments: [unclosed\n")
+    with pytest.raises(InputError, match="config.yaml: invalid YAML"):
+        load_config(tmp_path)
+    (tmp_path / "config.yaml").write_text("recipe: nonsense\n")
+    with pytest.raises(InputError, match="config.yaml: unknown recipe"):
+        load_config(tmp_path)

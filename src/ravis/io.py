@@ -93,7 +93,8 @@ def to_json(obj) -> str:
 
 def load_json(path: Path | str):
     try:
-        return json.loads(Path(path).read_text())
+        # bytes, not read_text(): json.loads reads UTF-8 whatever the locale's encoding
+        return json.loads(Path(path).read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: invalid JSON ({e})") from e
 

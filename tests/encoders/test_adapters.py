@@ -292,6 +292,17 @@ def test_timm_checkpoint_of_another_model_is_refused(tmp_path):
                              model_kwargs=TIMM_KW)
 
 
+def test_hf_folder_of_another_kind_is_input_error(tmp_path):
+    """A folder whose config.json names no transformers model is the user's input, named as
+    such, not a bug in ravis (the CLI prints an InputError as one line)."""
+    require("transformers")
+    from ravis.errors import InputError
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "not-a-model"}))
+    with pytest.raises(InputError, match=f"hf:{tmp_path}: transformers cannot load it"):
+        create_image_encoder(f"hf:{tmp_path}", device="cpu")
+
+
 def test_timm_preprocess_follows_pretrained_cfg(tmp_path):
     require("timm")
     spec, _ = timm_resnet(tmp_path, seed=0)

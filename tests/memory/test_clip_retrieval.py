@@ -175,7 +175,22 @@ BROKEN = {  # name: (damage done to a good folder, the error it must give)
                      r"img_emb_2\.npy: row 33: norm 2\.0000; keys must be unit vectors"),
     "no caption": (lambda s: _rewrite_meta(s, M1, lambda t: t.drop(["caption"])),
                    r"metadata_1\.parquet: no caption column"),
+    "binary caption": (lambda s: _rewrite_meta(s, M1, lambda t: t.set_column(
+        0, "caption", t.column("caption").cast(pa.binary()))),
+                       r"metadata_1\.parquet: the caption column holds binary, not text"),
+    "caption not UTF-8": (lambda s: _rewrite_meta(s, M2, lambda t: t.set_column(
+        0, "caption", _not_utf8(t.column("caption").combine_chunks(), 19))),
+                          r"metadata_2\.parquet: rows 16 to 23 hold text that is not UTF-8"),
 }
+
+
+def _not_utf8(captions: pa.Array, row: int) -> pa.Array:
+    """captions with row's first byte made 0xff: parquet stores such a string unchecked."""
+    validity, offsets, data = captions.buffers()
+    raw = bytearray(data.to_pybytes())
+    raw[int(np.frombuffer(offsets, np.int32)[captions.offset + row])] = 0xFF
+    return pa.Array.from_buffers(pa.string(), len(captions), [validity, offsets, pa.py_buffer(bytes(raw))],
+                                 offset=captions.offset)
 
 
 @pytest.mark.parametrize("case", list(BROKEN))

@@ -29,6 +29,7 @@ from PIL import Image
 
 from ..device import autocast, to_device
 from ..errors import InputError
+from ..io import load_json
 from .base import l2_normalize
 from .fingerprint import settings_digest, state_digest, text_digest
 from .preprocess import resize_center_crop, to_chw, to_rgb
@@ -41,8 +42,11 @@ def _load_model(name_or_path: str, device: torch.device):
     """(model in eval mode, the weights missing from the checkpoint, which AutoModel made up)."""
     from transformers import AutoModel
 
-    model, info = AutoModel.from_pretrained(name_or_path, local_files_only=Path(name_or_path).exists(),
-                                            output_loading_info=True)
+    try:
+        model, info = AutoModel.from_pretrained(name_or_path, local_files_only=Path(name_or_path).exists(),
+                                                output_loading_info=True)
+    except ValueError as e:  # "Unrecognized model": a folder or hub id of something else
+        raise InputError(f"hf:{name_or_path}: transformers cannot load it as a model: {e}") from e
     missing = sorted(info.get("missing_keys", ()))
     others = [k for k in missing if "pooler" not in k]
     if others:
@@ -53,12 +57,12 @@ def _load_model(name_or_path: str, device: torch.device):
 def _read_preprocessor_config(name_or_path: str) -> dict:
     if Path(name_or_path).exists():
         path = Path(name_or_path) / "preprocessor_config.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return load_json(path) if path.is_file() else {}
     from transformers.utils import cached_file
 
     path = cached_file(name_or_path, "preprocessor_config.json",
                        _raise_exceptions_for_missing_entries=False)
-    return json.loads(Path(path).read_text()) if path else {}
+    return load_json(path) if path else {}
 
 
 def _side(size) -> tuple[str, int]:

@@ -139,7 +139,7 @@ def index_over(vectors, spec: str, folder: Path | str | None = None, *, budget: 
 
 def _built_index(keys: KeyShards, spec: str, folder, budget, target: float, k: int, progress: bool):
     if folder is None:
-        raise InputError(f"index {spec!r} is built and tuned on the memory: it needs a folder")
+        raise ValueError(f"index {spec!r} is built and tuned on the memory: it needs a folder")  # a caller bug
     name, _, options = spec.partition(":")
     args = dict(budget=budget, target_recall=target, k=min(k, keys.n - 1),
                 backend="scann" if name == "scann" else "faiss", factory=options or None)
@@ -310,7 +310,7 @@ def _add_blocks(keys: KeyShards, out: Path, trained: Path, engine: str, progress
                       enabled=progress) as bar:
         if engine == "ray":
             if any(not isinstance(keys.sources[i], (str, os.PathLike)) for i in todo):
-                raise InputError("engine='ray' needs key shards given as .npy paths")
+                raise ValueError("engine='ray' needs key shards given as .npy paths")  # a caller bug
             run_tasks(add_block, [(str(trained), str(keys.sources[i]), int(keys.offsets[i]), str(blocks[i]))
                                   for i in todo], lambda _: bar.update(1))
         else:

@@ -137,7 +137,7 @@ class FaissIndex:
 
     def add(self, xb) -> None:
         if not self.index.is_trained:
-            raise InputError(f"{self.spec}: train the index before adding vectors")
+            raise ValueError(f"{self.spec}: train the index before adding vectors")  # a call-order bug
         self.index.add(as_vectors(xb, self.d, "xb"))
 
     def set_search_params(self, **params) -> None:

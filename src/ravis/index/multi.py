@@ -71,7 +71,7 @@ class MultiIndex:
         return all(p.is_trained for p in self.parts)
 
     def train(self, xb) -> None:
-        raise InputError("a MultiIndex is not trained as a whole: train each part on its own rows")
+        raise ValueError("a MultiIndex is not trained as a whole: train each part on its own rows")
 
     @property
     def search_params(self) -> dict:

@@ -82,7 +82,7 @@ class ScannIndex:
 
     def add(self, xb) -> None:
         if self.searcher is not None:
-            raise InputError("a built ScaNN index cannot take more vectors; build a new one")
+            raise ValueError("a built ScaNN index cannot take more vectors; build a new one")  # a call-order bug
         xb = as_vectors(xb, self.d, "xb")
         self._pending.append(xb)
         self._n += len(xb)

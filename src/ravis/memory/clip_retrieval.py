@@ -101,7 +101,8 @@ def _npy_shape(path: Path) -> tuple[int, int, str]:
 
 
 def _meta_rows(path: Path) -> int:
-    """The metadata file's row count, from its footer; it must have a caption column."""
+    """The metadata file's row count, from its footer; it must have a text caption column."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -110,6 +111,9 @@ def _meta_rows(path: Path) -> int:
         raise ClipRetrievalError(f"{path}: not a readable parquet file ({e})") from e
     if "caption" not in f.schema_arrow.names:
         raise ClipRetrievalError(f"{path}: no caption column (columns: {f.schema_arrow.names})")
+    kind = f.schema_arrow.field("caption").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        raise ClipRetrievalError(f"{path}: the caption column holds {kind}, not text")
     return f.metadata.num_rows
 
 
@@ -196,7 +200,12 @@ def _meta_batches(path: Path, name: str, source_name: str | None, default_source
     lookup = {c: i for i, c in enumerate(class_names)}
     start = 0
     for batch in f.iter_batches(batch_size=BLOCK_ROWS):
-        cols, n = batch.to_pydict(), batch.num_rows
+        n = batch.num_rows
+        try:
+            cols = batch.to_pydict()
+        except UnicodeDecodeError as e:  # parquet does not check that its strings are UTF-8
+            raise ClipRetrievalError(f"{path}: rows {start} to {start + n - 1} hold text that is "
+                                     f"not UTF-8 ({e})") from None
         ids = cols[id_col] if id_col else [None] * n
         yield meta_table(
             ids=[f"{name}/{start + r}" if v is None else str(v) for r, v in enumerate(ids)],

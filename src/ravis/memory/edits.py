@@ -566,7 +566,7 @@ class EditedIndex:
         return True
 
     def train(self, xb) -> None:
-        raise InputError("an edited memory's index follows its edits; it is not trained")
+        raise ValueError("an edited memory's index follows its edits; it is not trained")
 
     @property
     def search_params(self) -> dict:
@@ -576,7 +576,7 @@ class EditedIndex:
         self.base_index.set_search_params(**params)
 
     def add(self, xb) -> None:
-        raise InputError("add entries to an edited memory with an edit, not to its index")
+        raise ValueError("add entries to an edited memory with an edit, not to its index")
 
     def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
         xq, k = as_vectors(xq, self.d, "xq"), check_k(k)

@@ -8,12 +8,12 @@ the chosen experiment for the page to offer.
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from ..io import load_json
 from .uploads import ApiError
 
 SAMPLES = 8  # test images offered per experiment: the first of as many classes
@@ -78,7 +78,7 @@ class ServedModels:
 
         folder = experiment_dir(self.run_dir, name)
         try:
-            ids = json.loads((folder / "test_ids.json").read_text())
+            ids = load_json(folder / "test_ids.json")
             with np.load(folder / "predictions.npz") as f:
                 labels = f["labels"]
             store = ThumbnailStore.open(folder / "test_thumbnails.parquet")
