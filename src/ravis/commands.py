@@ -224,7 +224,7 @@ def cmd_predict(args) -> int:
 def cmd_memory(args) -> int:
     from . import memory_commands
 
-    return getattr(memory_commands, f"cmd_{args.memory_verb}")(args)
+    return getattr(memory_commands, f"cmd_memory_{args.memory_verb}")(args)
 
 
 def cmd_presets(args) -> int:

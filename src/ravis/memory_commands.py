@@ -1,7 +1,8 @@
 """``ravis memory <sub-verb>``: sharded web-scale memories (see :mod:`ravis.cli` for arguments).
 
-One function per sub-verb, ``cmd_<verb>(args) -> exit code``; :func:`ravis.commands.cmd_memory`
-dispatches on ``args.memory_verb``.
+One function per sub-verb, ``cmd_memory_<verb>(args) -> exit code``, named apart from the
+stage verbs of :mod:`ravis.commands` (``ravis index`` and ``ravis memory index`` differ);
+:func:`ravis.commands.cmd_memory` dispatches on ``args.memory_verb``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _errors():
     return (ShardReadError,)
 
 
-def cmd_build(args) -> int:
+def cmd_memory_build(args) -> int:
     from .memory.shard_build import build_sharded_memory
 
     _use_cache(args)
@@ -57,7 +58,7 @@ def cmd_build(args) -> int:
     return 0
 
 
-def cmd_add(args) -> int:
+def cmd_memory_add(args) -> int:
     from .memory.shard_build import add_shards
     from .memory.sharded import ShardedMemory
 
@@ -76,7 +77,7 @@ def cmd_add(args) -> int:
     return 0
 
 
-def cmd_verify(args) -> int:
+def cmd_memory_verify(args) -> int:
     """Exit 0 when every file matches the manifest and, if the memory has a finished index,
     every index file matches index.json (all re-hashed); MemoryMismatchError or
     IndexFileError (exit 2) names the first bad file otherwise."""
@@ -96,7 +97,7 @@ def cmd_verify(args) -> int:
     return 0
 
 
-def cmd_index(args) -> int:
+def cmd_memory_index(args) -> int:
     from .memory.indexing import attach_index, index_memory
 
     t0 = time.perf_counter()
@@ -119,7 +120,7 @@ def cmd_index(args) -> int:
     return 0
 
 
-def cmd_search(args) -> int:
+def cmd_memory_search(args) -> int:
     import json
 
     from .index.multi import exact_search
@@ -182,7 +183,7 @@ def entries(memory, rows) -> dict[int, dict]:
     return out
 
 
-def cmd_import(args) -> int:
+def cmd_memory_import(args) -> int:
     from .memory.clip_retrieval import DiskFullError, import_clip_retrieval
 
     _use_cache(args)
@@ -198,7 +199,7 @@ def cmd_import(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
+def cmd_memory_export(args) -> int:
     from .memory.clip_retrieval import export_clip_retrieval
 
     n = export_clip_retrieval(args.memdir, args.out, progress=not args.quiet)
@@ -207,7 +208,7 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_edit(args) -> int:
+def cmd_memory_edit(args) -> int:
     import json
 
     from .data.images import open_image
@@ -262,7 +263,7 @@ def _pair(text: str) -> tuple[str, str]:
     return entry, label
 
 
-def cmd_compact(args) -> int:
+def cmd_memory_compact(args) -> int:
     from .editor import compact
 
     _use_cache(args)
