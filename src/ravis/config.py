@@ -57,6 +57,9 @@ class MAMConfig:
     # labels in the experiment's classes: a learned kNN vote that it starts as
     # (ravis.fusion.RetrievalClassifier)
     label_evidence: bool = True
+    # that vote with each neighbour weighted by 1 / its class's count in the memory, so a
+    # long-tailed memory's prior does not return through it (docs/method.md, "Label evidence")
+    balance_votes: bool = True
 
     def __post_init__(self):
         _check(self.num_layers >= 1, f"mam.num_layers must be >= 1, got {self.num_layers}")
@@ -359,7 +362,7 @@ RECIPES: dict[str, dict] = {
                   "val_fraction": 0.0, "patience": 0},
         "mam": {"num_layers": 8, "similarity_init": False, "learn_temperature": False,
                 "similarity_bias": False, "attn_dropout": 0.0, "qk_lr_scale": 1.0,
-                "query_dropout": 0.0, "label_evidence": False},
+                "query_dropout": 0.0, "label_evidence": False, "balance_votes": False},
         "retrieval": {"k": 100},
     },
 }

@@ -90,7 +90,11 @@ class Predictor:
         base.check_query_encoder(encoder.fingerprint(), encoder.dim)
         class_names = list(info["class_names"])
         model = build_model(method, exp, memory.dim, memory.value_dim, len(class_names)).to(device)
-        model.load_state_dict(load_file(str(weights), device=str(device)))
+        state = load_file(str(weights), device=str(device))
+        if hasattr(model, "label_counts"):
+            # weights from before votes were balanced: all counts equal, the plain vote they had
+            state.setdefault("label_counts", model.label_counts)
+        model.load_state_dict(state)
         model.eval()
         retrieval = dataclasses.replace(exp.retrieval, index=index) if index else exp.retrieval
         searcher = EditedIndex(memory_index(base, retrieval, Path(cache_dir or default_cache_dir()),

@@ -116,23 +116,31 @@ def test_paired_gain_counts_only_disagreements():
     assert paired_gain(ref, ref, labels, "top1") == (0.0, 0.0)
 
 
+@pytest.mark.parametrize("select_on", ["top1", "balanced"])
 @pytest.mark.parametrize("margin, kept", [(0.0, "trained"), (1e6, "untrained")])
-def test_the_vote_is_kept_unless_training_beats_it_by_the_margin(margin, kept, tmp_path):
+def test_the_vote_is_kept_unless_training_beats_it_by_the_margin(margin, kept, select_on, tmp_path):
     """With label evidence the untrained model is the kNN vote; an impossible margin keeps
-    it (its predictions are the vote's), no margin keeps what scores best on validation."""
+    it (its predictions are the vote's: plain where the score is top-1, balanced by the
+    memory's long-tailed class counts where it is balanced accuracy), no margin keeps what
+    scores best on validation."""
     prep = synthetic([300, 120, 40, 12, 6, 3], [60] * 6, dataset_spec="fashion-mnist", noise=1.2)
     prep.config.train.select_margin = margin
+    prep.config.train.select_on = select_on
     result = train_method("mam", prep, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
-    assert result.details["kept"] in ("trained", "untrained")
+    simplest = "balanced" if select_on == "balanced" else "untrained"
+    assert result.details["vs_vote_on_validation"]["vote"] == simplest
+    assert result.details["kept"] in ("trained", "untrained", "balanced")
     if kept == "untrained":
-        assert result.details["kept"] == "untrained" and result.details["posthoc_tau"] == 0.0
+        assert result.details["kept"] == simplest and result.details["posthoc_tau"] == 0.0
         vote = vote_result(prep)
         assert result.details["label_k"] == vote.details["k"]
-        np.testing.assert_array_equal(result.logits.argmax(1), vote.logits.argmax(1))
+        counts = prep.memory_label_counts if simplest == "balanced" else np.ones(6)
+        assert (counts != counts[0]).any() or simplest == "untrained"
+        np.testing.assert_array_equal(result.logits.argmax(1), (vote.logits / counts).argmax(1))
     else:  # the best on validation, which scores at least the vote
         gain = result.details["vs_vote_on_validation"]["gain"]
         assert gain >= 0
-        plain_vote = result.details["kept"] == "untrained" and result.details["posthoc_tau"] == 0.0
+        plain_vote = result.details["kept"] == simplest and result.details["posthoc_tau"] == 0.0
         assert plain_vote == (gain == 0)
 
 

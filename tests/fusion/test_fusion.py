@@ -143,11 +143,15 @@ def test_knn_vote_matches_its_formula():
         knn_vote(D, labels, 3, k=4)
 
 
-def test_label_evidence_matches_its_formula():
+@pytest.mark.parametrize("counts", [None, [1000, 100, 10, 3]], ids=["plain", "balanced"])
+def test_label_evidence_matches_its_formula(counts):
+    """The learned vote against a loop over the formula; with the memory's class counts each
+    neighbour's weight is divided by its class's count before the votes are normalised."""
     torch.manual_seed(0)
     C, eps, top = 4, 0.01, 3
     fusion = create_fusion("mam", D, DV, num_layers=2, learn_temperature=True)
-    model = RetrievalClassifier(fusion, D, C, label_evidence=True, label_k=top, label_eps=eps)
+    model = RetrievalClassifier(fusion, D, C, label_evidence=True, label_k=top, label_eps=eps,
+                                label_counts=counts)
     with torch.no_grad():
         model.label_weight.fill_(0.7)
         model.head.weight.normal_()
@@ -157,9 +161,10 @@ def test_label_evidence_matches_its_formula():
     f, a = fusion(z, keys, values)
     expected = model.head(f).detach().clone()
     s = float(model.label_log_scale.detach().exp())
+    n = counts or [1] * C
     for b in range(B):
         voters = [j for j in range(K) if int(labels[b, j]) >= 0][:top]  # the 3 nearest labelled
-        e = {j: math.exp(s * float(z[b] @ keys[b, j])) for j in voters}
+        e = {j: math.exp(s * float(z[b] @ keys[b, j])) / n[int(labels[b, j])] for j in voters}
         for c in range(C):
             mass = sum(e[j] for j in voters if int(labels[b, j]) == c) / sum(e.values()) if e else 0.0
             expected[b, c] += 0.7 * math.log(eps + mass)
@@ -184,6 +189,26 @@ def test_untrained_label_evidence_is_the_knn_vote():
     sim = torch.einsum("bd,bkd->bk", z, keys).numpy()
     vote = knn_vote(sim, labels.numpy(), C, top, 0.07)
     np.testing.assert_array_equal(logits.argmax(1).numpy(), vote.argmax(1))
+
+
+def test_balanced_votes_with_equal_counts_are_the_plain_vote():
+    """A balanced memory (every class the same count) gives exactly the plain vote; a class
+    added after training (label C) weighs as a class of the trained classes' mean count."""
+    torch.manual_seed(4)
+    C = 3
+    fusion = create_fusion("mam", D, DV, num_layers=1)
+    plain = RetrievalClassifier(fusion, D, C, label_evidence=True)
+    even = RetrievalClassifier(fusion, D, C, label_evidence=True, label_counts=[50, 50, 50])
+    z, keys, values = inputs()
+    labels = torch.randint(0, C + 1, (B, K))
+    torch.testing.assert_close(even(z, keys, values, labels, C + 1)[0],
+                               plain(z, keys, values, labels, C + 1)[0], rtol=0, atol=0)
+    skewed = RetrievalClassifier(fusion, D, C, label_evidence=True, label_counts=[10, 20, 30])
+    mean_counts = RetrievalClassifier(fusion, D, C + 1, label_evidence=True, label_counts=[10, 20, 30, 20])
+    torch.testing.assert_close(skewed.label_votes(z, keys, labels, C + 1),
+                               mean_counts.label_votes(z, keys, labels))
+    with pytest.raises(ValueError, match="label_counts has shape"):
+        RetrievalClassifier(fusion, D, C, label_evidence=True, label_counts=[1, 2])
 
 
 def test_unlabelled_neighbours_move_no_class():

@@ -46,6 +46,27 @@ def test_predictions_equal_the_evaluated_ones(tiny_run, predictor):
         assert np.allclose([n["weight"] for n in by_rank], attn[b], atol=2e-3)  # saved as float16
 
 
+def test_weights_from_before_balanced_votes_serve_the_plain_vote(tiny_run, tmp_path):
+    """A MAM weights file without label_counts (written before votes were balanced) is
+    served with equal counts, the plain vote it was trained with, not refused."""
+    from safetensors.numpy import load_file, save_file
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old, ignore=shutil.ignore_patterns("memory"))
+    for part in (tiny_run / "tiny-fmnist" / "memory").iterdir():  # read in place, not copied
+        (old / "tiny-fmnist" / "memory" / part.name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(part, old / "tiny-fmnist" / "memory" / part.name)
+    weights = old / "tiny-fmnist" / "mam.safetensors"
+    state = load_file(weights)
+    assert "label_counts" in state
+    counts = state.pop("label_counts")
+    save_file(state, weights)
+    run_folder.finish_run(old)
+    served = ravis.load(old)
+    assert served.model.label_counts.tolist() == [1.0] * len(counts)
+    assert len(served.predict(_test_images(tiny_run, 2))) == 2
+
+
 def test_output_structure(tiny_run, predictor):
     o = predictor.predict(_test_images(tiny_run, 1), top_neighbors=None)[0]
     assert o["prediction"] == o["top5"][0]["class"] and len(o["top5"]) == 5

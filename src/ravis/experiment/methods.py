@@ -118,6 +118,7 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     options = asdict(getattr(exp, spec.options)) if spec.options else None
     # label evidence starts as the kNN vote at the k the vote itself is run with
     label_k = vote_k(prep)[0] if reads_labels else 0
+    label_counts = prep.memory_label_counts if reads_labels else None
     best = None
     for tau in cfg.tau_grid if train_tau == "auto" else [float(train_tau)]:
         key = stable_hash("model-v7", name, _train_key(cfg), metric, options, tau, label_k,
@@ -127,7 +128,7 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
                           stable_hash(prep.train_I) if spec.reads_memory else None,
                           exp.retrieval.rac_texts if spec.extra == "texts" else None, prep.num_classes)
         model = build_model(name, exp, prep.memory.dim, prep.memory.value_dim, prep.num_classes,
-                            label_k).to(prep.device)
+                            label_k, label_counts).to(prep.device)
         details = _fit_cached(model, key, fit_set, val, memory, cfg, counts, tau, metric, cache_dir,
                               checkpoint_dir, resume, log_fn, f"{exp.name}/{name} tau={tau}")
         score = details.get("val_score", 0.0)
@@ -199,27 +200,38 @@ def _simplest_within_margin(model, posthoc_tau, details, name, prep, val, memory
                             label_k, posthoc_grid):
     """(model, post-hoc tau, details): the trained model, or the untrained one where training
     did not earn its place. A model with label evidence starts as the kNN vote at
-    ``label_k`` (zero head); the untrained model, also with each post-hoc adjustment, and the
-    trained one are scored on validation, and the best replaces the plain vote only when its
-    paired gain exceeds ``train.select_margin`` standard errors (the one-standard-error rule:
+    ``label_k`` (zero head), balanced by the memory's class counts where ``balance_votes``
+    says so; the plain vote and that balanced one (``kept``: "untrained", "balanced"), each
+    also with each post-hoc adjustment, and the trained model are scored on validation, and
+    the best replaces the plain vote only when its paired gain exceeds
+    ``train.select_margin`` standard errors (the one-standard-error rule:
     validation splits of a few hundred images rank close candidates by chance, and an epoch
     chosen for a lucky validation score lost 1-5 points on the demo's test sets)."""
     labels = val.labels.numpy()
-    untrained = build_model(name, prep.config, prep.memory.dim, prep.memory.value_dim,
-                            prep.num_classes, label_k).to(prep.device)
-    base_logits, trained_logits = predict(untrained, val, memory)[0], predict(model, val, memory)[0]
-    reference = base_logits.argmax(1)  # the kNN vote at label_k
-    candidates = [("untrained", p, (base_logits - p * prior).argmax(1)) for p in posthoc_grid]
+    build = lambda counts: build_model(name, prep.config, prep.memory.dim, prep.memory.value_dim,
+                                       prep.num_classes, label_k, counts).to(prep.device)
+    vote = build(None)  # the plain kNN vote at label_k: the reference, and the fallback
+    untrained = {"untrained": vote}
+    if bool((model.label_counts != model.label_counts[0]).any()):
+        untrained["balanced"] = build(prep.memory_label_counts)  # what training started from
+    logits = {w: predict(m, val, memory)[0] for w, m in untrained.items()}
+    # The simplest model, kept unless training earns its place: the vote, balanced where the
+    # score is balanced accuracy (a balanced test set: a vote that follows the memory's
+    # long tail is the wrong untrained model there), plain where it is top-1.
+    simplest = "balanced" if metric == "balanced" and "balanced" in untrained else "untrained"
+    reference = logits[simplest].argmax(1)
+    candidates = [(w, p, (x - p * prior).argmax(1)) for w, x in logits.items() for p in posthoc_grid]
+    trained_logits = predict(model, val, memory)[0]
     candidates.append(("trained", posthoc_tau, (trained_logits - posthoc_tau * prior).argmax(1)))
     scores = [selection_score(pred, labels, metric) for _, _, pred in candidates]
     which, tau, pred = candidates[int(np.argmax(scores))]  # first best: untrained before trained
     gain, se = paired_gain(pred, reference, labels, metric)
     margin = prep.config.train.select_margin
     if gain <= margin * se:
-        which, tau = "untrained", 0.0
+        which, tau = simplest, 0.0
     details = {**details, "kept": which,
-               "vs_vote_on_validation": {"gain": gain, "se": se, "margin": margin}}
-    return (model if which == "trained" else untrained), tau, details
+               "vs_vote_on_validation": {"gain": gain, "se": se, "margin": margin, "vote": simplest}}
+    return (model if which == "trained" else untrained[which]), tau, details
 
 
 def _train_key(cfg: TrainConfig) -> dict:

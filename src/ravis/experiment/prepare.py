@@ -42,6 +42,9 @@ class SplitData:
     z: np.ndarray  # (N, d)
 
 
+LABEL_CHUNK = 1 << 20  # memory rows whose labels are read at a time
+
+
 @dataclass
 class Prepared:
     """Everything training and evaluation need for one experiment."""
@@ -76,6 +79,16 @@ class Prepared:
     @property
     def num_classes(self) -> int:
         return len(self.train.dataset.class_names)
+
+    @functools.cached_property
+    def memory_label_counts(self) -> np.ndarray:
+        """(C,) the memory's entries per class (unlabelled ones left out), read in chunks of
+        rows so that a memory larger than RAM is never loaded whole."""
+        counts = np.zeros(self.num_classes, np.int64)
+        for start in range(0, len(self.memory), LABEL_CHUNK):
+            labels = self.memory.labels_at(np.arange(start, min(start + LABEL_CHUNK, len(self.memory))))
+            counts += np.bincount(labels[labels >= 0], minlength=self.num_classes)[:self.num_classes]
+        return counts
 
     @functools.cached_property
     def neighbors_digest(self) -> str:

@@ -44,11 +44,18 @@ class RetrievalClassifier(nn.Module):
     without a label in the class set (-1: a web caption, an emoji) is passed over, as the
     vote passes it over, so unlabelled neighbours push a prediction nowhere. ``eps`` bounds
     how much a class with no labelled neighbour is held back (log 0.01 = -4.6).
+
+    ``label_counts`` (C,), the memory's labelled entries per class, balances the vote: each
+    neighbour's weight is divided by its class's count and the votes are normalised again,
+    so a class with 10 entries is not outvoted by one with 1,000 merely for being rarer in
+    the memory. LACE trains the head's logits to be free of the training prior; an
+    unbalanced vote from a long-tailed memory would put the prior back in. With counts all
+    equal (the default, and a balanced memory) it is the plain vote.
     """
 
     def __init__(self, fusion: nn.Module, dim: int, num_classes: int, *, label_evidence: bool = False,
                  label_k: int = 0, label_temperature: float = 0.07, label_eps: float = 0.01,
-                 device=None, dtype=None):
+                 label_counts=None, device=None, dtype=None):
         super().__init__()
         self.fusion = fusion
         self.head = nn.Linear(dim, num_classes, device=device, dtype=dtype)
@@ -61,6 +68,11 @@ class RetrievalClassifier(nn.Module):
             self.label_log_scale = nn.Parameter(torch.full((), math.log(1 / label_temperature), **kw))
             # a buffer, so the served model reads it from its weights file
             self.register_buffer("label_k", torch.tensor(int(label_k)))
+            counts = torch.ones(num_classes, **kw) if label_counts is None else \
+                torch.as_tensor(label_counts, dtype=dtype or torch.float32, device=device).clamp(min=1)
+            if counts.shape != (num_classes,):
+                raise ValueError(f"label_counts has shape {tuple(counts.shape)}, expected ({num_classes},)")
+            self.register_buffer("label_counts", counts)
             with torch.no_grad():
                 self.head.weight.zero_()
                 self.head.bias.zero_()
@@ -102,23 +114,32 @@ class RetrievalClassifier(nn.Module):
         scores = scores.masked_fill(~votes_mask, float("-inf"))
         # a query with no labelled neighbour gets no votes (softmax over nothing is NaN)
         weight = scores.softmax(dim=-1).nan_to_num(0.0)  # (B, k)
-        votes = weight.new_zeros((weight.shape[0], max(num_classes or 0, self.num_classes)))
+        width = max(num_classes or 0, self.num_classes)
+        if not bool((self.label_counts == self.label_counts[0]).all()):
+            # a class beyond the trained ones (added by an edit) weighs as an average class
+            counts = torch.cat([self.label_counts, self.label_counts.mean().expand(width - self.num_classes)])
+            weight = weight / counts[labels.clamp(min=0)]
+            weight = weight / weight.sum(dim=1, keepdim=True).clamp(min=torch.finfo(weight.dtype).tiny)
+        votes = weight.new_zeros((weight.shape[0], width))
         return votes.scatter_add_(1, labels.clamp(min=0), weight)  # (B, C)
 
 
 def build_model(name: str, exp, dim: int, value_dim: int, num_classes: int,
-                label_k: int = 0) -> RetrievalClassifier:
+                label_k: int = 0, label_counts=None) -> RetrievalClassifier:
     """The fusion module of method ``name`` with a linear classifier, configured by the
     experiment config ``exp`` (the method's options section) and seeded by its train seed.
-    ``label_k``: how many nearest neighbours the label evidence reads (a trained model's own
-    value is in its weights)."""
+    ``label_k``: how many nearest neighbours the label evidence reads; ``label_counts``: the
+    memory's labelled entries per class, which balance it where the section's
+    ``balance_votes`` says so (a trained model's own values of both are in its weights)."""
     spec = method(name)
     torch.manual_seed(exp.train.seed)
     options = asdict(getattr(exp, spec.options)) if spec.options else {}
     options.pop("label_evidence", None)  # the classifier's, not the fusion module's
+    balance = options.pop("balance_votes", False)
     return RetrievalClassifier(create_fusion(name, dim, value_dim, **options), dim, num_classes,
                                label_evidence=spec.reads_labels(exp), label_k=label_k,
-                               label_temperature=exp.retrieval.vote_temperature)
+                               label_temperature=exp.retrieval.vote_temperature,
+                               label_counts=label_counts if balance else None)
 
 
 __all__ = [
