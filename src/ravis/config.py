@@ -521,19 +521,28 @@ def unset_variables(text: str) -> list[str]:
     return re.findall(r"\$\{(\w+)\}", text)
 
 
+def read_yaml(path: Path) -> dict:
+    """The tree of a YAML config file ({} when empty), or a ConfigError naming the file."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: not UTF-8, or a date that does not exist
+        raise ConfigError(f"{path}: invalid YAML ({e})") from e
+
+
+def resolve_file(path: Path, tree: dict, overrides: list[str] = ()) -> RunConfig:
+    """:func:`resolve` of a file's tree, its errors naming the file."""
+    try:
+        return resolve(tree, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
 def load_preset(path: Path | str, overrides: list[str] = ()) -> RunConfig:
     """Reads a YAML preset (``configs/*.yaml``), expands ${VAR}s, applies dotted overrides."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such preset")
-    try:
-        tree = _expand_env(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    except (yaml.YAMLError, ValueError) as e:  # ValueError: not UTF-8, or a date that does not exist
-        raise ConfigError(f"{path}: invalid YAML ({e})") from e
-    try:
-        return resolve(tree, overrides)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from e
+    return resolve_file(path, _expand_env(read_yaml(path)), overrides)
 
 
 def to_dict(cfg) -> dict:

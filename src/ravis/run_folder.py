@@ -34,10 +34,8 @@ import shutil
 import time
 from pathlib import Path
 
-import yaml
-
 from .cache import code_version, entry_lock
-from .config import ConfigError, RunConfig, resolve
+from .config import RunConfig, read_yaml, resolve_file
 from .errors import InputError
 from .io import atomic_path, link_or_copy, load_json, save_json, sha256_file, stable_hash
 from .memory.base import MemoryMismatchError
@@ -71,14 +69,7 @@ def load_config(run_dir: Path | str) -> RunConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir}: not a ravis run folder (no config.yaml)")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, ValueError) as e:  # ValueError: not UTF-8
-        raise ConfigError(f"{path}: invalid YAML ({e})") from e
-    try:
-        return resolve(tree)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from e
+    return resolve_file(path, read_yaml(path))
 
 
 def begin_run(run_dir: Path) -> None:

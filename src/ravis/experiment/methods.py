@@ -118,7 +118,8 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     options = asdict(getattr(exp, spec.options)) if spec.options else None
     # label evidence starts as the kNN vote at the k the vote itself is run with
     label_k = vote_k(prep)[0] if reads_labels else 0
-    label_counts = prep.memory_label_counts if reads_labels else None
+    # read from the memory only where they are used: a pass over every row's label
+    label_counts = prep.memory_label_counts if reads_labels and (options or {}).get("balance_votes") else None
     best = None
     for tau in cfg.tau_grid if train_tau == "auto" else [float(train_tau)]:
         key = stable_hash("model-v7", name, _train_key(cfg), metric, options, tau, label_k,
@@ -212,7 +213,7 @@ def _simplest_within_margin(model, posthoc_tau, details, name, prep, val, memory
                                        prep.num_classes, label_k, counts).to(prep.device)
     vote = build(None)  # the plain kNN vote at label_k: the reference, and the fallback
     untrained = {"untrained": vote}
-    if bool((model.label_counts != model.label_counts[0]).any()):
+    if model.balances_votes:
         untrained["balanced"] = build(prep.memory_label_counts)  # what training started from
     logits = {w: predict(m, val, memory)[0] for w, m in untrained.items()}
     # The simplest model, kept unless training earns its place: the vote, balanced where the

@@ -102,6 +102,12 @@ class RetrievalClassifier(nn.Module):
             logits = logits + self.label_weight * torch.log(votes + self.label_eps)
         return logits, attn
 
+    @property
+    def balances_votes(self) -> bool:
+        """Whether the label evidence's vote is balanced: its class counts differ (read from
+        the buffer, so a model loaded from a weights file answers for its own counts)."""
+        return self.label_weight is not None and bool((self.label_counts != self.label_counts[0]).any())
+
     def label_votes(self, z: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor | None,
                     num_classes: int | None = None) -> torch.Tensor:
         """(B, C) the learned vote's mass per class (C: ``num_classes``, default the trained)."""
@@ -115,7 +121,7 @@ class RetrievalClassifier(nn.Module):
         # a query with no labelled neighbour gets no votes (softmax over nothing is NaN)
         weight = scores.softmax(dim=-1).nan_to_num(0.0)  # (B, k)
         width = max(num_classes or 0, self.num_classes)
-        if not bool((self.label_counts == self.label_counts[0]).all()):
+        if self.balances_votes:
             # a class beyond the trained ones (added by an edit) weighs as an average class
             counts = torch.cat([self.label_counts, self.label_counts.mean().expand(width - self.num_classes)])
             weight = weight / counts[labels.clamp(min=0)]
