@@ -215,3 +215,19 @@ def test_warm_start_trains_the_classifier_alone_then_chooses_the_vote_weight_on_
                 best = (score, w)
     assert chosen["vote_weight"] == best[1] == float(warm.label_weight.detach())
     assert chosen["val_score"] == pytest.approx(best[0])
+
+
+def test_warm_start_only_where_the_memory_holds_no_more_labels_than_the_training_set(tmp_path):
+    """Where the memory is the training split the warm start runs and is one of the kept
+    candidates; where the memory holds more labelled entries than there are training images
+    (fmnist-lt/B's 60k against 2,478) it is skipped, and the details say why."""
+    prep = synthetic([300, 120, 40, 12, 6, 3], [60] * 6, dataset_spec="fashion-mnist", noise=1.2)
+    own = train_method("mam", prep, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
+    assert set(own.details["warm_start"]) == {"vote_weight", "val_score", "best_epoch"}
+
+    bigger = synthetic([300, 120, 40, 12, 6, 3], [60] * 6, dataset_spec="fashion-mnist", noise=1.2)
+    bigger.__dict__["memory_label_counts"] = np.full(6, 1000)  # as a memory of 6,000 labelled rows reads
+    other = train_method("mam", bigger, tmp_path / "b", "minilm", checkpoint_dir=tmp_path / "b" / "ckpt")[1]
+    assert other.details["warm_start"] == {
+        "skipped": "the memory holds 6000 labelled entries, more than the 481 training images"}
+    assert other.details["kept"] != "warm start"
