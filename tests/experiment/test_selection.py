@@ -195,7 +195,7 @@ def test_warm_start_trains_the_classifier_alone_then_chooses_the_vote_weight_on_
     model = build_model("mam", exp, DIM, DV, 6, 5, prep.memory_label_counts)
     fusion_before = {k: v.clone() for k, v in model.fusion.state_dict().items()}
     scale_before = model.label_log_scale.detach().clone()
-    weights, posthoc = [0.0, 0.5, 2.0], [0.0, 1.0]
+    weights, posthoc = [0.1, 0.5, 2.0], [0.0, 1.0]
     warm, chosen = M._warm_start(model, "key", fit_set, val, memory, exp.train, counts, 1.0, "balanced",
                                  prior, weights, posthoc, tmp_path, tmp_path / "ckpt", False, None, "t")
     for k, v in warm.fusion.state_dict().items():
@@ -218,9 +218,10 @@ def test_warm_start_trains_the_classifier_alone_then_chooses_the_vote_weight_on_
 
 
 def test_warm_start_only_where_the_memory_holds_no_more_labels_than_the_training_set(tmp_path):
-    """Where the memory is the training split the warm start runs and is one of the kept
-    candidates; where the memory holds more labelled entries than there are training images
-    (fmnist-lt/B's 60k against 2,478) it is skipped, and the details say why."""
+    """Where the memory is the training split and the score is balanced accuracy the warm
+    start runs; where the memory holds more labelled entries than there are training images
+    (fmnist-lt/B's 60k against 2,478), or the score is top-1, it is skipped, and the details
+    say why."""
     prep = synthetic([300, 120, 40, 12, 6, 3], [60] * 6, dataset_spec="fashion-mnist", noise=1.2)
     own = train_method("mam", prep, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
     assert set(own.details["warm_start"]) == {"vote_weight", "val_score", "best_epoch"}
@@ -231,3 +232,18 @@ def test_warm_start_only_where_the_memory_holds_no_more_labels_than_the_training
     assert other.details["warm_start"] == {
         "skipped": "the memory holds 6000 labelled entries, more than the 481 training images"}
     assert other.details["kept"] != "warm start"
+
+    top1 = synthetic([300, 120, 40, 12, 6, 3], [60] * 6, noise=1.2)  # a stratified split: top-1
+    third = train_method("mam", top1, tmp_path / "c", "minilm", checkpoint_dir=tmp_path / "c" / "ckpt")[1]
+    assert third.details["select_on"] == "top1"
+    assert third.details["warm_start"] == {"skipped": "the score is top-1"}
+
+
+def test_a_vote_weight_of_zero_is_refused():
+    """At weight 0 MAM would not read its memory's labels: an edit could not teach it a class."""
+    from ravis.config import MAMConfig
+    from ravis.errors import InputError
+
+    with pytest.raises(InputError, match="vote_weight_grid must be a non-empty list of weights > 0"):
+        MAMConfig(vote_weight_grid=[0.0, 0.5])
+    assert MAMConfig().vote_weight_grid == [0.1, 0.25, 0.5, 1.0, 2.0]

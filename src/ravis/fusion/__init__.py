@@ -145,7 +145,7 @@ def build_model(name: str, exp, dim: int, value_dim: int, num_classes: int,
     torch.manual_seed(exp.train.seed)
     options = asdict(getattr(exp, spec.options)) if spec.options else {}
     # the classifier's options and how it is trained, not the fusion module's
-    for training_option in ("label_evidence", "warm_start", "vote_weight_grid"):
+    for training_option in ("label_evidence", "warm_start", "vote_weight_grid", "tune_posthoc"):
         options.pop(training_option, None)
     balance = options.pop("balance_votes", False)
     hidden = options.pop("hidden_layer", False)
