@@ -60,8 +60,26 @@ class MAMConfig:
     # that vote with each neighbour weighted by 1 / its class's count in the memory, so a
     # long-tailed memory's prior does not return through it (docs/method.md, "Label evidence")
     balance_votes: bool = True
+    # the classifier reads f through a hidden GELU layer, as the MLP baseline reads z
+    # (docs/method.md, "A hidden layer"); off: the paper's linear classifier
+    hidden_layer: bool = True
+    # with label evidence: first train the classifier alone (the vote's weight held at 0, the
+    # attention as initialised), then choose the vote's weight on validation from
+    # vote_weight_grid, then train the whole module from there (docs/method.md, "Warm start")
+    warm_start: bool = True
+    # (> 0: at 0 MAM would be the MLP, and a model that does not read its memory's labels
+    # cannot predict a class added to the memory after training)
+    vote_weight_grid: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0])
+    # with label evidence, where the score is balanced accuracy and train.posthoc_tau is
+    # "auto": false takes the post-hoc adjustment that LACE at tau leaves to do (1 - tau: none
+    # at tau 1; the vote is balanced already), true chooses it on validation from
+    # train.posthoc_grid (docs/method.md, "No post-hoc adjustment for the vote")
+    tune_posthoc: bool = False
 
     def __post_init__(self):
+        _check(len(self.vote_weight_grid) > 0 and all(w > 0 for w in self.vote_weight_grid),
+               f"mam.vote_weight_grid must be a non-empty list of weights > 0 (at 0 MAM would not "
+               f"read its memory's labels), got {self.vote_weight_grid}")
         _check(self.num_layers >= 1, f"mam.num_layers must be >= 1, got {self.num_layers}")
         _check(0 <= self.attn_dropout < 1, f"mam.attn_dropout must be in [0, 1), got {self.attn_dropout}")
         _check(self.init_temperature > 0, "mam.init_temperature must be > 0")
@@ -362,7 +380,8 @@ RECIPES: dict[str, dict] = {
                   "val_fraction": 0.0, "patience": 0},
         "mam": {"num_layers": 8, "similarity_init": False, "learn_temperature": False,
                 "similarity_bias": False, "attn_dropout": 0.0, "qk_lr_scale": 1.0,
-                "query_dropout": 0.0, "label_evidence": False, "balance_votes": False},
+                "query_dropout": 0.0, "label_evidence": False, "balance_votes": False,
+                "hidden_layer": False, "warm_start": False},
         "retrieval": {"k": 100},
     },
 }

@@ -89,8 +89,11 @@ class Predictor:
         encoder = create_image_encoder(exp.encoder, device=device)
         base.check_query_encoder(encoder.fingerprint(), encoder.dim)
         class_names = list(info["class_names"])
-        model = build_model(method, exp, memory.dim, memory.value_dim, len(class_names)).to(device)
         state = load_file(str(weights), device=str(device))
+        if exp.mam.hidden_layer and not any(k.startswith("hidden.") for k in state):
+            # weights from before MAM's classifier had a hidden layer: the linear head they had
+            exp = dataclasses.replace(exp, mam=dataclasses.replace(exp.mam, hidden_layer=False))
+        model = build_model(method, exp, memory.dim, memory.value_dim, len(class_names)).to(device)
         if hasattr(model, "label_counts"):
             # weights from before votes were balanced: all counts equal, the plain vote they had
             state.setdefault("label_counts", model.label_counts)

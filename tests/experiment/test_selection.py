@@ -129,7 +129,7 @@ def test_the_vote_is_kept_unless_training_beats_it_by_the_margin(margin, kept, s
     result = train_method("mam", prep, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
     simplest = "balanced" if select_on == "balanced" else "untrained"
     assert result.details["vs_vote_on_validation"]["vote"] == simplest
-    assert result.details["kept"] in ("trained", "untrained", "balanced")
+    assert result.details["kept"] in ("trained", "untrained", "balanced", "warm start")
     if kept == "untrained":
         assert result.details["kept"] == simplest and result.details["posthoc_tau"] == 0.0
         vote = vote_result(prep)
@@ -172,3 +172,78 @@ def test_a_damaged_cached_model_is_trained_again(tmp_path, caplog):
     np.testing.assert_array_equal(again.logits, first.logits)  # trained to the same weights
     third = train_method("linear", prep, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
     assert third.details["cached"]
+
+
+def test_warm_start_trains_the_classifier_alone_then_chooses_the_vote_weight_on_validation(tmp_path):
+    """The first phase moves neither the fusion module nor the vote's sharpness (the vote's
+    weight is 0 while the classifier trains); the vote's weight it ends with is the grid
+    value whose product scores best on validation, found here by brute force."""
+    import torch
+    import ravis.experiment.methods as M
+    from ravis.evaluation.metrics import selection_score
+    from ravis.fusion import build_model
+    from ravis.training.loss import log_prior
+    from ravis.training.trainer import predict
+
+    prep = synthetic([300, 120, 40, 12, 6, 3], [60] * 6, dataset_spec="fashion-mnist", noise=1.2)
+    exp = prep.config
+    memory, _, train, _ = M._query_sets(prep, "mam", tmp_path, "minilm")
+    mask = M.validation_split(prep.train.dataset.labels, 0.2, 0)
+    fit_set, val = train.subset(np.flatnonzero(~mask)), train.subset(np.flatnonzero(mask))
+    counts = np.bincount(fit_set.labels.numpy(), minlength=6)
+    prior = log_prior(counts).numpy()
+    model = build_model("mam", exp, DIM, DV, 6, 5, prep.memory_label_counts)
+    fusion_before = {k: v.clone() for k, v in model.fusion.state_dict().items()}
+    scale_before = model.label_log_scale.detach().clone()
+    weights, posthoc = [0.1, 0.5, 2.0], [0.0, 1.0]
+    warm, chosen = M._warm_start(model, "key", fit_set, val, memory, exp.train, counts, 1.0, "balanced",
+                                 prior, weights, posthoc, tmp_path, tmp_path / "ckpt", False, None, "t")
+    for k, v in warm.fusion.state_dict().items():
+        torch.testing.assert_close(v, fusion_before[k])
+    assert warm.label_log_scale == scale_before
+    assert warm.head.weight.abs().sum() > 0  # the classifier did train
+    assert all(p.requires_grad for p in model.parameters())  # the second phase trains everything
+    labels, best = val.labels.numpy(), None
+    for w in weights:
+        probe = copy.deepcopy(warm)
+        with torch.no_grad():
+            probe.label_weight.fill_(w)
+        logits = predict(probe, val, memory)[0]
+        for p in posthoc:
+            score = selection_score((logits - p * prior).argmax(1), labels, "balanced")
+            if best is None or score > best[0] + 1e-12:
+                best = (score, w)
+    assert chosen["vote_weight"] == best[1] == float(warm.label_weight.detach())
+    assert chosen["val_score"] == pytest.approx(best[0])
+
+
+def test_warm_start_only_where_the_memory_holds_no_more_labels_than_the_training_set(tmp_path):
+    """Where the memory is the training split and the score is balanced accuracy the warm
+    start runs; where the memory holds more labelled entries than there are training images
+    (fmnist-lt/B's 60k against 2,478), or the score is top-1, it is skipped, and the details
+    say why."""
+    prep = synthetic([300, 120, 40, 12, 6, 3], [60] * 6, dataset_spec="fashion-mnist", noise=1.2)
+    own = train_method("mam", prep, tmp_path, "minilm", checkpoint_dir=tmp_path / "ckpt")[1]
+    assert set(own.details["warm_start"]) == {"vote_weight", "val_score", "best_epoch"}
+
+    bigger = synthetic([300, 120, 40, 12, 6, 3], [60] * 6, dataset_spec="fashion-mnist", noise=1.2)
+    bigger.__dict__["memory_label_counts"] = np.full(6, 1000)  # as a memory of 6,000 labelled rows reads
+    other = train_method("mam", bigger, tmp_path / "b", "minilm", checkpoint_dir=tmp_path / "b" / "ckpt")[1]
+    assert other.details["warm_start"] == {
+        "skipped": "the memory holds 6000 labelled entries, more than the 481 training images"}
+    assert other.details["kept"] != "warm start"
+
+    top1 = synthetic([300, 120, 40, 12, 6, 3], [60] * 6, noise=1.2)  # a stratified split: top-1
+    third = train_method("mam", top1, tmp_path / "c", "minilm", checkpoint_dir=tmp_path / "c" / "ckpt")[1]
+    assert third.details["select_on"] == "top1"
+    assert third.details["warm_start"] == {"skipped": "the score is top-1"}
+
+
+def test_a_vote_weight_of_zero_is_refused():
+    """At weight 0 MAM would not read its memory's labels: an edit could not teach it a class."""
+    from ravis.config import MAMConfig
+    from ravis.errors import InputError
+
+    with pytest.raises(InputError, match="vote_weight_grid must be a non-empty list of weights > 0"):
+        MAMConfig(vote_weight_grid=[0.0, 0.5])
+    assert MAMConfig().vote_weight_grid == [0.1, 0.25, 0.5, 1.0, 2.0]

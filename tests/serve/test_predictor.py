@@ -24,6 +24,16 @@ def _test_images(run, n=N):
     return [test.load_image(int(i.rsplit("/", 1)[1])) for i in ids]
 
 
+def _copy_run(tiny_run, tmp_path):
+    """A copy of the run folder whose weights a test may rewrite."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old, ignore=shutil.ignore_patterns("memory"))
+    for part in (tiny_run / "tiny-fmnist" / "memory").iterdir():
+        (old / "tiny-fmnist" / "memory" / part.name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(part, old / "tiny-fmnist" / "memory" / part.name)
+    return old
+
+
 @pytest.fixture(scope="module")
 def predictor(tiny_run):
     return ravis.load(tiny_run)
@@ -51,11 +61,7 @@ def test_weights_from_before_balanced_votes_serve_the_plain_vote(tiny_run, tmp_p
     served with equal counts, the plain vote it was trained with, not refused."""
     from safetensors.numpy import load_file, save_file
 
-    old = tmp_path / "old"
-    shutil.copytree(tiny_run, old, ignore=shutil.ignore_patterns("memory"))
-    for part in (tiny_run / "tiny-fmnist" / "memory").iterdir():  # read in place, not copied
-        (old / "tiny-fmnist" / "memory" / part.name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(part, old / "tiny-fmnist" / "memory" / part.name)
+    old = _copy_run(tiny_run, tmp_path)
     weights = old / "tiny-fmnist" / "mam.safetensors"
     state = load_file(weights)
     assert "label_counts" in state
@@ -64,6 +70,27 @@ def test_weights_from_before_balanced_votes_serve_the_plain_vote(tiny_run, tmp_p
     run_folder.finish_run(old)
     served = ravis.load(old)
     assert served.model.label_counts.tolist() == [1.0] * len(counts)
+    assert len(served.predict(_test_images(tiny_run, 2))) == 2
+
+
+def test_weights_from_before_the_hidden_layer_serve_their_linear_head(tiny_run, tmp_path):
+    """A MAM weights file without hidden.* (written before MAM's classifier had a hidden
+    layer) is served with the linear head it was trained with: the logits are head(f)."""
+    import torch
+    from safetensors.numpy import load_file, save_file
+
+    old = _copy_run(tiny_run, tmp_path)
+    weights = old / "tiny-fmnist" / "mam.safetensors"
+    state = load_file(weights)
+    hidden = [k for k in state if k.startswith("hidden.")]
+    assert hidden  # the run's MAM has the hidden layer
+    for k in hidden:
+        state.pop(k)
+    save_file(state, weights)
+    run_folder.finish_run(old)
+    served = ravis.load(old)
+    assert isinstance(served.model.hidden, torch.nn.Identity)
+    assert torch.equal(served.model.head.weight.detach().cpu(), torch.from_numpy(state["head.weight"]))
     assert len(served.predict(_test_images(tiny_run, 2))) == 2
 
 

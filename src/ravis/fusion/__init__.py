@@ -29,7 +29,8 @@ def create_fusion(name: str, dim: int, value_dim: int, **kwargs) -> nn.Module:
 
 
 class RetrievalClassifier(nn.Module):
-    """A fusion module followed by a linear classifier: logits = W f + b.
+    """A fusion module followed by a linear classifier: logits = W f + b, or with
+    ``hidden_layer`` logits = W gelu(W_h f + b_h) + b, the MLP baseline's classifier on f.
 
     With ``label_evidence`` the classifier also reads the labels of the neighbours (where the
     memory's entries carry labels in the experiment's classes) as a learned kNN vote:
@@ -55,9 +56,12 @@ class RetrievalClassifier(nn.Module):
 
     def __init__(self, fusion: nn.Module, dim: int, num_classes: int, *, label_evidence: bool = False,
                  label_k: int = 0, label_temperature: float = 0.07, label_eps: float = 0.01,
-                 label_counts=None, device=None, dtype=None):
+                 label_counts=None, hidden_layer: bool = False, device=None, dtype=None):
         super().__init__()
         self.fusion = fusion
+        # no parameters without the hidden layer, so weights of a linear head load as before
+        self.hidden = nn.Sequential(nn.Linear(dim, dim, device=device, dtype=dtype), nn.GELU()) \
+            if hidden_layer else nn.Identity()
         self.head = nn.Linear(dim, num_classes, device=device, dtype=dtype)
         self.num_classes, self.label_eps = num_classes, label_eps
         fusion_reads = tuple(fusion.reads)  # every fusion module declares what it reads
@@ -91,7 +95,7 @@ class RetrievalClassifier(nn.Module):
         so it neither favours nor holds them back) plus their vote; without, they cannot be
         predicted (-inf)."""
         f, attn = self.fusion(z, keys, values)
-        logits = self.head(f)  # (B, C)
+        logits = self.head(self.hidden(f))  # (B, C)
         extra = (num_classes or self.num_classes) - self.num_classes
         if extra > 0:
             fill = logits.mean(dim=1, keepdim=True) if self.label_weight is not None else \
@@ -140,12 +144,15 @@ def build_model(name: str, exp, dim: int, value_dim: int, num_classes: int,
     spec = method(name)
     torch.manual_seed(exp.train.seed)
     options = asdict(getattr(exp, spec.options)) if spec.options else {}
-    options.pop("label_evidence", None)  # the classifier's, not the fusion module's
+    # the classifier's options and how it is trained, not the fusion module's
+    for training_option in ("label_evidence", "warm_start", "vote_weight_grid", "tune_posthoc"):
+        options.pop(training_option, None)
     balance = options.pop("balance_votes", False)
+    hidden = options.pop("hidden_layer", False)
     return RetrievalClassifier(create_fusion(name, dim, value_dim, **options), dim, num_classes,
                                label_evidence=spec.reads_labels(exp), label_k=label_k,
                                label_temperature=exp.retrieval.vote_temperature,
-                               label_counts=label_counts if balance else None)
+                               label_counts=label_counts if balance else None, hidden_layer=hidden)
 
 
 __all__ = [
