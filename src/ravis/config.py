@@ -61,7 +61,7 @@ class MAMConfig:
     # long-tailed memory's prior does not return through it (docs/method.md, "Label evidence")
     balance_votes: bool = True
     # the classifier reads f through a hidden GELU layer, as the MLP baseline reads z
-    # (docs/method.md, "A hidden layer"); off: the paper's linear classifier
+    # (docs/method.md, "Warm start"); off: the paper's linear classifier
     hidden_layer: bool = True
     # with label evidence: first train the classifier alone (the vote's weight held at 0, the
     # attention as initialised), then choose the vote's weight on validation from

@@ -133,22 +133,9 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     label_k = vote_k(prep)[0] if reads_labels else 0
     # read from the memory only where they are used: a pass over every row's label
     label_counts = prep.memory_label_counts if reads_labels and (options or {}).get("balance_votes") else None
-    warm_start, warm_skipped = bool(reads_labels and (options or {}).get("warm_start") and len(val)), None
-    if warm_start and metric != "balanced":
-        # Where the score is top-1 (a test set as skewed as training: Tux Paint, an
-        # ImageFolder) it moved nothing beyond seed noise, and its head, which leans little on
-        # the vote, stopped MAM from learning classes added to the memory (Tux Paint's new
-        # classes: 0% against the vote's 64%; docs/method.md, "Warm start")
-        warm_start, warm_skipped = False, "the score is top-1"
-    elif warm_start and prep.memory_label_counts.sum() > len(train):
-        # The classifier can learn only from the training images; a memory with more labelled
-        # entries than those gives the vote strictly more labelled evidence, and there the
-        # classifier-plus-vote lost to the vote alone at every weight (fmnist-lt/B, C) while
-        # the long-tailed validation split, with 1 to 3 images in a tail class, favoured it
-        # (docs/method.md, "Warm start")
-        warm_start = False
-        warm_skipped = (f"the memory holds {int(prep.memory_label_counts.sum())} labelled entries, "
-                        f"more than the {len(train)} training images")
+    wants_warm_start = bool(reads_labels and (options or {}).get("warm_start") and len(val))
+    warm_skipped = _why_no_warm_start(prep, metric, len(train)) if wants_warm_start else None
+    warm_start = wants_warm_start and warm_skipped is None
     best = None
     for tau in cfg.tau_grid if train_tau == "auto" else [float(train_tau)]:
         key = stable_hash("model-v7", name, _train_key(cfg), metric, options, warm_start, tau, label_k,
@@ -167,7 +154,7 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
         details = _fit_cached(model, key, fit_set, val, memory, cfg, counts, tau, metric, cache_dir,
                               checkpoint_dir, resume, log_fn, f"{exp.name}/{name} tau={tau}")
         if warm is not None:
-            warm, details["warm_start"] = warm
+            warm, details["warm_start"] = warm  # (the warm-started model, what was chosen)
         elif warm_skipped:
             details["warm_start"] = {"skipped": warm_skipped}
         score = details.get("val_score", 0.0)
@@ -275,6 +262,25 @@ def _simplest_within_margin(model, posthoc_tau, details, name, prep, val, memory
     details = {**details, "kept": which,
                "vs_vote_on_validation": {"gain": gain, "se": se, "margin": margin, "vote": simplest}}
     return (model if which == "trained" else untrained[which]), tau, details
+
+
+def _why_no_warm_start(prep: Prepared, metric: str, num_train: int) -> str | None:
+    """Why the warm start does not apply to this experiment, or None where it does."""
+    if metric != "balanced":
+        # Where the score is top-1 (a test set as skewed as training: Tux Paint, an
+        # ImageFolder) it moved nothing beyond seed noise, and its head, which leans little on
+        # the vote, stopped MAM from learning classes added to the memory (Tux Paint's new
+        # classes: 0% against the vote's 64%; docs/method.md, "Warm start")
+        return "the score is top-1"
+    labelled = int(prep.memory_label_counts.sum())
+    if labelled > num_train:
+        # The classifier can learn only from the training images; a memory with more labelled
+        # entries than those gives the vote strictly more labelled evidence, and there the
+        # classifier-plus-vote lost to the vote alone at nearly every weight (fmnist-lt/B, C)
+        # while the long-tailed validation split, with 1 to 3 images in a tail class, favoured
+        # it (docs/method.md, "Warm start")
+        return f"the memory holds {labelled} labelled entries, more than the {num_train} training images"
+    return None
 
 
 def _warm_start(model: RetrievalClassifier, key, fit_set, val, memory, cfg: TrainConfig, counts, tau,
