@@ -187,6 +187,10 @@ def compact(run_dir: Path | str, experiment: str | None = None, *, rows_per_shar
             info = read_serving(folder)
             folded = memory.seq - memory.folded
             info["memory"] = {**info["memory"], "class_names": memory.class_names,
+                              # the compacted base's classes beyond the trained ones, counted
+                              # here, so their votes stay balanced as before (Predictor)
+                              "class_counts": {c: n for c, n in memory.class_counts().items()
+                                               if c not in info["class_names"]},
                               "edits_folded": memory.seq,
                               "parts": [{"spec": "compacted", "path": str(target.relative_to(folder)),
                                          "digest": saved.digest, "rows": len(saved), "copied": True}]}

@@ -159,7 +159,8 @@ class Predictor:
         inputs = [None if t is None else to_device(t, device)
                   for t in (torch.from_numpy(z), keys, values, labels)]
         with autocast(device):
-            logits, attn = self.model(*inputs, num_classes=len(names))  # (B, C'), (B, L, k)
+            logits, attn = self.model(*inputs, num_classes=len(names),
+                                      new_counts=self._new_class_counts(names))  # (B, C'), (B, L, k)
         logits = logits.float().cpu().numpy()
         if self.adjustment is not None:  # classes new in the memory get the mean adjustment
             extra = len(names) - len(self.adjustment)
@@ -171,6 +172,17 @@ class Predictor:
         entries = self._entries(rows[found])
         return [self._describe(probs[b], D[b], rows[b], found[b], attn[b], top_classes, top_neighbors,
                                timings, batch, entries, names) for b in range(batch)]
+
+    def _new_class_counts(self, names: list[str]) -> torch.Tensor | None:
+        """(C' - C,) the memory's entries of each class beyond the trained ones, for a model
+        whose vote is balanced by class counts (None otherwise, or where there is none). A
+        class whose count the memory does not know (listed by its base, never counted) takes
+        the trained classes' mean count."""
+        extra = names[len(self.class_names):]
+        if not extra or not getattr(self.model, "balances_votes", False):
+            return None
+        counts, mean = self.memory.class_counts(), float(self.model.label_counts.mean())
+        return torch.tensor([counts.get(c, mean) for c in extra], dtype=torch.float32)
 
     def _model_labels(self, labels: np.ndarray, names: list[str]) -> np.ndarray:
         """Memory label indexes as indexes into ``names`` (the model's classes first)."""

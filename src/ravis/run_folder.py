@@ -310,7 +310,8 @@ def open_edited_memory(folder: Path, info: dict):
     from .memory.edits import EditedMemory
 
     return EditedMemory(open_run_memory(folder, info), Path(folder) / EDIT_LOG,
-                        folded=info["memory"].get("edits_folded", 0))
+                        folded=info["memory"].get("edits_folded", 0),
+                        base_class_counts=info["memory"].get("class_counts"))
 
 
 __all__ = ["COMPLETE_FILE", "FORMAT_VERSION", "MEMORY_DIR", "RunFolderError", "SERVING_FILE",

@@ -209,6 +209,14 @@ def test_balanced_votes_with_equal_counts_are_the_plain_vote():
                                mean_counts.label_votes(z, keys, labels))
     with pytest.raises(ValueError, match="label_counts has shape"):
         RetrievalClassifier(fusion, D, C, label_evidence=True, label_counts=[1, 2])
+    # with its own count, a new class is balanced as a trained class of that count would be
+    own_count = RetrievalClassifier(fusion, D, C + 1, label_evidence=True, label_counts=[10, 20, 30, 4])
+    torch.testing.assert_close(skewed.label_votes(z, keys, labels, C + 1, torch.tensor([4.0])),
+                               own_count.label_votes(z, keys, labels))
+    torch.testing.assert_close(skewed(z, keys, values, labels, C + 1, new_counts=torch.tensor([4.0]))[0][:, C],
+                               skewed.head(z).mean(1) + torch.log(own_count.label_votes(z, keys, labels)[:, C] + 0.01))
+    with pytest.raises(ValueError, match="new_counts has shape"):
+        skewed.label_votes(z, keys, labels, C + 1, torch.tensor([4.0, 5.0]))
 
 
 def test_unlabelled_neighbours_move_no_class():

@@ -58,6 +58,28 @@ def state(memory):
             memory.class_names)
 
 
+def test_class_counts_follow_the_edits(tmp_path):
+    """A class edits brought in is counted over its live entries, added or relabelled into
+    it; a class of the base only where its base count is given, then with what edits changed
+    (compared with a full count of the live labels)."""
+    memory = EditedMemory(base_memory(), tmp_path / "memory-edits.log", base_class_counts={"c": 66})
+    rng = np.random.default_rng(3)
+    assert memory.class_counts() == {"c": 66}  # ids 2, 5, ..., 197: 66 of the 200
+    memory.add_many([add_args(rng, f"z{i}", label="zebra") for i in range(3)] + [add_args(rng, "q", label="quagga")])
+    memory.edit("add", who="t", **add_args(rng, "a1", label="c"))
+    assert memory.class_counts() == {"c": 67, "zebra": 3, "quagga": 1}
+    memory.edit("delete", who="t", ids=["z0", "id2"])
+    memory.edit("relabel", who="t", changes=[["id5", "zebra", None], ["z1", "quagga", None], ["id0", "c", None]])
+    assert memory.class_counts() == {"c": 66, "zebra": 2, "quagga": 2}  # -id2 -id5 +id0; z2 id5; q z1
+    memory.edit("delete_class", who="t", name="quagga")
+    live = memory.live_rows(0, len(memory))
+    full = np.bincount(memory.labels_at(live), minlength=len(memory.class_names))
+    expected = {c: int(full[memory.class_names.index(c)]) for c in ("c", "zebra", "quagga")}
+    assert memory.class_counts() == expected == {"c": 66, "zebra": 2, "quagga": 0}
+    again = EditedMemory(base_memory(), tmp_path / "memory-edits.log", base_class_counts={"c": 66})
+    assert again.class_counts() == expected
+
+
 def test_edits_apply_and_replay_to_the_same_memory(tmp_path):
     memory, _ = edited(tmp_path)
     assert isinstance(memory, Memory)

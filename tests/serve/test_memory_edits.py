@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 import pytest
 
 import ravis
@@ -96,6 +97,36 @@ def test_a_new_class_is_predicted_without_retraining(run):
     assert p.all_class_names[-1] == "a new class"
     assert all(o["prediction"] == "a new class" for o in out)  # from the memory alone
     assert [o["prediction"] for o in p.predict(ims[5:])] == others  # the old classes keep theirs
+
+
+def skew_votes(predictor):
+    """Makes the served model's vote balanced by unequal class counts, as a long-tailed
+    memory's is (the tiny run's memory may be even)."""
+    counts = predictor.model.label_counts
+    counts.copy_(torch.arange(1, len(counts) + 1, dtype=counts.dtype) * 10)
+    assert predictor.model.balances_votes
+
+
+def test_a_new_class_is_balanced_by_its_own_count_also_after_compaction(run, capsys):
+    """A balanced vote divides a new class by its entries in the memory, not by the trained
+    classes' mean count (which held small new classes back); compaction records the count,
+    so the compacted memory answers as the log did."""
+    p = ravis.load(run)
+    skew_votes(p)
+    editor = MemoryEditor.for_predictor(p)
+    ims = images(run, 10)
+    added = editor.add(ims[:3], ["a.png", "b.png", "c.png"], label="a new class")
+    editor.delete([added[0]["id"]])
+    assert p._new_class_counts(p.all_class_names).tolist() == [2.0]
+    logged = answers(p, ims)
+    assert main(["memory", "compact", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    folded = ravis.load(run)
+    skew_votes(folded)
+    assert folded.memory.class_counts() == {"a new class": 2}
+    assert answers(folded, ims) == logged
+    MemoryEditor.for_predictor(folded).add(ims[3:4], ["d.png"], label="a new class")
+    assert folded._new_class_counts(folded.all_class_names).tolist() == [3.0]
 
 
 def test_relabel_of_a_label_prompt_entry_moves_its_text_and_value(run):

@@ -200,10 +200,14 @@ class EditedMemory:
     many readers when callers hold :attr:`lock` around edits and the reads that must see
     one state (a prediction)."""
 
-    def __init__(self, base, log_path: Path | str | None = None, folded: int = 0):
+    def __init__(self, base, log_path: Path | str | None = None, folded: int = 0,
+                 base_class_counts: dict[str, int] | None = None):
         """``folded``: records up to this seq are already in ``base`` (``ravis memory compact``
-        wrote them into it) and are skipped; new records are numbered after it."""
+        wrote them into it) and are skipped; new records are numbered after it.
+        ``base_class_counts``: the base's labelled entries of some classes (see
+        :meth:`class_counts`)."""
         self.base = base
+        self._base_counts = dict(base_class_counts or {})
         self.base_digest = base.digest[:16]  # every record names the memory it edits
         self.key_encoder, self.value_encoder = base.key_encoder, base.value_encoder
         self.base_count = len(base)
@@ -416,6 +420,34 @@ class EditedMemory:
     @property
     def class_names(self) -> list[str]:
         return list(self._class_names)
+
+    def class_counts(self) -> dict[str, int]:
+        """Live labelled entries of each class whose count is known without a pass over the
+        base: a class the base does not list (edits brought it in) and one whose base count
+        ``base_class_counts`` gives (a compaction records its classes beyond the trained
+        ones). The base's count plus what edits changed, O(rows the edits touched)."""
+        with self.lock:
+            if getattr(self, "_counts_at", None) != self.seq:  # once per state of the log
+                self._counts, self._counts_at = self._known_counts(), self.seq
+            return dict(self._counts)
+
+    def _known_counts(self) -> dict[str, int]:
+        listed = len(self.base.class_names)
+        known = {**{c: 0 for c in self._class_names[listed:]},
+                 **{c: int(n) for c, n in self._base_counts.items() if c in self._class_names}}
+        if not known:
+            return {}
+        width = len(self._class_names)
+        count = lambda labels: np.bincount(labels[labels >= 0], minlength=width)  # noqa: E731
+        # rows whose label edits may have changed: the added ones, and the base's deleted or relabelled
+        touched = np.flatnonzero(self._deleted[:self.base_count])
+        if self._changed:
+            touched = np.union1d(touched, self._changed_rows[self._changed_rows < self.base_count])
+        added = np.arange(self.base_count, len(self))
+        now = np.concatenate([touched, added])
+        change = count(self.labels_at(now[~self._deleted[now]])) - count(self.base.labels_at(touched))
+        index = {c: i for i, c in enumerate(self._class_names)}
+        return {c: n + int(change[index[c]]) for c, n in known.items()}
 
     @property
     def digest(self) -> str:
