@@ -425,7 +425,8 @@ class EditedMemory:
         """Live labelled entries of each class whose count is known without a pass over the
         base: a class the base does not list (edits brought it in) and one whose base count
         ``base_class_counts`` gives (a compaction records its classes beyond the trained
-        ones). The base's count plus what edits changed, O(rows the edits touched)."""
+        ones). The base's count plus what edits changed: a scan of the deletion mask (a byte
+        a row) and the labels of the rows edits touched, never of the base's other labels."""
         with self.lock:
             if getattr(self, "_counts_at", None) != self.seq:  # once per state of the log
                 self._counts, self._counts_at = self._known_counts(), self.seq
