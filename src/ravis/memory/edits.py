@@ -208,6 +208,7 @@ class EditedMemory:
         :meth:`class_counts`)."""
         self.base = base
         self._base_counts = dict(base_class_counts or {})
+        self._counts, self._counts_at = {}, None  # class_counts() and the seq it was made at
         self.base_digest = base.digest[:16]  # every record names the memory it edits
         self.key_encoder, self.value_encoder = base.key_encoder, base.value_encoder
         self.base_count = len(base)
@@ -428,7 +429,7 @@ class EditedMemory:
         ones). The base's count plus what edits changed: a scan of the deletion mask (a byte
         a row) and the labels of the rows edits touched, never of the base's other labels."""
         with self.lock:
-            if getattr(self, "_counts_at", None) != self.seq:  # once per state of the log
+            if self._counts_at != self.seq:  # once per state of the log
                 self._counts, self._counts_at = self._known_counts(), self.seq
             return dict(self._counts)
 
