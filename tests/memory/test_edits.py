@@ -68,7 +68,7 @@ def test_class_counts_follow_the_edits(tmp_path):
     memory.add_many([add_args(rng, f"z{i}", label="zebra") for i in range(3)] + [add_args(rng, "q", label="quagga")])
     memory.edit("add", who="t", **add_args(rng, "a1", label="c"))
     assert memory.class_counts() == {"c": 67, "zebra": 3, "quagga": 1}
-    memory.edit("delete", who="t", ids=["z0", "id2"])
+    memory.edit("delete", who="t", ids=["z0", "id2", "z0"])  # an id twice is one delete
     memory.edit("relabel", who="t", changes=[["id5", "zebra", None], ["z1", "quagga", None], ["id0", "c", None]])
     assert memory.class_counts() == {"c": 66, "zebra": 2, "quagga": 2}  # -id2 -id5 +id0; z2 id5; q z1
     memory.edit("delete_class", who="t", name="quagga")

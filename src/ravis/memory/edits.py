@@ -208,11 +208,13 @@ class EditedMemory:
         :meth:`class_counts`)."""
         self.base = base
         self._base_counts = dict(base_class_counts or {})
-        self._counts, self._counts_at = {}, None  # class_counts() and the seq it was made at
         self.base_digest = base.digest[:16]  # every record names the memory it edits
         self.key_encoder, self.value_encoder = base.key_encoder, base.value_encoder
         self.base_count = len(base)
         self._class_names = list(base.class_names)
+        # live labelled entries per class that the edits added (or removed, if negative),
+        # kept as each edit applies so that class_counts() never scans the memory
+        self._label_change = np.zeros(len(self._class_names), np.int64)
         self._added = _Added(np.zeros((0, base.dim), np.float32),
                              np.zeros((0, base.value_dim), np.float32), np.zeros(0, np.int64),
                              [], [], [], [])
@@ -340,9 +342,13 @@ class EditedMemory:
             if row >= len(self._deleted):  # grown by doubling: a copy per add was O(rows) each
                 self._deleted = np.concatenate([self._deleted, np.zeros(max(16, len(self._deleted)), bool)])
             self._added_rows[r["id"]] = row
+            if label >= 0:
+                self._label_change[label] += 1
         elif op == "delete":
-            rows = self._lookup(r["ids"])
-            self._deleted[rows[rows >= 0]] = True
+            rows = np.unique(self._lookup(r["ids"]))
+            rows = rows[rows >= 0]
+            self._count_labels(rows, -1)
+            self._deleted[rows] = True
         elif op == "delete_class":
             self._delete_where(lambda rows: self.labels_at(rows) == self._class_names.index(r["name"]))
         elif op == "delete_source":
@@ -351,23 +357,33 @@ class EditedMemory:
             values = {label: decode_array(v, self.value_dim, f"value of {label}")
                       for label, v in r.get("values", {}).items()}
             rows = self._lookup([c[0] for c in r["changes"]])
+            live = np.unique(rows[rows >= 0])
+            self._count_labels(live, -1)  # their labels before, then after
             for row, (_, label, text) in zip(rows, r["changes"]):
                 if row >= 0:
                     self._changed[int(row)] = (self._class_names.index(label), text,
                                                values[label] if text is not None else None)
             self._changed_rows = np.fromiter(self._changed, np.int64, len(self._changed))
+            self._count_labels(live, +1)
         self.seq = int(r["seq"])
         self._history.update(json.dumps(r, sort_keys=True).encode())
 
     def _class_index(self, name: str) -> int:
         if name not in self._class_names:  # a class the classifier never saw: new in memory
             self._class_names.append(name)
+            self._label_change = np.append(self._label_change, 0)
         return self._class_names.index(name)
+
+    def _count_labels(self, rows, sign: int) -> None:
+        """Adds ``sign`` to the label change of each of ``rows``' labels (as they are now)."""
+        labels = self.labels_at(rows)
+        self._label_change += sign * np.bincount(labels[labels >= 0], minlength=len(self._class_names))
 
     def _delete_where(self, test, block: int = 65536) -> None:
         for start in range(0, len(self), block):
             rows = np.arange(start, min(start + block, len(self)))
             hit = test(rows) & ~self._deleted[rows]
+            self._count_labels(rows[hit], -1)
             self._deleted[rows[hit]] = True
 
     # -- ids -----------------------------------------------------------------------------------
@@ -426,30 +442,13 @@ class EditedMemory:
         """Live labelled entries of each class whose count is known without a pass over the
         base: a class the base does not list (edits brought it in) and one whose base count
         ``base_class_counts`` gives (a compaction records its classes beyond the trained
-        ones). The base's count plus what edits changed: a scan of the deletion mask (a byte
-        a row) and the labels of the rows edits touched, never of the base's other labels."""
+        ones). The base's count plus what the edits changed, which each edit keeps as it
+        applies."""
         with self.lock:
-            if self._counts_at != self.seq:  # once per state of the log
-                self._counts, self._counts_at = self._known_counts(), self.seq
-            return dict(self._counts)
-
-    def _known_counts(self) -> dict[str, int]:
-        listed = len(self.base.class_names)
-        known = {**{c: 0 for c in self._class_names[listed:]},
-                 **{c: int(n) for c, n in self._base_counts.items() if c in self._class_names}}
-        if not known:
-            return {}
-        width = len(self._class_names)
-        count = lambda labels: np.bincount(labels[labels >= 0], minlength=width)  # noqa: E731
-        # rows whose label edits may have changed: the added ones, and the base's deleted or relabelled
-        touched = np.flatnonzero(self._deleted[:self.base_count])
-        if self._changed:
-            touched = np.union1d(touched, self._changed_rows[self._changed_rows < self.base_count])
-        added = np.arange(self.base_count, len(self))
-        now = np.concatenate([touched, added])
-        change = count(self.labels_at(now[~self._deleted[now]])) - count(self.base.labels_at(touched))
-        index = {c: i for i, c in enumerate(self._class_names)}
-        return {c: n + int(change[index[c]]) for c, n in known.items()}
+            listed = len(self.base.class_names)
+            known = {**{c: 0 for c in self._class_names[listed:]},
+                     **{c: int(n) for c, n in self._base_counts.items() if c in self._class_names}}
+            return {c: n + int(self._label_change[self._class_names.index(c)]) for c, n in known.items()}
 
     @property
     def digest(self) -> str:
