@@ -18,7 +18,6 @@ dependency; a missing one is reported and skipped).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,7 +29,8 @@ from ravis.data import load_fashion_mnist
 from ravis.data.fashion_mnist import DEFAULT_ROOT
 from ravis.encoders.efficientnet_lite import (EfficientNetLite0Encoder, pooled_features,
                                               torch_model)
-from ravis.io import atomic_path
+from ravis.encoders.base import l2_normalize
+from ravis.io import save_json
 
 
 def images_per_s(encode, pixels: np.ndarray, batch_size: int) -> tuple[float, np.ndarray]:
@@ -42,7 +42,7 @@ def images_per_s(encode, pixels: np.ndarray, batch_size: int) -> tuple[float, np
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return (l2_normalize(a) * l2_normalize(b)).sum(1)  # (N,)
 
 
 def torch_sides(encoder, threads: int):
@@ -113,9 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['side']:18} {r['batch_size']:5d} {r['images_per_s']:9.1f} {r['ratio']:6.2f} "
               f"{r['cosine_mean']:9.4f} {r['cosine_min']:8.4f}")
     if args.out:
-        with atomic_path(args.out) as tmp:
-            Path(tmp).write_text(json.dumps({"images": n, "image_size": encoder.image_size,
-                                             "threads": threads, "rows": rows}, indent=1))
+        save_json(args.out, {"images": n, "image_size": encoder.image_size, "threads": threads,
+                             "rows": rows})
     return 0
 
 
