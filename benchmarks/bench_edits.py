@@ -76,11 +76,11 @@ def served(work: Path, rows: int):
     from ravis.config import ExperimentConfig, MemoryConfig, RetrievalConfig, RunConfig
     from ravis.encoders import create_image_encoder
     from ravis.fusion import build_model
-    from ravis.memory.edits import EditedIndex, EditedMemory
+    from ravis.memory.edited_view import EditedIndex, EditedMemory
     from ravis.memory.indexing import has_index, index_memory
     from ravis.memory.sharded import ShardedMemory
     from ravis.predictor import Predictor
-    from ravis.retrieval.memory_index import memory_index
+    from ravis.memory.indexing import memory_index
 
     memdir = work / f"memory-{rows}"
     if not (memdir / "manifest.json").exists():

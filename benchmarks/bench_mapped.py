@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from ravis.config import load_preset
-    from ravis.experiment.methods import train_method
+    from ravis.experiment import train_method
     from ravis.experiment.prepare import prepare
     from ravis.io import default_cache_dir
 

@@ -44,7 +44,8 @@ import pyarrow.parquet  # noqa: F401 - imported by the first build otherwise, in
 
 from ravis.data import BadImageError
 from ravis.memory.shard_build import BuildSettings, build_sharded_memory, load_encoders
-from ravis.memory.sources import decode_image, read_rows, resolve_sources
+from ravis.data.images import open_image
+from ravis.data.sources import read_rows, resolve_sources
 
 
 def bare_encoders(shards, batch_size: int):
@@ -57,7 +58,7 @@ def bare_encoders(shards, batch_size: int):
             pixels = []
             for row in rows[start:start + batch_size]:
                 try:
-                    pixels.append(image_encoder.preprocess(decode_image(row.image, row.key)))
+                    pixels.append(image_encoder.preprocess(open_image(row.image, where=row.key)))
                 except BadImageError:
                     continue
                 texts.append(row.text)

@@ -214,9 +214,9 @@ def query_images(run: Path, experiment: str, n: int) -> list[bytes]:
     """Up to n real test images of the experiment (its test thumbnails), as upload bodies."""
     import pyarrow.parquet as pq
 
-    from ravis.run_folder import experiment_dir
+    from ravis.run_folder import RunFolder
 
-    table = pq.read_table(experiment_dir(run, experiment) / "test_thumbnails.parquet", columns=["image"])
+    table = pq.read_table(RunFolder(run).experiment(experiment).test_thumbnails, columns=["image"])
     return [multipart(b) for b in table.column("image").to_pylist()[:n]]
 
 
@@ -298,11 +298,11 @@ def prepare_synthetic(args) -> None:
     from PIL import Image
 
     import ravis
-    from ravis.run_folder import experiment_dir
+    from ravis.run_folder import RunFolder
 
     predictor = ravis.load(args.run, args.experiment)
     paths = build_synthetic(predictor.memory, args.synthetic, Path(args.cache), args.factory, args.noise)
-    table = pq.read_table(experiment_dir(args.run, args.experiment) / "test_thumbnails.parquet", columns=["image"])
+    table = pq.read_table(RunFolder(args.run).experiment(args.experiment).test_thumbnails, columns=["image"])
     images = [Image.open(io.BytesIO(b)).convert("RGB") for b in table.column("image").to_pylist()[:args.recall_queries]]
     xq = np.concatenate([predictor.encoder.encode_pixels(np.stack([predictor.encoder.preprocess(im)]))
                          for im in images])
@@ -346,7 +346,7 @@ def cmd_latency(args) -> int:
 
 
 def cmd_load(args) -> int:
-    from ravis.serve.metrics import parse_histogram_means
+    from ravis.serve.prometheus import parse_histogram_means
 
     bodies = query_images(Path(args.run), args.experiment, 200)
     proc, port = start_server(args)

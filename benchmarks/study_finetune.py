@@ -60,17 +60,16 @@ def finished(folder: Path, cfg) -> dict | None:
     study killed midway resumes at the variant it was running), else None."""
     from ravis.config import to_dict
     from ravis.experiment.run import seeds_of, with_seed
-    from ravis.io import load_json
-    from ravis.run_folder import RunFolderError, open_run
+    from ravis.run_folder import RunFolder, RunFolderError
 
     try:
-        saved, _ = open_run(folder)
+        saved, _ = RunFolder(folder).open()
     except (FileNotFoundError, RunFolderError):
         return None
     first = dataclasses.replace(cfg, experiments=[with_seed(e, seeds_of(e)[0]) for e in cfg.experiments])
     if to_dict(saved) != to_dict(first):
         return None
-    return load_json(folder / "results.json")["experiments"][0]
+    return RunFolder(folder).read_results()["experiments"][0]
 
 
 def main(argv=None) -> int:

@@ -47,14 +47,14 @@ def main(argv=None) -> int:
     from ravis.experiment.prepare import prepare
     from ravis.io import default_cache_dir
     from ravis.predictor import Predictor
-    from ravis.run_folder import load_config
+    from ravis.run_folder import RunFolder
 
     cache = args.cache or default_cache_dir()
     run = args.work / "run"
     if run.exists():
         shutil.rmtree(run)
     shutil.copytree(args.run, run, ignore=shutil.ignore_patterns("report", "report.html", ".lock"))
-    cfg = load_config(run)
+    cfg = RunFolder(run).load_config()
     exp = next(e for e in cfg.experiments if e.name == "fmnist-lt/C")
     test = prepare(cfg, exp, cache, progress=False).test
     truth = np.array(test.dataset.class_names, dtype=object)[test.dataset.labels]

@@ -105,7 +105,7 @@ def study(name: str, work: Path, cache: Path, fraction: float, overrides: list[s
         [all_names[y] for y in memory.labels_at(rows)], meta["text"], meta["id"],
         thumbnails=[t or b"" for t in meta["thumbnail"]], who="study_new_classes")
     edit_s = time.perf_counter() - t1
-    label_k = int(edited.model.label_k) if getattr(edited.model, "label_weight", None) is not None else 10
+    label_k = int(edited.model.label_k) if edited.model.label_weight is not None else 10
     retrained = Predictor.load(work / f"{slug}-all", name, cache_dir=cache)
     out = {}
     for method, pred in (("mam_edited", predictions(edited, z)),

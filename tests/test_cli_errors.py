@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ravis import commands
+from ravis.cli import pipeline
 from ravis.cli import main
 from ravis.errors import InputError
 from ravis.methods import method
@@ -16,7 +16,7 @@ TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 def test_a_check_of_ravis_is_one_line(monkeypatch, capsys):
-    monkeypatch.setattr(commands, "cmd_presets", lambda args: method("nope"))
+    monkeypatch.setattr(pipeline, "presets", lambda args: method("nope"))
     assert main(["presets"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
@@ -27,7 +27,7 @@ def test_a_library_value_error_is_an_internal_error(monkeypatch, capsys):
     def broken(args):
         return int(np.zeros(2) + np.zeros(3))  # shapes that never meet: a bug, not bad input
 
-    monkeypatch.setattr(commands, "cmd_presets", broken)
+    monkeypatch.setattr(pipeline, "presets", broken)
     assert main(["presets"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "operands could not be broadcast" in err
@@ -95,13 +95,13 @@ def test_files_that_are_not_utf8_are_named(tmp_path, capsys):
 
 
 def test_a_damaged_run_config_is_named(tmp_path):
-    """open_run checks config.yaml's sha256 first; load_config, a library call of its own,
+    """RunFolder.open checks config.yaml's sha256 first; load_config, a library call of its own,
     names the file too."""
-    from ravis.run_folder import load_config
+    from ravis.run_folder import RunFolder
 
     (tmp_path / "config.yaml").write_text("experiments: [unclosed\n")
     with pytest.raises(InputError, match="config.yaml: invalid YAML"):
-        load_config(tmp_path)
+        RunFolder(tmp_path).load_config()
     (tmp_path / "config.yaml").write_text("recipe: nonsense\n")
     with pytest.raises(InputError, match="config.yaml: unknown recipe"):
-        load_config(tmp_path)
+        RunFolder(tmp_path).load_config()

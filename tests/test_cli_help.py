@@ -5,7 +5,9 @@ import argparse
 
 import pytest
 
-from ravis.cli import _HelpFormatter, build_parser, find_preset, main, preset_names
+from ravis.cli import build_parser, main
+from ravis.cli._arguments import HelpFormatter
+from ravis.config import find_preset, preset_names
 
 
 def parsers(parser=None, name="ravis"):
@@ -26,7 +28,7 @@ def test_every_option_has_help_and_shows_its_default():
                 continue
             if not (action.help or "").strip():
                 missing.append(f"{name} {action.option_strings[-1]}")
-            shown = _HelpFormatter("x")._get_help_string(action) or ""
+            shown = HelpFormatter("x")._get_help_string(action) or ""
             if action.default not in (None, False, [], argparse.SUPPRESS) and "default" not in shown:
                 silent.append(f"{name} {action.option_strings[-1]}")
     assert not missing, f"options without help: {missing}"

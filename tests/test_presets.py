@@ -51,7 +51,7 @@ def test_bad_override_is_a_clear_error():
     ("train.lr=abc", "train.lr must be a number, got 'abc'"),
     ("train.epochs=2.5", "train.epochs must be an integer, got 2.5"),
     ("train.epochs=true", "train.epochs must be an integer, got True"),
-    ("mam.label_evidence=1", "mam.label_evidence must be true or false, got 1"),
+    ("classifier.label_evidence=1", "classifier.label_evidence must be true or false, got 1"),
     ("retrieval.vote_ks=[10, x]", r"retrieval.vote_ks.1 must be an integer, got 'x'"),
     ("encoder=[a]", "encoder must be a string"),
 ])
@@ -173,10 +173,10 @@ def test_tiny_ft_counterpart_runs_and_is_not_served_silently(tmp_path, ravis_cac
         Predictor.load(out, method="mam", cache_dir=ravis_cache)
     from types import SimpleNamespace
 
-    from ravis.run_folder import load_config
+    from ravis.run_folder import RunFolder
     from ravis.serve.models import ServedModels
 
-    cfg = load_config(out)
+    cfg = RunFolder(out).load_config()
     started = SimpleNamespace(config=cfg, experiment=cfg.experiments[0], method="mean_knn")
     served = ServedModels(started, run_dir=out)
     assert {"experiment": "imagenet-lt+ft", "method": "mam"} not in served.choices()  # nor offered by the server

@@ -8,9 +8,10 @@ best tool on small data too.
 __version__ = "0.1.0"
 
 
-def load(run_dir, experiment=None, method="mam", cache_dir=None, **options):
+def load(run_dir, experiment=None, method=None, cache_dir=None, **options):
     """A :class:`ravis.predictor.Predictor` for a finished run folder (``options``: index,
     search_params); ``.predict(images)`` gives what ``POST /predict`` returns."""
+    from .methods import DEFAULT_SERVED
     from .predictor import Predictor
 
-    return Predictor.load(run_dir, experiment, method, cache_dir, **options)
+    return Predictor.load(run_dir, experiment, method or DEFAULT_SERVED, cache_dir, **options)

@@ -11,7 +11,7 @@ encoder (unit-normalised), its value by the value kind of the experiment's memor
 encoder on its caption or label prompt, or the value image encoder). A label the classifier
 was never trained on is a new class: the model can predict it from the memory alone (see
 :class:`ravis.fusion.RetrievalClassifier`). The records go to the experiment's edit log
-(:mod:`ravis.memory.edits`); a predictor over the same run sees them on its next request.
+(:mod:`ravis.memory.edit_log`); a predictor over the same run sees them on its next request.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import numpy as np
 from .config import ExperimentConfig, RunConfig
 from .encoders import create_image_encoder, create_text_encoder
 from .encoders.base import l2_normalize
-from .memory.edits import EditedMemory, EditError, encode_array
-from .run_folder import experiment_dir, open_edited_memory, open_run, pick_experiment, read_serving
+from .memory.edit_log import encode_array
+from .memory.edited_view import EditedMemory, EditError
+from .run_folder import RunFolder
 from .thumbnails import make_thumbnail
 
 MAX_ADD = 256  # images per add (one record each)
@@ -44,11 +45,10 @@ class MemoryEditor:
     @classmethod
     def open(cls, run_dir: Path | str, experiment: str | None = None) -> "MemoryEditor":
         """The editor of experiment ``experiment`` (default: the first) of a finished run."""
-        run_dir = Path(run_dir)
-        cfg, _ = open_run(run_dir)
-        exp = pick_experiment(cfg, run_dir, experiment)
-        folder = experiment_dir(run_dir, exp.name)
-        return cls(open_edited_memory(folder, read_serving(folder)), exp, cfg)
+        run = RunFolder(run_dir)
+        cfg, _ = run.open()
+        exp, folder = run.pick(cfg, experiment)
+        return cls(folder.open_edited_memory(), exp, cfg)
 
     @classmethod
     def for_predictor(cls, predictor) -> "MemoryEditor":
@@ -168,36 +168,38 @@ def compact(run_dir: Path | str, experiment: str | None = None, *, rows_per_shar
     Raises:
         FolderBusyError: a run, eval or another compaction is writing the folder.
     """
-    from .io import exclusive_lock
-    from .run_folder import MEMORY_DIR, finish_run, write_serving
-
-    run_dir = Path(run_dir)
-    with exclusive_lock(run_dir / ".lock", busy=f"{run_dir}: a `ravis run`, `eval` or compaction "
-                                                 "is writing this folder; wait for it to finish"):
-        editor = MemoryEditor.open(run_dir, experiment)
+    run = RunFolder(run_dir)
+    with run.locked(busy=f"{run.path}: a `ravis run`, `eval` or compaction is writing this "
+                         "folder; wait for it to finish"):
+        editor = MemoryEditor.open(run.path, experiment)
         memory = editor.memory
-        folder = experiment_dir(run_dir, editor.experiment.name)
+        folder = run.experiment(editor.experiment.name)
         with memory.log.locked():
             memory.refresh()
             if memory.seq == memory.folded:
                 return {"folded": 0, "rows": len(memory), "path": None}
-            target = folder / MEMORY_DIR / f"compacted-{memory.seq:06d}"
+            target = folder.compacted_part(memory.seq)
             saved = _write_live_rows(memory, target, rows_per_shard)
             _index_like(memory.base, saved, editor.experiment, progress)
-            info = read_serving(folder)
             folded = memory.seq - memory.folded
-            info["memory"] = {**info["memory"], "class_names": memory.class_names,
-                              # the compacted base's classes beyond the trained ones, counted
-                              # here, so their votes stay balanced as before (Predictor)
-                              "class_counts": {c: n for c, n in memory.class_counts().items()
-                                               if c not in info["class_names"]},
-                              "edits_folded": memory.seq,
-                              "parts": [{"spec": "compacted", "path": str(target.relative_to(folder)),
-                                         "digest": saved.digest, "rows": len(saved), "copied": True}]}
-            write_serving(folder, info)  # the switch: from here on, the compacted memory is served
-            finish_run(run_dir)
+            _serve_compacted(folder, memory, saved)  # the switch: from here on, it is served
+            run.finish()
             memory.log.path.rename(memory.log.path.with_name(f"{memory.log.path.name}.folded-{memory.seq:06d}"))
         return {"folded": folded, "rows": len(saved), "path": str(target)}
+
+
+def _serve_compacted(folder, memory: EditedMemory, saved) -> None:
+    """Points the experiment's serving.json at the compacted memory ``saved``, in one rename."""
+    info = folder.read_serving()
+    info["memory"] = {**info["memory"], "class_names": memory.class_names,
+                      # the compacted base's classes beyond the trained ones, counted here, so
+                      # their votes stay balanced as before (Predictor)
+                      "class_counts": {c: n for c, n in memory.class_counts().items()
+                                       if c not in info["class_names"]},
+                      "edits_folded": memory.seq,
+                      "parts": [{"spec": "compacted", "path": str(saved.memdir.relative_to(folder.path)),
+                                 "digest": saved.digest, "rows": len(saved), "copied": True}]}
+    folder.write_serving(info)
 
 
 def _write_live_rows(memory: EditedMemory, target: Path, rows_per_shard: int):
@@ -233,7 +235,7 @@ def _index_like(base, saved, experiment: ExperimentConfig, progress: bool) -> No
     from .memory.indexing import INDEX_DIR, has_index, index_memory
     from .memory.sharded import ShardedMemory
 
-    indexed = [m for _, m in getattr(base, "parts", []) if isinstance(m, ShardedMemory) and has_index(m.memdir)]
+    indexed = [m for _, m in base.parts if isinstance(m, ShardedMemory) and has_index(m.memdir)]
     if not indexed:
         return
     largest = max(indexed, key=len)

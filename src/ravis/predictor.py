@@ -32,11 +32,10 @@ from .errors import InputError
 from .fusion import build_model
 from .io import default_cache_dir
 from .memory.base import Memory, neighbor_labels
-from .memory.edits import EditedIndex
-from .methods import method as get_method
-from .retrieval.memory_index import memory_index
-from .run_folder import (SERVING_FILE, RunFolderError, experiment_dir, load_config,
-                         open_edited_memory, open_run, pick_experiment, read_serving, verify_files)
+from .index.edited_index import EditedIndex
+from .methods import DEFAULT_SERVED, method as get_method
+from .memory.indexing import memory_index
+from .run_folder import RunFolder, RunFolderError
 from .thumbnails import media_type
 
 
@@ -57,7 +56,7 @@ class Predictor:
     run_dir: Path | None = None  # the run folder it was loaded from (the server offers its other models)
 
     @classmethod
-    def load(cls, run_dir: Path | str, experiment: str | None = None, method: str = "mam",
+    def load(cls, run_dir: Path | str, experiment: str | None = None, method: str = DEFAULT_SERVED,
              cache_dir: Path | None = None, *, index: str | None = None,
              search_params: dict | None = None, device: str | None = None) -> "Predictor":
         """Loads experiment ``experiment`` (default: the first) of a run folder, model ``method``.
@@ -65,36 +64,35 @@ class Predictor:
         ``index`` serves with another index spec than the run's (e.g. ``"faiss:IVF256,Flat"``
         with ``search_params={"nprobe": 16}``: an exact scan reads every key per query).
         """
-        run_dir = Path(run_dir)
-        cfg, record = open_run(run_dir)
-        exp = pick_experiment(cfg, run_dir, experiment)
+        run = RunFolder(run_dir)
+        cfg, record = run.open()
+        exp, folder = run.pick(cfg, experiment)
         if not get_method(method).servable:
             raise InputError(f"predict serves trained models whose inputs are the neighbours "
                              f"themselves, not {method!r}")
-        folder = experiment_dir(run_dir, exp.name)
-        weights = folder / f"{method}.safetensors"
+        weights = folder.weights(method)
         if not weights.exists():
             raise FileNotFoundError(f"{weights}: no trained {method!r} model in this run")
-        verify_files(run_dir, record, [f"{folder.name}/{weights.name}", f"{folder.name}/{SERVING_FILE}"])
-        info = read_serving(folder)
+        run.verify(record, [weights, folder.serving])
+        info = folder.read_serving()
         if method in info.get("finetuned", {}):
             # its queries need the fine-tuned encoder (and, re-embedded, keys of it): served
             # with the run's frozen encoder and memory it would answer, wrongly, all the same
-            raise RunFolderError(f"{folder}: {method!r} was trained with a fine-tuned encoder "
+            raise RunFolderError(f"{folder.path}: {method!r} was trained with a fine-tuned encoder "
                                  f"(train.finetune_encoder, keys {info['finetuned'][method]}); serving "
-                                 "fine-tuned models is not supported yet: its metrics are in results.json")
-        memory = open_edited_memory(folder, info)  # the run's memory with its edits
+                                 f"fine-tuned models is not supported yet: its metrics are in {run.RESULTS}")
+        memory = folder.open_edited_memory(info)  # the run's memory with its edits
         base = memory.base
         device = resolve_device(device or cfg.device)
         encoder = create_image_encoder(exp.encoder, device=device)
         base.check_query_encoder(encoder.fingerprint(), encoder.dim)
         class_names = list(info["class_names"])
         state = load_file(str(weights), device=str(device))
-        if exp.mam.hidden_layer and not any(k.startswith("hidden.") for k in state):
+        if exp.classifier.hidden_layer and not any(k.startswith("hidden.") for k in state):
             # weights from before MAM's classifier had a hidden layer: the linear head they had
-            exp = dataclasses.replace(exp, mam=dataclasses.replace(exp.mam, hidden_layer=False))
+            exp = dataclasses.replace(exp, classifier=dataclasses.replace(exp.classifier, hidden_layer=False))
         model = build_model(method, exp, memory.dim, memory.value_dim, len(class_names)).to(device)
-        if hasattr(model, "label_counts"):
+        if model.label_counts is not None:
             # weights from before votes were balanced: all counts equal, the plain vote they had
             state.setdefault("label_counts", model.label_counts)
         model.load_state_dict(state)
@@ -103,11 +101,11 @@ class Predictor:
         searcher = EditedIndex(memory_index(base, retrieval, Path(cache_dir or default_cache_dir()),
                                             search_params=search_params or None, device=device), memory)
         if method not in info.get("logit_adjustment", {}):
-            raise RunFolderError(f"{folder / SERVING_FILE}: no post-hoc adjustment recorded for "
+            raise RunFolderError(f"{folder.serving}: no post-hoc adjustment recorded for "
                                  f"{method!r}; rerun the experiment")
         adjustment = info["logit_adjustment"][method]
         return cls(cfg, exp, method, encoder, memory, searcher, model, class_names, int(info["k"]),
-                   None if adjustment is None else np.asarray(adjustment, dtype=np.float32), run_dir)
+                   None if adjustment is None else np.asarray(adjustment, dtype=np.float32), run.path)
 
     @property
     def all_class_names(self) -> list[str]:
@@ -179,7 +177,7 @@ class Predictor:
         class whose count the memory does not know (listed by its base, never counted) takes
         the trained classes' mean count."""
         extra = names[len(self.class_names):]
-        if not extra or not getattr(self.model, "balances_votes", False):
+        if not extra or not self.model.balances_votes:
             return None
         counts, mean = self.memory.class_counts(), float(self.model.label_counts.mean())
         return torch.tensor([counts.get(c, mean) for c in extra], dtype=torch.float32)
@@ -255,4 +253,4 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-__all__ = ["Predictor", "load_config"]
+__all__ = ["Predictor"]

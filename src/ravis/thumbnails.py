@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .data.dataset import BadImageError, ImageDataset
-from .encoders.preprocess import to_rgb
+from .data.images import to_rgb
 from .cache import entry_lock, is_sealed, seal
 from .errors import InputError
 from .io import atomic_path, link_or_copy, stable_hash

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ravis.config import load_preset
-from ravis.experiment.methods import train_method, vote_result
+from ravis.experiment import train_method, vote_result
 from ravis.experiment.prepare import prepare
 from ravis.memory import ArrayMemory, ShardedMemory
 

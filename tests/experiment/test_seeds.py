@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ravis.config import ConfigError, load_preset
-from ravis.experiment.run import aggregate_seeds, run, with_seed
+from ravis.experiment.results import aggregate_seeds
+from ravis.experiment.run import run, with_seed
 
 TINY = Path(__file__).parents[2] / "configs" / "tiny.yaml"
 

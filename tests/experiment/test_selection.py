@@ -10,7 +10,8 @@ import pytest
 from ravis.config import DataConfig, ExperimentConfig, RetrievalConfig, TrainConfig
 from ravis.data.dataset import ImageDataset
 from ravis.evaluation.metrics import paired_gain
-from ravis.experiment.methods import choose_on_validation, selection_metric, train_method, vote_result
+from ravis.experiment import train_method, vote_result
+from ravis.experiment.selection import choose_on_validation, selection_metric
 from ravis.experiment.prepare import Prepared, SplitData
 from ravis.memory import ArrayMemory
 
@@ -178,26 +179,23 @@ def test_warm_start_trains_the_classifier_alone_then_chooses_the_vote_weight_on_
     """The first phase moves neither the fusion module nor the vote's sharpness (the vote's
     weight is 0 while the classifier trains); the vote's weight it ends with is the grid
     value whose product scores best on validation, found here by brute force."""
+    import dataclasses
+
     import torch
-    import ravis.experiment.methods as M
     from ravis.evaluation.metrics import selection_score
-    from ravis.fusion import build_model
-    from ravis.training.loss import log_prior
+    from ravis.experiment.train_eval import MethodRun
     from ravis.training.trainer import predict
 
     prep = synthetic([300, 120, 40, 12, 6, 3], [60] * 6, dataset_spec="fashion-mnist", noise=1.2)
-    exp = prep.config
-    memory, _, train, _ = M._query_sets(prep, "mam", tmp_path, "minilm")
-    mask = M.validation_split(prep.train.dataset.labels, 0.2, 0)
-    fit_set, val = train.subset(np.flatnonzero(~mask)), train.subset(np.flatnonzero(mask))
-    counts = np.bincount(fit_set.labels.numpy(), minlength=6)
-    prior = log_prior(counts).numpy()
-    model = build_model("mam", exp, DIM, DV, 6, 5, prep.memory_label_counts)
+    weights, posthoc = [0.125, 0.5, 2.0], [0.0, 1.0]  # exact in float32, as the weight is stored
+    prep.config = dataclasses.replace(prep.config, train=dataclasses.replace(
+        prep.config.train, val_fraction=0.2, vote_weight_grid=weights))
+    run = MethodRun("mam", prep, tmp_path, "minilm", tmp_path / "ckpt", resume=False)
+    val, memory, prior = run.val, run.memory, run.prior
+    model = run.build(prep.memory_label_counts)
     fusion_before = {k: v.clone() for k, v in model.fusion.state_dict().items()}
     scale_before = model.label_log_scale.detach().clone()
-    weights, posthoc = [0.1, 0.5, 2.0], [0.0, 1.0]
-    warm, chosen = M._warm_start(model, "key", fit_set, val, memory, exp.train, counts, 1.0, "balanced",
-                                 prior, weights, posthoc, tmp_path, tmp_path / "ckpt", False, None, "t")
+    warm, chosen = run.warm_start(model, "key", 1.0, posthoc)
     for k, v in warm.fusion.state_dict().items():
         torch.testing.assert_close(v, fusion_before[k])
     assert warm.label_log_scale == scale_before
@@ -241,9 +239,8 @@ def test_warm_start_only_where_the_memory_holds_no_more_labels_than_the_training
 
 def test_a_vote_weight_of_zero_is_refused():
     """At weight 0 MAM would not read its memory's labels: an edit could not teach it a class."""
-    from ravis.config import MAMConfig
     from ravis.errors import InputError
 
     with pytest.raises(InputError, match="vote_weight_grid must be a non-empty list of weights > 0"):
-        MAMConfig(vote_weight_grid=[0.0, 0.5])
-    assert MAMConfig().vote_weight_grid == [0.1, 0.25, 0.5, 1.0, 2.0]
+        TrainConfig(vote_weight_grid=[0.0, 0.5])
+    assert TrainConfig().vote_weight_grid == [0.1, 0.25, 0.5, 1.0, 2.0]

@@ -102,7 +102,7 @@ def test_train_resumes_after_interruption(tmp_path, ravis_cache, monkeypatch, me
     shutil.rmtree(cache / "models")
     shutil.rmtree(cache / "evaluations")
 
-    real_epoch = trainer._train_epoch
+    real_epoch = trainer.TrainingLoop.run_epoch
     calls = {"n": 0}
 
     def dying_epoch(*a, **kw):
@@ -111,11 +111,11 @@ def test_train_resumes_after_interruption(tmp_path, ravis_cache, monkeypatch, me
             raise KeyboardInterrupt("killed")
         return real_epoch(*a, **kw)
 
-    monkeypatch.setattr(trainer, "_train_epoch", dying_epoch)
+    monkeypatch.setattr(trainer.TrainingLoop, "run_epoch", dying_epoch)
     with pytest.raises(KeyboardInterrupt):
         main(["train", *args, "--out", str(tmp_path / "resumed")])
     assert list((cache / "checkpoints").glob("*.safetensors"))
-    monkeypatch.setattr(trainer, "_train_epoch", real_epoch)
+    monkeypatch.setattr(trainer.TrainingLoop, "run_epoch", real_epoch)
     assert main(["train", *args, "--out", str(tmp_path / "resumed")]) == 0
     got = load_json(tmp_path / "resumed" / "results.json")["experiments"][0]["methods"]["mam"]
     assert got == ref
@@ -202,12 +202,12 @@ def test_a_busy_out_folder_is_refused(tmp_path, capsys):
 def test_a_full_disk_is_a_clear_error(tmp_path, monkeypatch, capsys):
     import errno
 
-    from ravis import commands
+    from ravis.cli import pipeline
 
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.npy"))
 
-    monkeypatch.setattr(commands, "cmd_run", full)
+    monkeypatch.setattr(pipeline, "run", full)
     assert main(["run", "-c", str(TINY), "--quiet", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "disk is full" in err and "x.npy" in err and "Traceback" not in err
@@ -219,12 +219,12 @@ def test_a_full_disk_is_a_clear_error(tmp_path, monkeypatch, capsys):
     (OSError(5, "Input/output error", "/data/in/shard.tar"), "run with -v"),
 ])
 def test_a_system_error_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys, error, says):
-    from ravis import commands
+    from ravis.cli import pipeline
 
     def fail(args):
         raise error
 
-    monkeypatch.setattr(commands, "cmd_run", fail)
+    monkeypatch.setattr(pipeline, "run", fail)
     assert main(["run", "-c", str(TINY), "--quiet", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and error.filename in err and says in err and "Traceback" not in err

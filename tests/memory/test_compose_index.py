@@ -9,7 +9,7 @@ import pytest
 from ravis.cli import main
 from ravis.config import load_preset
 from ravis.experiment.prepare import prepare
-from ravis.retrieval.memory_index import memory_index
+from ravis.memory.indexing import memory_index
 from ravis.index.multi import MultiIndex, exact_search
 from ravis.memory.indexing import key_paths, open_memory_index
 from ravis.memory.sharded import ShardedMemory

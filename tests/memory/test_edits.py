@@ -8,8 +8,10 @@ import pytest
 
 from ravis.config import RetrievalConfig
 from ravis.memory import ArrayMemory, Memory, MemoryMismatchError
-from ravis.memory.edits import EditedIndex, EditedMemory, EditError, EditLog, encode_array
-from ravis.retrieval.memory_index import memory_index
+from ravis.index.edited_index import EditedIndex
+from ravis.memory.edit_log import EditLog, encode_array
+from ravis.memory.edited_view import EditedMemory, EditError
+from ravis.memory.indexing import memory_index
 
 D, DV = 16, 6
 
@@ -229,7 +231,7 @@ import sys, numpy as np
 sys.path.insert(0, sys.argv[3])
 from test_edits import add_args
 from ravis.memory import ShardedMemory
-from ravis.memory.edits import EditedMemory
+from ravis.memory.edited_view import EditedMemory
 memory = EditedMemory(ShardedMemory.open(sys.argv[1]), sys.argv[2])
 rng = np.random.default_rng(7)
 for i in range(10**6):  # until killed

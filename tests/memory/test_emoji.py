@@ -18,7 +18,7 @@ from ravis.data.dataset import BadImageError
 from ravis.memory import collections as emoji_collections
 from ravis.memory.collections import emoji_memory
 from ravis.memory.sharded import ShardedMemory
-from ravis.memory.sources import SourceError, read_rows, resolve_sources
+from ravis.data.sources import SourceError, read_rows, resolve_sources
 
 CATEGORIES = {"Smileys & Emotion", "People & Body", "Component", "Animals & Nature",
               "Food & Drink", "Travel & Places", "Activities", "Objects", "Symbols", "Flags"}

@@ -21,8 +21,10 @@ from ravis.data import BadImageError
 from ravis.memory import MemoryMismatchError
 from ravis.memory.shard_build import (BuildSettings, add_shards, build_shard, build_shards,
                                       build_sharded_memory)
+from ravis.memory.store import ArrayMemory
 from ravis.memory.sharded import ShardedMemory, load_manifest, shard_file
-from ravis.memory.sources import InputShard, ShardReadError, SourceError, resolve_sources
+from ravis.data.images import open_image
+from ravis.data.sources import InputShard, ShardReadError, SourceError, resolve_sources
 
 FAULTS = {"bad_image": 2, "duplicate_key": 1, "missing_caption": 2}
 
@@ -61,7 +63,7 @@ def test_build_contents(reference, wds_dir):
     assert "00003.tar: cannot read tar shard" in m["failed_shards"][0]["error"]
     assert (mem.dim, mem.value_dim, mem.dtype) == (1280, 384, np.float16)
     assert not [p for p in (reference / "shards").iterdir() if p.name.endswith(".tmp")]
-    memory = mem.to_memory()
+    memory = ArrayMemory.from_memory(mem)
     assert len(set(memory.ids)) == 23 and memory.ids[6] == "00001/10000"
     assert memory.texts[6] == "a picture number 10" and set(memory.labels) == {-1}
     np.testing.assert_allclose(np.linalg.norm(memory.keys, axis=1), 1, atol=2e-3)
@@ -72,12 +74,12 @@ def test_build_contents(reference, wds_dir):
 def test_keys_and_values_are_the_encoders_outputs(reference, wds_dir):
     """Against the encoders called directly on the same images and captions."""
     from ravis.encoders import create_image_encoder, create_text_encoder
-    from ravis.memory.sources import decode_image, read_rows, resolve_sources
+    from ravis.data.sources import read_rows, resolve_sources
 
     mem = ShardedMemory.open(reference)
     rows = read_rows(resolve_sources(str(wds_dir / "00000.tar"))[0][0]).rows
     image_encoder = create_image_encoder("efficientnet_lite0")
-    pixels = np.stack([image_encoder.preprocess(decode_image(r.image, r.key)) for r in rows])
+    pixels = np.stack([image_encoder.preprocess(open_image(r.image, where=r.key)) for r in rows])
     want_keys = image_encoder.encode_pixels(pixels)
     want_values = create_text_encoder("minilm").encode_texts([r.text for r in rows])
     np.testing.assert_allclose(mem.keys(0).astype(np.float32), want_keys, atol=1e-3)
@@ -317,7 +319,7 @@ def test_folder_source_labels(tmp_path, ravis_cache):
     mem = build_sharded_memory(f"imagefolder:{root}", tmp_path / "m", dtype="float32",
                                thumbnails=False, rows_per_shard=2, progress=False)
     assert mem.shard_rows == [2, 2, 1] and mem.class_names == ["cat", "dog"]
-    memory = mem.to_memory()
+    memory = ArrayMemory.from_memory(mem)
     assert memory.labels.tolist() == [0, 0, 0, 1, 1] and memory.texts[3] == "a photo of a dog"
     assert mem.meta(0).column("thumbnail").null_count == 2 and mem.dtype == np.float32
 

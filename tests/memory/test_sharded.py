@@ -53,8 +53,8 @@ def test_open_reads_shards_and_global_rows(memdir):
         mem.locate(8)
 
 
-def test_to_memory_is_the_core_memory(memdir):
-    mem = ShardedMemory.open(memdir).to_memory()
+def test_from_memory_is_the_core_memory(memdir):
+    mem = ArrayMemory.from_memory(ShardedMemory.open(memdir))
     assert isinstance(mem, ArrayMemory) and isinstance(mem, Memory) and len(mem) == 8
     assert mem.keys.dtype == np.float16  # the stored dtype
     assert mem.ids[5] == "00002/k0" and mem.texts[5] == "text 2.0"
@@ -74,7 +74,7 @@ def test_verify_catches_a_corrupted_shard(memdir):
     with pytest.raises(MemoryMismatchError, match=r"00002\.values\.npy"):
         ShardedMemory.open(memdir, verify=True)
     with pytest.raises(MemoryMismatchError, match=r"00002\.values\.npy"):
-        ShardedMemory.open(memdir).to_memory()  # an experiment never loads a damaged shard
+        ArrayMemory.from_memory(ShardedMemory.open(memdir))  # an experiment never loads a damaged shard
 
 
 def _rewrite(memdir, name, kind, array):

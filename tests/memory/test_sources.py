@@ -8,7 +8,8 @@ import pytest
 from shard_data import good_sample, make_image, write_tar
 
 from ravis.data import BadImageError
-from ravis.memory.sources import (InputShard, ShardReadError, SourceError, decode_image,
+from ravis.data.images import open_image
+from ravis.data.sources import (InputShard, ShardReadError, SourceError,
                                   read_rows, resolve_sources)
 
 
@@ -29,7 +30,7 @@ def test_good_tar_rows_in_order_with_metadata(wds_dir):
     assert [r.key for r in out.rows] == [f"0000{i}" for i in range(6)]
     assert out.rows[2].text == "a picture number 2" and '"url"' in out.rows[2].json
     assert not out.skipped
-    assert [decode_image(r.image, r.key).size for r in out.rows] == [(96, 72)] * 6  # jpg png webp
+    assert [open_image(r.image, where=r.key).size for r in out.rows] == [(96, 72)] * 6  # jpg png webp
 
 
 def test_faulty_tar_counts_each_reason(wds_dir):
@@ -41,7 +42,7 @@ def test_faulty_tar_counts_each_reason(wds_dir):
     # The truncated and the undecodable image are read as bytes and refused at decoding.
     for row in out.rows[2:4]:
         with pytest.raises(BadImageError, match=f"where/{row.key}"):
-            decode_image(row.image, f"where/{row.key}")
+            open_image(row.image, where=f"where/{row.key}")
 
 
 def test_strict_names_the_shard_and_key(wds_dir):
@@ -106,7 +107,7 @@ def test_parquet_bytes_and_paths(parquet_dir):
     assert by_path.rows[1].image == str(parquet_dir / "img" / "p1.png")
     assert [r.key for r in by_path.rows] == ["000000000", "000000001", "000000002", "000000003"]
     for r in by_bytes.rows + by_path.rows:
-        assert decode_image(r.image, r.key).size == (96, 72)
+        assert open_image(r.image, where=r.key).size == (96, 72)
 
 
 def test_parquet_column_names(parquet_dir, tmp_path):
@@ -122,7 +123,7 @@ def test_parquet_column_names(parquet_dir, tmp_path):
     pq.write_table(pa.table({"image": [{"bytes": make_image(3), "path": None}],
                              "caption": ["hf struct"]}), tmp_path / "hf.parquet")
     shards, _ = resolve_sources(str(tmp_path / "hf.parquet"))
-    assert decode_image(read_rows(shards[0]).rows[0].image, "x").size == (96, 72)
+    assert open_image(read_rows(shards[0]).rows[0].image, where="x").size == (96, 72)
 
 
 def test_imagefolder_shards_labels_and_prompt_fallback(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 from ravis.cli import main
 from ravis.io import load_json
 from ravis.report import write_report
-from ravis.report.figures import attention_by_rank, memory_size_groups, plot_memory_size
+from ravis.evaluation.plots import attention_by_rank, memory_size_groups, plot_memory_size
 from ravis.report.gallery import pick_examples
 
 
@@ -84,12 +84,12 @@ def test_accuracy_versus_memory_size_has_at_least_four_sizes(tiny_run, tmp_path)
 
 
 def test_the_shots_legend_covers_no_bar(tiny_run, monkeypatch, tmp_path):
-    from ravis.evaluation import report as eval_report
+    from ravis.evaluation import plots
 
     figures = []
-    monkeypatch.setattr(eval_report, "_save_figure", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
     entry = load_json(tiny_run / "results.json")["experiments"][0]
-    eval_report.plot_shots(entry, tmp_path / "s.png")
+    plots.plot_shots(entry, tmp_path / "s.png")
     fig = figures[0]
     fig.canvas.draw()
     ax = fig.axes[0]

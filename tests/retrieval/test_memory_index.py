@@ -8,7 +8,7 @@ from ravis.index.base import Index
 from ravis.index.mapped import MappedExactIndex
 from ravis.index.multi import MultiIndex
 from ravis.memory import ArrayMemory, compose
-from ravis.retrieval.memory_index import index_signature, memory_index
+from ravis.memory.indexing import index_signature, memory_index
 
 
 def memory(m, seed, d=16):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ravis.serve import create_app, is_loopback
-from ravis.serve.metrics import parse_histogram_means
+from ravis.serve.prometheus import parse_histogram_means
 
 from serve_helpers import Client, multipart, png_bytes, start_server
 

@@ -14,8 +14,9 @@ from ravis.cli import main
 from ravis.data import load_fashion_mnist
 from ravis.editor import MemoryEditor
 from ravis.memory import ArrayMemory
-from ravis.memory.edits import EditedIndex, EditedMemory, EditError
-from ravis.retrieval.memory_index import memory_index
+from ravis.index.edited_index import EditedIndex
+from ravis.memory.edited_view import EditedMemory, EditError
+from ravis.memory.indexing import memory_index
 
 
 @pytest.fixture

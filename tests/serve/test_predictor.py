@@ -11,8 +11,8 @@ from PIL import Image
 
 import ravis
 from ravis.data import load_fashion_mnist
-from ravis import run_folder
-from ravis.memory import ShardedMemory
+from ravis.run_folder import RunFolder, RunFolderError
+from ravis.memory import ArrayMemory, ShardedMemory
 from ravis.thumbnails import ThumbnailStore, make_thumbnail, write_thumbnails
 
 N = 40  # test images compared
@@ -67,7 +67,7 @@ def test_weights_from_before_balanced_votes_serve_the_plain_vote(tiny_run, tmp_p
     assert "label_counts" in state
     counts = state.pop("label_counts")
     save_file(state, weights)
-    run_folder.finish_run(old)
+    RunFolder(old).finish()
     served = ravis.load(old)
     assert served.model.label_counts.tolist() == [1.0] * len(counts)
     assert len(served.predict(_test_images(tiny_run, 2))) == 2
@@ -87,7 +87,7 @@ def test_weights_from_before_the_hidden_layer_serve_their_linear_head(tiny_run, 
     for k in hidden:
         state.pop(k)
     save_file(state, weights)
-    run_folder.finish_run(old)
+    RunFolder(old).finish()
     served = ravis.load(old)
     assert isinstance(served.model.hidden, torch.nn.Identity)
     assert torch.equal(served.model.head.weight.detach().cpu(), torch.from_numpy(state["head.weight"]))
@@ -139,13 +139,13 @@ def test_unfinished_or_old_run_folder_is_refused(tiny_run, tmp_path):
     info_path = old / "tiny-fmnist" / "serving.json"
     info = json.loads(info_path.read_text())
     info_path.write_text(json.dumps({**info, "format": 1}))
-    with pytest.raises(run_folder.RunFolderError, match="serving.json: changed or damaged"):
+    with pytest.raises(RunFolderError, match="serving.json: changed or damaged"):
         ravis.load(old)  # the completion record's checksum catches the edit first
-    run_folder.finish_run(old)  # as if an older ravis had finished it
-    with pytest.raises(run_folder.RunFolderError, match="serving.json: format 1"):
+    RunFolder(old).finish()  # as if an older ravis had finished it
+    with pytest.raises(RunFolderError, match="serving.json: format 1"):
         ravis.load(old)
     info_path.unlink()
-    with pytest.raises(run_folder.RunFolderError, match="serving.json: missing"):
+    with pytest.raises(RunFolderError, match="serving.json: missing"):
         ravis.load(old)
 
 
@@ -157,9 +157,9 @@ def test_a_run_without_its_completion_record_is_refused_by_every_reader(tiny_run
 
     killed = tmp_path / "killed"
     shutil.copytree(tiny_run, killed)
-    (killed / run_folder.COMPLETE_FILE).unlink()
+    (killed / RunFolder.COMPLETE).unlink()
     for load in (lambda: ravis.load(killed), lambda: write_report(killed)):
-        with pytest.raises(run_folder.RunFolderError, match="did not finish.*ravis run"):
+        with pytest.raises(RunFolderError, match="did not finish.*ravis run"):
             load()
     for verb in (["eval", str(killed)], ["predict", "--run", str(killed), str(tmp_path / "x.png")],
                  ["report", str(killed)]):
@@ -175,7 +175,7 @@ def test_a_flipped_byte_in_a_model_file_is_refused(tiny_run, tmp_path):
     raw = bytearray(weights.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     weights.write_bytes(bytes(raw))
-    with pytest.raises(run_folder.RunFolderError, match="mam.safetensors: changed or damaged"):
+    with pytest.raises(RunFolderError, match="mam.safetensors: changed or damaged"):
         ravis.load(damaged)
     ravis.load(damaged, method="linear")  # the other models are intact
 
@@ -187,12 +187,12 @@ def test_rerun_finishes_an_unfinished_folder_and_removes_stale_temporaries(tiny_
 
     killed = tmp_path / "killed"
     shutil.copytree(tiny_run, killed)
-    (killed / run_folder.COMPLETE_FILE).unlink()
+    (killed / RunFolder.COMPLETE).unlink()
     stale = killed / "tiny-fmnist" / ".predictions.npz.abc123.tmp"
     stale.write_bytes(b"half a file")
     tiny = Path(__file__).parents[2] / "configs" / "tiny.yaml"
     assert main(["run", "-c", str(tiny), "--out", str(killed), "--quiet", "--cache", str(ravis_cache)]) == 0
-    assert not stale.exists() and (killed / run_folder.COMPLETE_FILE).is_file()
+    assert not stale.exists() and (killed / RunFolder.COMPLETE).is_file()
     ravis.load(killed)
 
 
@@ -251,31 +251,31 @@ def test_make_thumbnail_bounds_and_flattens():
 
 
 def test_identical_memory_arrays_are_hard_linked(tiny_run, tmp_path):
-    memory = ShardedMemory.open(tiny_run / "tiny-fmnist" / "memory" / "train").to_memory()
-    entries = [run_folder.save_memory_part(tmp_path / name, "train", memory, tmp_path, copy=False)
+    memory = ArrayMemory.from_memory(ShardedMemory.open(tiny_run / "tiny-fmnist" / "memory" / "train"))
+    entries = [RunFolder(tmp_path).experiment(name).save_memory_part("train", memory, copy=False)
                for name in ("x", "y")]
     keys = "memory/train/shards/00000.keys.npy"
     assert os.path.samefile(tmp_path / "x" / keys, tmp_path / "y" / keys)
     assert entries[0]["digest"] == entries[1]["digest"]
-    again = run_folder.save_memory_part(tmp_path / "y", "train", memory, tmp_path, copy=False)
+    again = RunFolder(tmp_path).experiment("y").save_memory_part("train", memory, copy=False)
     assert again == entries[1]  # a rerun rewrites nothing
 
 
 def test_a_memory_part_is_saved_once_into_the_cache_and_linked_into_each_run(tiny_run, tmp_path, caplog):
     """A run into a fresh folder links the cached copy instead of writing the memory again;
     a damaged cached copy is refused by its checksum before any run uses it."""
-    memory = ShardedMemory.open(tiny_run / "tiny-fmnist" / "memory" / "train").to_memory()
+    memory = ArrayMemory.from_memory(ShardedMemory.open(tiny_run / "tiny-fmnist" / "memory" / "train"))
     cache = tmp_path / "cache"
-    first = run_folder.save_memory_part(tmp_path / "run1" / "e", "train", memory, tmp_path / "run1",
-                                        copy=False, cache_dir=cache)
-    second = run_folder.save_memory_part(tmp_path / "run2" / "e", "train", memory, tmp_path / "run2",
-                                         copy=False, cache_dir=cache)
+    first = RunFolder(tmp_path / "run1").experiment("e").save_memory_part("train", memory, copy=False,
+                                                                 cache_dir=cache)
+    second = RunFolder(tmp_path / "run2").experiment("e").save_memory_part("train", memory, copy=False,
+                                                                 cache_dir=cache)
     keys = "memory/train/shards/00000.keys.npy"
     (cached,) = (cache / "run-memories").glob("*/shards/00000.keys.npy")
     assert os.path.samefile(tmp_path / "run1" / "e" / keys, cached)
     assert os.path.samefile(tmp_path / "run2" / "e" / keys, cached)
     assert first["digest"] == second["digest"] == memory.save(tmp_path / "plain").digest
-    assert ShardedMemory.open(tmp_path / "run2" / "e" / "memory" / "train", verify=True).to_memory().ids == memory.ids
+    assert ArrayMemory.from_memory(ShardedMemory.open(tmp_path / "run2" / "e" / "memory" / "train", verify=True)).ids == memory.ids
 
     data = bytearray(cached.read_bytes())
     data[-1] ^= 0xFF
@@ -283,8 +283,8 @@ def test_a_memory_part_is_saved_once_into_the_cache_and_linked_into_each_run(tin
     damaged.write_bytes(bytes(data))
     os.replace(damaged, cached)  # a new file at the cached path: the runs keep theirs
     with caplog.at_level(logging.WARNING):
-        third = run_folder.save_memory_part(tmp_path / "run3" / "e", "train", memory, tmp_path / "run3",
-                                            copy=False, cache_dir=cache)
+        third = RunFolder(tmp_path / "run3").experiment("e").save_memory_part("train", memory, copy=False,
+                                                                 cache_dir=cache)
     assert "00000.keys.npy" in caplog.text and "again" in caplog.text
     assert third["digest"] == first["digest"]
     for run in ("run1", "run3"):
@@ -294,7 +294,7 @@ def test_a_memory_part_is_saved_once_into_the_cache_and_linked_into_each_run(tin
     (entry,) = [p for p in (cache / "run-memories").iterdir() if p.is_dir()]
     (entry / "content.json").write_text("{not json")  # an unreadable record is saved again too
     with caplog.at_level(logging.WARNING):
-        run_folder.save_memory_part(tmp_path / "run4" / "e", "train", memory, tmp_path / "run4",
-                                    copy=False, cache_dir=cache)
+        RunFolder(tmp_path / "run4").experiment("e").save_memory_part("train", memory, copy=False,
+                                                                 cache_dir=cache)
     assert "content.json" in caplog.text
     ShardedMemory.open(tmp_path / "run4" / "e" / "memory" / "train", verify=True)

@@ -16,7 +16,8 @@ from ravis.config import ConfigError, TrainConfig, load_preset
 from ravis.data.dataset import ImageDataset
 from ravis.encoders.trainable import FeatureNet, FineTunedEncoder, trainable_network
 from ravis.fusion import RetrievalClassifier, create_fusion
-from ravis.training import finetune as ft
+from ravis.training import joint as ft
+from ravis.training.trainer import FitData
 from ravis.training.data import MemoryTensors, QuerySet
 
 TINY = Path(__file__).parents[2] / "configs" / "tiny.yaml"
@@ -89,7 +90,8 @@ def _cfg(**kw) -> TrainConfig:
 def test_a_step_moves_the_encoder_weights_of_a_copy():
     encoder, joint, memory, queries, pixels = _setup()
     before = copy.deepcopy(joint.encoder.state_dict())
-    ft.finetune(joint, pixels, queries, np.arange(N), memory, _cfg(finetune_epochs=1), [8, 8, 8], tau=0.0)
+    ft.finetune(joint, ft.Images(pixels, np.arange(N)), FitData(queries, memory, [8, 8, 8]),
+                _cfg(finetune_epochs=1), tau=0.0)
     moved = [k for k, v in joint.encoder.state_dict().items() if not torch.equal(v, before[k])]
     assert "net.conv.weight" in moved
     # batch norm keeps its statistics (FeatureNet stays in evaluation mode)
@@ -102,7 +104,8 @@ def test_a_step_moves_the_encoder_weights_of_a_copy():
 
 def test_fine_tuned_encoder_embeds_with_the_trained_weights():
     encoder, joint, memory, queries, pixels = _setup()
-    ft.finetune(joint, pixels, queries, np.arange(N), memory, _cfg(finetune_epochs=1), [8, 8, 8], tau=0.0)
+    ft.finetune(joint, ft.Images(pixels, np.arange(N)), FitData(queries, memory, [8, 8, 8]),
+                _cfg(finetune_epochs=1), tau=0.0)
     tuned = FineTunedEncoder(encoder, joint.encoder)
     x = np.stack([encoder.preprocess(_dataset().load_image(i)) for i in range(4)])
     expected = torch.nn.functional.normalize(joint.encoder(torch.from_numpy(x)), dim=1).detach().numpy()
@@ -118,8 +121,8 @@ def test_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
     _, joint, memory, queries, pixels = _setup()
     val_rows = np.arange(18, N)
     train, val = queries.subset(np.arange(18)), queries.subset(val_rows)
-    whole = ft.finetune(joint, pixels, train, np.arange(18), memory, cfg, [8, 8, 8], tau=0.5,
-                        val=val, val_rows=val_rows)
+    images, data = ft.Images(pixels, np.arange(18), val_rows), FitData(train, memory, [8, 8, 8], val)
+    whole = ft.finetune(joint, images, data, cfg, tau=0.5)
     reference = copy.deepcopy(joint.state_dict())
 
     _, joint, memory, queries, pixels = _setup()
@@ -135,13 +138,13 @@ def test_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
     ckpt = tmp_path / "ft.ckpt.safetensors"
     monkeypatch.setattr(ft, "lace_loss", dies_at_step_4)
     with pytest.raises(KeyboardInterrupt):
-        ft.finetune(joint, pixels, train, np.arange(18), memory, cfg, [8, 8, 8], tau=0.5,
-                    val=val, val_rows=val_rows, checkpoint=ckpt)
+        ft.finetune(joint, ft.Images(pixels, np.arange(18), val_rows), FitData(train, memory, [8, 8, 8], val),
+                    cfg, tau=0.5, checkpoint=ckpt)
     monkeypatch.setattr(ft, "lace_loss", real)
     assert ckpt.exists()
     _, joint, memory, queries, pixels = _setup()  # a fresh process: nothing but the checkpoint
-    resumed = ft.finetune(joint, pixels, train, np.arange(18), memory, cfg, [8, 8, 8], tau=0.5,
-                          val=val, val_rows=val_rows, checkpoint=ckpt, resume=True)
+    resumed = ft.finetune(joint, ft.Images(pixels, np.arange(18), val_rows),
+                          FitData(train, memory, [8, 8, 8], val), cfg, tau=0.5, checkpoint=ckpt, resume=True)
     for k, v in joint.state_dict().items():
         torch.testing.assert_close(v, reference[k], rtol=0, atol=0, msg=k)
     assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch

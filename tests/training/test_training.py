@@ -11,7 +11,7 @@ from ravis.fusion import RetrievalClassifier, create_fusion
 from ravis.training import lace_loss, warmup_cosine
 from ravis.training.data import MemoryTensors, QuerySet
 from ravis.evaluation.metrics import balanced_accuracy
-from ravis.training.trainer import epochs_for, fit, parameter_groups
+from ravis.training.trainer import FitData, epochs_for, fit, parameter_groups
 
 
 def test_lace_matches_formula():
@@ -79,16 +79,16 @@ def test_resume_reaches_the_same_weights(tmp_path):
                       checkpoint_every=0)
     counts = np.bincount(train.labels.numpy(), minlength=3)
     full = _model()
-    fit(full, train, mem, cfg, counts, tau=1.0)
+    fit(full, FitData(train, mem, counts), cfg, tau=1.0)
 
     ckpt = tmp_path / "run.ckpt.safetensors"
     interrupted = _model()
     with pytest.raises(KeyboardInterrupt):
-        fit(interrupted, train, mem, cfg, counts, tau=1.0, checkpoint=ckpt,
+        fit(interrupted, FitData(train, mem, counts), cfg, tau=1.0, checkpoint=ckpt,
             log=lambda s: _kill_after(s, epoch=2))
     assert ckpt.exists() and not list(tmp_path.glob("*.tmp"))
     resumed = _model()  # a fresh process: new model, state only from the checkpoint
-    result = fit(resumed, train, mem, cfg, counts, tau=1.0, checkpoint=ckpt, resume=True)
+    result = fit(resumed, FitData(train, mem, counts), cfg, tau=1.0, checkpoint=ckpt, resume=True)
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
@@ -101,14 +101,14 @@ def test_checkpoints_are_written_at_most_every_checkpoint_every_seconds(tmp_path
     cfg = TrainConfig(lr=1e-2, epochs=4, batch_size=32, seed=5, min_steps=0, checkpoint_every=3600)
     counts = np.bincount(train.labels.numpy(), minlength=3)
     full = _model()
-    fit(full, train, mem, cfg, counts, tau=1.0)
+    fit(full, FitData(train, mem, counts), cfg, tau=1.0)
     ckpt = tmp_path / "run.ckpt.safetensors"
     with pytest.raises(KeyboardInterrupt):
-        fit(_model(), train, mem, cfg, counts, tau=1.0, checkpoint=ckpt,
+        fit(_model(), FitData(train, mem, counts), cfg, tau=1.0, checkpoint=ckpt,
             log=lambda s: _kill_after(s, epoch=3))
     assert not ckpt.exists()
     rerun = _model()
-    result = fit(rerun, train, mem, cfg, counts, tau=1.0, checkpoint=ckpt, resume=True)
+    result = fit(rerun, FitData(train, mem, counts), cfg, tau=1.0, checkpoint=ckpt, resume=True)
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     for (name, a), b in zip(full.state_dict().items(), rerun.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
@@ -122,8 +122,8 @@ def _kill_after(line: str, epoch: int):
 def test_checkpoint_is_not_pickle(tmp_path):
     train, mem = toy_problem()
     ckpt = tmp_path / "c.safetensors"
-    fit(_model(), train, mem, TrainConfig(epochs=1, batch_size=32, min_steps=0, checkpoint_every=0), [1, 1, 1],
-        tau=0.0, checkpoint=ckpt)
+    fit(_model(), FitData(train, mem, [1, 1, 1]),
+        TrainConfig(epochs=1, batch_size=32, min_steps=0, checkpoint_every=0), tau=0.0, checkpoint=ckpt)
     assert ckpt.read_bytes()[:1] != b"\x80"  # pickle protocol marker
     from safetensors.torch import load_file
     assert any(k.startswith("opt/") for k in load_file(str(ckpt)))
@@ -132,9 +132,8 @@ def test_checkpoint_is_not_pickle(tmp_path):
 def test_best_epoch_by_balanced_validation():
     train, mem = toy_problem()
     val = train.subset(np.arange(20))
-    result = fit(_model(), train.subset(np.arange(20, 96)), mem,
-                 TrainConfig(lr=1e-2, epochs=5, batch_size=32, val_fraction=0.2, min_steps=0), [1, 1, 1],
-                 tau=0.0, val=val)
+    result = fit(_model(), FitData(train.subset(np.arange(20, 96)), mem, [1, 1, 1], val),
+                 TrainConfig(lr=1e-2, epochs=5, batch_size=32, val_fraction=0.2, min_steps=0), tau=0.0)
     scores = [result.initial_score] + [h["val_score"] for h in result.history]  # epoch 0: untrained
     assert result.best_epoch == int(np.argmax(scores))
 

@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ..config import MemoryConfig
 from ..errors import InputError
 from ..io import stable_hash
 
@@ -83,7 +84,7 @@ class ImageDataset:
             loader=lambda j: parent(int(idx[j])),
         )
 
-    def text_of(self, i: int, prompt: str = "a photo of a {label}") -> str:
+    def text_of(self, i: int, prompt: str = MemoryConfig.prompt) -> str:
         """The item's caption, or the label prompt when it has none."""
         cap = self.captions[i]
         return cap if cap else prompt.format(label=self.class_names[self.labels[i]])

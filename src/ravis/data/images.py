@@ -20,12 +20,29 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from PIL import Image, ImageFile
 
-from ..encoders.preprocess import to_rgb
 from .dataset import BadImageError
 
 MAX_PIXELS = 89_478_485  # PIL's own default MAX_IMAGE_PIXELS (about 0.25 GiB for 24-bit RGB)
+
+def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:
+    """Any PIL mode to RGB. Transparent pixels are flattened onto ``background`` (white):
+    converting RGBA straight to RGB would expose whatever colour the invisible pixels hold."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    if image.mode == "I;16" or image.mode == "I":
+        arr = np.asarray(image, dtype=np.float32)
+        arr = 255 * (arr - arr.min()) / max(1.0, float(arr.max() - arr.min()))
+        image = Image.fromarray(arr.astype(np.uint8))
+    return image.convert("RGB")
+
 
 # What the PIL plugins raise for files they cannot parse: OSError (truncated,
 # UnidentifiedImageError), SyntaxError and ValueError (bad headers), struct.error and
@@ -67,7 +84,7 @@ def open_image(path: Path | str | bytes, max_pixels: int = MAX_PIXELS, where: st
     """Reads and fully decodes one image file (or its encoded bytes) as RGB.
 
     Transparent pixels are flattened onto white (see
-    :func:`ravis.encoders.preprocess.to_rgb`); grey and palette images become RGB. For
+    :func:`to_rgb`); grey and palette images become RGB. For
     multi-frame files (GIF, TIFF) the first frame is used.
 
     Args:
@@ -75,14 +92,17 @@ def open_image(path: Path | str | bytes, max_pixels: int = MAX_PIXELS, where: st
         max_pixels: width * height above which the file is treated as a decompression bomb
             and refused before decoding. PIL's own hard limit (twice
             ``Image.MAX_IMAGE_PIXELS``) still applies if it is lower.
-        where: what error messages name (default: the path).
+        where: what error messages name: the image among its collection (a tar member, a
+            table row); a file's path follows it (default: the path alone).
 
     Raises:
         BadImageError: the file is missing, empty, truncated, not an image, or too large;
             the message starts with ``where`` and ``kind`` says which.
     """
     encoded = isinstance(path, (bytes, bytearray))
-    where = where or ("image bytes" if encoded else str(path))
+    if not encoded:
+        where = f"{where}: {path}" if where else str(path)
+    where = where or "image bytes"
     try:
         if (len(path) if encoded else os.path.getsize(path)) == 0:
             raise BadImageError(f"{where}: empty {'image' if encoded else 'file'} (0 bytes)", "empty")

@@ -32,7 +32,8 @@ from ..errors import InputError
 from ..io import load_json
 from .base import l2_normalize
 from .fingerprint import settings_digest, state_digest, text_digest
-from .preprocess import resize_center_crop, to_chw, to_rgb
+from ..data.images import to_rgb
+from .preprocess import resize_center_crop, to_chw
 
 POOLINGS = ("auto", "pooler", "cls", "mean")
 DEFAULT_MEAN = DEFAULT_STD = (0.5, 0.5, 0.5)

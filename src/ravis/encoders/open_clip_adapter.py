@@ -26,7 +26,8 @@ from PIL import Image
 from ..device import autocast, to_device
 from ..errors import InputError
 from .base import l2_normalize
-from .preprocess import resize_center_crop, to_chw, to_rgb
+from ..data.images import to_rgb
+from .preprocess import resize_center_crop, to_chw
 from .fingerprint import file_digest, settings_digest, state_digest
 from .timm_adapter import INTERPOLATION, import_without_torchvision
 

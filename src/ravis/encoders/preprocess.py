@@ -1,26 +1,12 @@
-"""Image preprocessing shared by the encoders: colour mode, resize + centre crop, normalise."""
+"""Image preprocessing shared by the encoders: resize + centre crop, normalise (the colour
+mode is :func:`ravis.data.images.to_rgb`'s, the decoder's)."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-
-def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:
-    """Any PIL mode to RGB. Transparent pixels are flattened onto ``background`` (white):
-    converting RGBA straight to RGB would expose whatever colour the invisible pixels hold."""
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, background + (255,))
-        canvas.alpha_composite(rgba)
-        return canvas.convert("RGB")
-    if image.mode == "I;16" or image.mode == "I":
-        arr = np.asarray(image, dtype=np.float32)
-        arr = 255 * (arr - arr.min()) / max(1.0, float(arr.max() - arr.min()))
-        image = Image.fromarray(arr.astype(np.uint8))
-    return image.convert("RGB")
+from ..data.images import to_rgb
 
 
 def resize_center_crop(image: Image.Image, size: int, crop_pct: float = 224 / 256,

@@ -37,7 +37,8 @@ from ..device import autocast, to_device
 from ..errors import InputError
 from .base import l2_normalize
 from .fingerprint import file_digest, settings_digest, state_digest
-from .preprocess import resize_center_crop, to_chw, to_rgb
+from ..data.images import to_rgb
+from .preprocess import resize_center_crop, to_chw
 
 _TV = "torchvision"
 INTERPOLATION = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,

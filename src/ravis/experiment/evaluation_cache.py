@@ -32,7 +32,7 @@ from ..config import to_dict
 from ..encoders import create_text_encoder
 from ..io import atomic_path, stable_hash, to_json
 from ..training.checkpoint import host_tensor
-from .methods import MethodResult
+from .results import MethodResult
 from .prepare import Prepared
 
 log = logging.getLogger(__name__)

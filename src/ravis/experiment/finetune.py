@@ -28,8 +28,7 @@ from ..encoders.embed import embed_images
 from ..encoders.trainable import FineTunedEncoder, trainable_network
 from ..io import stable_hash
 from ..training.checkpoint import cached_weights
-from ..training.data import MemoryTensors, QuerySet
-from ..training.finetune import JointModel, Pixels, finetune
+from ..training.joint import Images, JointModel, Pixels, finetune
 from .prepare import Prepared, SplitData, prepare
 
 #: TrainConfig fields that only the fine-tuning stage reads (the frozen-encoder model before
@@ -38,33 +37,32 @@ FINETUNE_FIELDS = ("finetune_encoder", "finetune_epochs", "finetune_batch_size",
                    "finetune_lr", "finetune_keys")
 
 
-def finetune_method(model, prep: Prepared, fit_set: QuerySet, val: QuerySet, val_mask: np.ndarray,
-                    memory: MemoryTensors, counts, tau: float, metric: str, base_key: str,
-                    cache_dir: Path, checkpoint_dir: Path, resume: bool, log_fn, name: str):
-    """(fusion model, fine-tuned encoder, details). ``model``, the method's fusion model
-    trained on the frozen embeddings, is fine-tuned in place."""
-    exp, cfg = prep.config, prep.config.train
-    base = create_image_encoder(exp.encoder, device=prep.device)
+def finetune_method(run, model):
+    """(fusion model, fine-tuned encoder, details) of the method ``run`` (a
+    :class:`ravis.experiment.train_eval.MethodRun` after its ``train`` step): ``model``, its
+    fusion model trained on the frozen embeddings, is fine-tuned in place with the encoder."""
+    prep, cfg = run.prep, run.cfg
+    base = create_image_encoder(run.exp.encoder, device=prep.device)
     joint = JointModel(trainable_network(base), model).to(prep.device)
     # the keys policy acts after training: both policies share the fine-tuned weights
-    key = stable_hash("finetune-v1", base_key, {f: getattr(cfg, f) for f in FINETUNE_FIELDS
-                                                if f != "finetune_keys"})
+    key = stable_hash("finetune-v1", run.key, {f: getattr(cfg, f) for f in FINETUNE_FIELDS
+                                               if f != "finetune_keys"})
+    name = f"{run.exp.name}/{run.name} tau={run.tau} finetune"
 
     def train(ckpt: Path) -> dict:
         pixels = Pixels(prep.train.dataset, base.preprocess)
+        images = Images(pixels, np.flatnonzero(~run.val_mask), np.flatnonzero(run.val_mask))
         try:
-            result = finetune(joint, pixels, fit_set, np.flatnonzero(~val_mask), memory, cfg, counts,
-                              tau=tau, val=val if len(val) else None, val_rows=np.flatnonzero(val_mask),
-                              checkpoint=ckpt, resume=resume, metric=metric,
-                              log=(lambda s: log_fn(f"{name} finetune: {s}")) if log_fn else None)
+            result = finetune(joint, images, run.fit_data(), cfg, tau=run.tau, checkpoint=ckpt,
+                              resume=run.resume, log=(lambda s: run.log_fn(f"{name}: {s}")) if run.log_fn else None)
         finally:
             pixels.close()
         return {"best_epoch": result.best_epoch, "epochs_run": len(result.history), "steps": result.steps,
                 "history": result.history, "initial_score": result.initial_score,
                 "val_score": result.best_score}
 
-    details = cached_weights(joint, cache_dir / "models" / f"{key}.safetensors",
-                             checkpoint_dir / f"{key}.ckpt.safetensors", train)
+    details = cached_weights(joint, run.cache_dir / "models" / f"{key}.safetensors",
+                             run.checkpoint_dir / f"{key}.ckpt.safetensors", train)
     details["keys"] = cfg.finetune_keys
     return joint.fusion, FineTunedEncoder(base, joint.encoder, prep.device), details
 

@@ -25,11 +25,11 @@ from ..encoders import create_image_encoder, create_text_encoder
 from ..encoders.embed import embed_images, is_embedded
 from ..io import stable_hash
 from ..memory.base import Memory, neighbor_labels
-from ..memory.build import build_memory, with_wrong_values
+from ..memory.from_dataset import build_memory, with_wrong_values
 from ..memory.compose import ComposedMemory, compose
 from ..memory.sharded import ShardedMemory
 from ..retrieval import cached_neighbors
-from ..retrieval.memory_index import index_signature, memory_index
+from ..memory.indexing import index_signature, memory_index
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,21 @@ def needs_whole_split(run: RunConfig, exp: ExperimentConfig) -> bool:
                for e in run.experiments)
 
 
+@dataclass
+class Embedded:
+    """The embedding stage's output: the full training split with its embeddings by row
+    (rows never embedded, or unreadable, are invalid), the rows of it that form the training
+    set, and the two query splits."""
+
+    full_train: ImageDataset
+    full_z: np.ndarray  # (N_full, d)
+    full_valid: np.ndarray  # (N_full,) bool
+    train_rows: np.ndarray  # the training set's rows of full_train, all valid
+    train: SplitData  # its labels noisy where data.label_noise says so
+    test: SplitData
+    skipped: list[tuple[str, str]]
+
+
 def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
             progress: bool = True, stage: str = "knn", encoder=None) -> Prepared:
     """Runs the cached stages up to ``stage`` ("embed", "memory" or "knn") for ``exp``, with
@@ -165,18 +180,39 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
     t = time.perf_counter()
     device = resolve_device(run.device)
     encoder = encoder or create_image_encoder(exp.encoder, device=device)
+    emb = embed_splits(run, exp, encoder, full_train, test, train_rows, cache_dir, progress)
+    timings["embed"] = time.perf_counter() - t
+    counts = np.bincount(emb.train.dataset.labels, minlength=emb.train.dataset.num_classes)
+    prep = Prepared(exp, emb.train, emb.test, None, None, None, None, None, counts, emb.skipped, timings,
+                    device=device, run=run)
+    if stage == "embed":
+        return prep
+
+    t = time.perf_counter()
+    prep.memory = make_memory(run, exp, encoder, emb, cache_dir)
+    timings["memory"] = time.perf_counter() - t
+    if stage == "memory":
+        return prep
+
+    t = time.perf_counter()
+    find_neighbors(prep, cache_dir)
+    timings["knn"] = time.perf_counter() - t
+    return prep
+
+
+def embed_splits(run: RunConfig, exp: ExperimentConfig, encoder, full_train: ImageDataset,
+                 test: ImageDataset, train_rows: np.ndarray, cache_dir: Path, progress: bool) -> Embedded:
+    """The training and test images embedded (cached), the classes ``data.hold_out_fraction``
+    names left out, the training labels made noisy where ``data.label_noise`` says so."""
     # Embed the whole training split when a memory of the run needs it or it is cached: the
     # long-tailed set is a row subset of it, so one cache entry serves every experiment on
     # the dataset. Otherwise embed just the training rows (a tiny run never pays for 60k).
     whole = needs_whole_split(run, exp) or is_embedded(encoder, full_train, cache_dir)
     base_rows = np.arange(len(full_train)) if whole else train_rows
     base = full_train if whole else full_train.subset(train_rows)
-    batch = 256 if device.type == "cuda" else 64  # a GPU wants bigger batches (halved on OOM)
+    batch = 256 if resolve_device(run.device).type == "cuda" else 64  # a GPU wants bigger batches (halved on OOM)
     base_emb = embed_images(encoder, base, cache_dir, strict=run.strict, progress=progress, batch_size=batch)
     test_emb = embed_images(encoder, test, cache_dir, strict=run.strict, progress=progress, batch_size=batch)
-    timings["embed"] = time.perf_counter() - t
-    skipped = base_emb.skipped + test_emb.skipped
-
     # Scatter into full-split rows; rows never embedded stay invalid. The whole split needs
     # no scatter (a 300 MB copy for Fashion-MNIST's 60k).
     if whole and base_emb.embeddings.dtype == np.float32:
@@ -198,47 +234,42 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
         train = SplitData(with_label_noise(train.dataset, exp.data.label_noise, exp.data.label_noise_seed),
                           train.z)
     test_ok = np.flatnonzero(test_valid)
-    test_split = SplitData(test.subset(test_ok), test_emb.embeddings[test_ok])
-    counts = np.bincount(train.dataset.labels, minlength=train.dataset.num_classes)
-    if stage == "embed":
-        return Prepared(exp, train, test_split, None, None, None, None, None, counts, skipped, timings)
+    return Embedded(full_train, full_z, full_valid, train_rows, train,
+                    SplitData(test.subset(test_ok), test_emb.embeddings[test_ok]),
+                    base_emb.skipped + test_emb.skipped)
 
-    t = time.perf_counter()
-    memory = make_memory(run, exp, encoder, full_train, train.dataset, full_z, full_valid, train_rows,
-                         cache_dir)
-    timings["memory"] = time.perf_counter() - t
-    if stage == "memory":
-        return Prepared(exp, train, test_split, memory, None, None, None, None, counts, skipped, timings)
 
-    t = time.perf_counter()
-    index = memory_index(memory, exp.retrieval, cache_dir, device=device)
+def find_neighbors(prep: Prepared, cache_dir: Path) -> None:
+    """Fills in ``prep``'s neighbours of the training queries (each one's own entry and its
+    near-duplicates excluded) and of the test queries, and its contamination count (cached)."""
+    exp, memory = prep.config, prep.memory
+    index = memory_index(memory, exp.retrieval, cache_dir, device=prep.device)
     # Neighbours depend on the keys, ids and index only: memories that differ in their
     # values (B and its noisy copy C) share them.
     key = stable_hash(memory.key_digest, exp.retrieval.index, index_signature(index))
     r = exp.retrieval
     k = min(r.k, len(memory) - 1)
-    own = memory.rows_of(list(train.dataset.ids))
+    own = memory.rows_of(list(prep.train.dataset.ids))
     bound = r.duplicate_threshold if r.exclude_duplicates else None
-    train_D, train_I = cached_neighbors(cache_dir / "neighbors", index, train.z, k, "train",
-                                        memory_key=key, self_rows=own, max_similarity=bound)
-    test_D, test_I = cached_neighbors(cache_dir / "neighbors", index, test_split.z, k, "test",
-                                      memory_key=key, max_similarity=bound)
-    contamination = near_duplicates(exp, index, memory, train.z, own, test_split.z, key, cache_dir)
-    timings["knn"] = time.perf_counter() - t
-    return Prepared(exp, train, test_split, memory, train_D, train_I, test_D, test_I, counts,
-                    skipped, timings, contamination=contamination, device=device, run=run)
+    prep.train_D, prep.train_I = cached_neighbors(cache_dir / "neighbors", index, prep.train.z, k, "train",
+                                                  memory_key=key, self_rows=own, max_similarity=bound)
+    prep.test_D, prep.test_I = cached_neighbors(cache_dir / "neighbors", index, prep.test.z, k, "test",
+                                                memory_key=key, max_similarity=bound)
+    prep.contamination = near_duplicates(exp, index, memory, (prep.train.z, own, prep.test.z), key, cache_dir)
 
 
 #: How many of each query's nearest entries are checked for near-duplicates.
 DUPLICATES_CHECKED = 16
 
 
-def near_duplicates(exp: ExperimentConfig, index, memory, train_z, own, test_z, key, cache_dir) -> dict:
+def near_duplicates(exp: ExperimentConfig, index, memory, queries, key, cache_dir) -> dict:
     """Counts the memory entries at or above ``retrieval.duplicate_threshold`` cosine
     similarity to each test image and, besides its own entry and byte-equal copies, to each
     training image, through the same index that retrieval uses (its nearest
     ``DUPLICATES_CHECKED``; a count that reaches it means at least that many). Retrieval
-    excludes them unless ``retrieval.exclude_duplicates`` is false, which is warned about."""
+    excludes them unless ``retrieval.exclude_duplicates`` is false, which is warned about.
+    ``queries``: (training embeddings, each one's own memory row, test embeddings)."""
+    train_z, own, test_z = queries
     r = exp.retrieval
     k = min(DUPLICATES_CHECKED, len(memory) - 1)
     out = {"threshold": r.duplicate_threshold, "excluded": r.exclude_duplicates, "checked": k}
@@ -256,21 +287,17 @@ def near_duplicates(exp: ExperimentConfig, index, memory, train_z, own, test_z, 
     return out
 
 
-def make_memory(run: RunConfig, exp: ExperimentConfig, encoder, full_train: ImageDataset,
-                train_set: ImageDataset, full_z: np.ndarray, full_valid: np.ndarray,
-                train_rows: np.ndarray, cache_dir: Path) -> ComposedMemory:
+def make_memory(run: RunConfig, exp: ExperimentConfig, encoder, emb: Embedded,
+                cache_dir: Path) -> ComposedMemory:
     """The experiment's memory: its training set, the full training split, a memory folder
     (``ravis memory build`` / ``import``, memory-mapped), or several of these composed in
     order (a view: no part is copied)."""
-    class_names = list(full_train.class_names)
-    parts = [(spec, memory_part(run, exp, spec, encoder, full_train, train_set, full_z, full_valid,
-                                train_rows, cache_dir)) for spec in exp.memory.sources]
-    return compose(parts, class_names)
+    parts = [(spec, memory_part(run, exp, spec, encoder, emb, cache_dir)) for spec in exp.memory.sources]
+    return compose(parts, list(emb.full_train.class_names))
 
 
-def memory_part(run: RunConfig, exp: ExperimentConfig, spec: str, encoder, full_train: ImageDataset,
-                train_set: ImageDataset, full_z: np.ndarray, full_valid: np.ndarray,
-                train_rows: np.ndarray, cache_dir: Path) -> Memory:
+def memory_part(run: RunConfig, exp: ExperimentConfig, spec: str, encoder, emb: Embedded,
+                cache_dir: Path) -> Memory:
     """One memory part; "train" is the training set as training sees it (its labels noisy
     where data.label_noise says so), "full-train" the whole training split as published."""
     mcfg = exp.memory
@@ -284,8 +311,9 @@ def memory_part(run: RunConfig, exp: ExperimentConfig, spec: str, encoder, full_
         memory = open_memory_folder(spec)
         memory.check_query_encoder(encoder.fingerprint(), encoder.dim)
         return memory
-    rows = train_rows if spec == "train" else np.flatnonzero(full_valid)
-    dataset = train_set if spec == "train" else full_train.subset(rows)
+    full_z = emb.full_z
+    rows = emb.train_rows if spec == "train" else np.flatnonzero(emb.full_valid)
+    dataset = emb.train.dataset if spec == "train" else emb.full_train.subset(rows)
     device = resolve_device(run.device)
     text_encoder = create_text_encoder(run.text_encoder, device=device)
     image_values, value_fp = None, None

@@ -9,11 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._registry import register_fusion
+
 
 def _no_attention(z: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return z.new_zeros((z.shape[0], 0, keys.shape[1]))  # (B, 0, k)
 
 
+@register_fusion("no_memory")
 class NoMemory(nn.Module):
     """f = z: with the classifier's linear layer this is the linear probe."""
 
@@ -26,6 +29,7 @@ class NoMemory(nn.Module):
         return z, _no_attention(z, keys)
 
 
+@register_fusion("mlp")
 class MLP(nn.Module):
     """f = dropout(gelu(W z + b)): with the classifier's linear layer, a 2-layer MLP."""
 

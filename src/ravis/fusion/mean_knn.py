@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._registry import register_fusion
 
+
+@register_fusion("mean_knn")
 class MeanKNN(nn.Module):
     """Adds the projected mean of the neighbours' values to the query."""
 

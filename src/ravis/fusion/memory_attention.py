@@ -30,6 +30,8 @@ import math
 import torch
 from torch import nn
 
+from ._registry import register_fusion
+
 
 class MemoryAttentionLayer(nn.Module):
     """One layer of Eq. 6: psiQ (``q``), psiK (``k``) and chi (``chi``)."""
@@ -50,6 +52,7 @@ class MemoryAttentionLayer(nn.Module):
         return torch.einsum("bd,bkd->bk", qk, keys) + (q @ self.k.bias)[:, None]  # (B, k)
 
 
+@register_fusion("memory_attention")
 class MemoryAttention(nn.Module):
     """Stacked memory attention over each query's k retrieved neighbours.
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._registry import register_fusion
 
+
+@register_fusion("rac")
 class RACFusion(nn.Module):
     """f = z + chi(t), t the embedding of the neighbours' concatenated texts."""
 

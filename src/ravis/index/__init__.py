@@ -64,9 +64,7 @@ def load_index(path: Path | str, *, vectors=None, mmap: bool = False) -> Index:
     """
     meta = read_meta(path)
     cls, _ = _backend(meta["spec"])
-    index = cls.load(path, vectors=vectors, mmap=mmap)
-    index.saved_files = meta.get("files", {})
-    return index
+    return cls.load(path, vectors=vectors, mmap=mmap)
 
 
 register_index("exact", ExactIndex)

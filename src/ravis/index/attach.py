@@ -17,6 +17,7 @@ from pathlib import Path
 
 import faiss
 
+from ..config import RetrievalConfig
 from ..errors import InputError
 from ..io import link_or_copy, load_json
 from .base import META_NAME
@@ -30,7 +31,8 @@ INFOS_NAME = "infos.json"  # autofaiss's description of the index it built
 
 
 def attach_faiss(file: Path | str, vectors: KeyShards, folder: Path | str, *,
-                 target_recall: float = 0.95, k: int = 100, num_queries: int = 1000,
+                 target_recall: float = RetrievalConfig.target_recall,
+                 k: int = RetrievalConfig.k, num_queries: int = 1000,
                  seed: int = 0) -> FaissIndex:
     """Makes the faiss index ``file`` the index over ``vectors``, saved in ``folder`` (see
     the module doc); returns it tuned, with ``vectors`` attached.

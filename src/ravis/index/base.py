@@ -40,14 +40,14 @@ class Index(Protocol):
     Exact backends have nothing to train (``is_trained`` is True, ``train`` does nothing)
     and no search parameters (``set_search_params`` refuses any).
 
-    An index saved by :func:`ravis.index.build.build_index` or read by ``load_index`` also has
-    ``saved_files``, index.json's record of its files ({name: {sha256, bytes}}), so that what
-    is computed from it (cached neighbours) is keyed on its bytes; one that lives only in RAM
-    has none (and is not a protocol member, so that any backend qualifies).
     """
 
     spec: str
     d: int
+    #: index.json's record of the files it was saved to or loaded from ({name: {sha256,
+    #: bytes}}), so that what is computed from it (cached neighbours) is keyed on its bytes;
+    #: {} for an index that lives only in RAM. Set by ``save`` and ``load``.
+    saved_files: dict
     #: How the index was chosen, built and tuned; saved in index.json and restored by load.
     info: dict
     #: Exact float32 rows by id (e.g. a KeyShards over the memory's keys), given to the
@@ -185,8 +185,9 @@ def file_records(path: Path | str, names: Sequence[str], reuse: dict | None = No
 
 
 def write_meta(path: Path | str, spec: str, d: int, ntotal: int, files: Sequence[str] = (), *,
-               reuse: bool = False, **extra) -> None:
-    """Writes index.json, which marks the save complete and so must come after every file.
+               reuse: bool = False, **extra) -> dict:
+    """Writes index.json, which marks the save complete and so must come after every file;
+    returns its record of the files (the index's ``saved_files``).
 
     Args:
         files: paths, relative to ``path``, of every file the loader reads; their sha256
@@ -198,8 +199,9 @@ def write_meta(path: Path | str, spec: str, d: int, ntotal: int, files: Sequence
     old = None
     if reuse and (Path(path) / META_NAME).is_file():
         old = load_json(Path(path) / META_NAME).get("files")
-    save_json(Path(path) / META_NAME, {"spec": spec, "d": d, "ntotal": ntotal,
-                                       "files": file_records(path, files, old), **extra})
+    records = file_records(path, files, old)
+    save_json(Path(path) / META_NAME, {"spec": spec, "d": d, "ntotal": ntotal, "files": records, **extra})
+    return records
 
 
 def verify_files(path: Path | str, meta: dict, *, stamps: bool = True) -> int:

@@ -37,6 +37,7 @@ import faiss
 import numpy as np
 
 from ..cache import entry_lock
+from ..config import RetrievalConfig
 from ..errors import InputError
 from ..io import atomic_path, load_json, load_npy, quiet_native, save_json, save_npy
 from ..progress import progress_bar
@@ -102,8 +103,10 @@ def is_approximate(spec: str) -> bool:
     return spec == "auto" or name == "scann" or (name == "faiss" and spec != "faiss:Flat")
 
 
-def index_over(vectors, spec: str, folder: Path | str | None = None, *, budget: int | str = "16G",
-               target_recall: float = 0.95, k: int = 100, search_params: dict | None = None,
+def index_over(vectors, spec: str, folder: Path | str | None = None, *,
+               budget: int | str = RetrievalConfig.budget,
+               target_recall: float = RetrievalConfig.target_recall, k: int = RetrievalConfig.k,
+               search_params: dict | None = None,
                progress: bool = False):
     """The index of ``spec`` over the memory keys ``vectors``: every verb and the library
     get their index here.
@@ -159,8 +162,9 @@ def _built_index(keys: KeyShards, spec: str, folder, budget, target: float, k: i
         return build_index(keys, folder, progress=progress, **args)
 
 
-def build_index(shards, out: Path | str, *, budget: int | str = "16G",
-                target_recall: float = 0.95, k: int = 100, backend: str = "faiss",
+def build_index(shards, out: Path | str, *, budget: int | str = RetrievalConfig.budget,
+                target_recall: float = RetrievalConfig.target_recall, k: int = RetrievalConfig.k,
+                backend: str = "faiss",
                 factory: str | None = None, names: Sequence[str] | None = None,
                 num_queries: int = 1000, seed: int = 0, engine: str = "local",
                 progress: bool = True):
@@ -190,7 +194,6 @@ def build_index(shards, out: Path | str, *, budget: int | str = "16G",
     index.save(out)
     index.info["bytes_on_disk"] = _folder_bytes(out)
     index.save_meta(out)  # index.json last: the folder now holds a finished index
-    index.saved_files = load_json(out / META_NAME).get("files", {})
     log.info("index %s: %s, recall@%d %.3f", out, index.spec, k, tuning["recall_heldout"])
     return index
 

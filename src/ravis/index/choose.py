@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from ..config import RetrievalConfig
 from ..errors import InputError
 from ..sizes import parse_bytes
 
@@ -66,7 +67,8 @@ def nlist_for(n: int) -> int:
     return max(16, 2 ** int(math.floor(math.log2(max(1.0, 4 * math.sqrt(n))))))
 
 
-def choose_index(n: int, d: int, budget: int | str, target_recall: float = 0.95) -> IndexChoice:
+def choose_index(n: int, d: int, budget: int | str,
+                 target_recall: float = RetrievalConfig.target_recall) -> IndexChoice:
     """The index family and factory string for n vectors of dimension d within ``budget``,
     for search tuned to ``target_recall``@k.
 

@@ -50,6 +50,7 @@ class ExactIndex(ExactBackend):
         self._chunks: list[torch.Tensor] = []  # added but not yet concatenated
         self._xb = torch.empty(0, self.d)  # (nb, d)
         self.info: dict = {}
+        self.saved_files: dict = {}  # lives in RAM until saved
         self.device = torch.device(device or "cpu")  # where search runs (the vectors stay here too)
         self._xb_device: torch.Tensor | None = None  # their copy on a GPU, made on first search
 
@@ -146,7 +147,7 @@ class ExactIndex(ExactBackend):
     def save(self, path: Path | str) -> None:
         path = Path(path)
         save_npy(path / XB_NAME, self.xb.numpy())
-        write_meta(path, self.spec, self.d, self.ntotal, [XB_NAME], info=self.info)  # last
+        self.saved_files = write_meta(path, self.spec, self.d, self.ntotal, [XB_NAME], info=self.info)  # last
 
     @classmethod
     def load(cls, path: Path | str, *, vectors=None, mmap: bool = False) -> "ExactIndex":
@@ -158,6 +159,7 @@ class ExactIndex(ExactBackend):
         index = cls(meta["d"])
         index._xb = torch.from_numpy(xb)
         index.info = meta.get("info", {})
+        index.saved_files = meta.get("files", {})
         return index
 
 

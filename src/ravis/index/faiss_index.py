@@ -24,6 +24,7 @@ class FaissFlatIndex(ExactBackend):
         self.spec, self.d = "faiss-flat", int(d)
         self.index = faiss.IndexFlatIP(self.d)
         self.info: dict = {}
+        self.saved_files: dict = {}  # lives in RAM until saved
 
     @classmethod
     def from_spec(cls, d: int, options: str = "") -> "FaissFlatIndex":
@@ -61,7 +62,7 @@ class FaissFlatIndex(ExactBackend):
         # .npy rather than faiss.write_index, so every flat backend shares one plain format.
         path = Path(path)
         save_npy(path / XB_NAME, self._vectors())
-        write_meta(path, self.spec, self.d, self.ntotal, [XB_NAME], info=self.info)
+        self.saved_files = write_meta(path, self.spec, self.d, self.ntotal, [XB_NAME], info=self.info)
 
     @classmethod
     def load(cls, path: Path | str, *, vectors=None, mmap: bool = False) -> "FaissFlatIndex":
@@ -73,6 +74,7 @@ class FaissFlatIndex(ExactBackend):
         index = cls(meta["d"])
         index.add(xb)
         index.info = meta.get("info", {})
+        index.saved_files = meta.get("files", {})
         return index
 
 
@@ -109,6 +111,7 @@ class FaissIndex:
             self.d, factory, faiss.METRIC_INNER_PRODUCT)
         self._search_params: dict[str, float] = {}
         self.info: dict = {}  # how the index was chosen and tuned; saved beside it
+        self.saved_files: dict = {}  # lives in RAM until saved
         self.vectors = vectors
 
     @property
@@ -205,8 +208,8 @@ class FaissIndex:
 
     def _write_meta(self, path: Path, reuse: bool) -> None:
         files = [n for n in (INDEX_NAME, IVFDATA_NAME) if (Path(path) / n).exists()]
-        write_meta(path, self.spec, self.d, self.ntotal, files, reuse=reuse,
-                   search_params=self.search_params, info=self.info)
+        self.saved_files = write_meta(path, self.spec, self.d, self.ntotal, files, reuse=reuse,
+                                      search_params=self.search_params, info=self.info)
 
     @classmethod
     def load(cls, path: Path | str, *, vectors=None, mmap: bool = False) -> "FaissIndex":
@@ -233,4 +236,5 @@ class FaissIndex:
         out = cls(meta["d"], meta["spec"].partition(":")[2], index=index, vectors=vectors)
         out.set_search_params(**meta.get("search_params", {}))
         out.info = meta.get("info", {})
+        out.saved_files = meta.get("files", {})
         return out

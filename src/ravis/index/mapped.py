@@ -19,6 +19,7 @@ class MappedExactIndex(ExactBackend):
     def __init__(self, vectors):
         self.vectors, self.d, self.spec = vectors, int(vectors.d), "exact"
         self.info: dict = {}
+        self.saved_files: dict = {}  # never saved: it scans the memory's own shards
 
     @property
     def ntotal(self) -> int:

@@ -57,6 +57,7 @@ class MultiIndex:
         self.parts, self.d = list(parts), dims.pop()
         self.spec = "multi:" + "|".join(p.spec for p in self.parts)
         self.info: dict = {"parts": [p.spec for p in self.parts]}
+        self.saved_files: dict = {}  # never saved; each part has its own
 
     @property
     def offsets(self) -> np.ndarray:

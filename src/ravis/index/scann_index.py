@@ -54,6 +54,7 @@ class ScannIndex:
         self._n = 0
         self._search_params: dict = {}
         self.info: dict = {}
+        self.saved_files: dict = {}  # lives in RAM until saved
         self.vectors = vectors
 
     @classmethod
@@ -153,8 +154,8 @@ class ScannIndex:
     def _write_meta(self, path: Path, reuse: bool) -> None:
         files = sorted(f.relative_to(path).as_posix() for f in (Path(path) / ASSETS).rglob("*")
                        if f.is_file())
-        write_meta(path, self.spec, self.d, self.ntotal, files, reuse=reuse,
-                   search_params=self.search_params, info=self.info, num_leaves=self.num_leaves)
+        self.saved_files = write_meta(path, self.spec, self.d, self.ntotal, files, reuse=reuse,
+                                      search_params=self.search_params, info=self.info, num_leaves=self.num_leaves)
 
     @classmethod
     def load(cls, path: Path | str, *, vectors=None, mmap: bool = False) -> "ScannIndex":
@@ -170,4 +171,5 @@ class ScannIndex:
         out.options["leaves"] = meta["num_leaves"]
         out.set_search_params(**meta.get("search_params", {}))
         out.info = meta.get("info", {})
+        out.saved_files = meta.get("files", {})
         return out

@@ -25,21 +25,68 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import RunConfig
 from ..data.dataset import BadImageError
 from ..encoders.base import l2_normalize
 from ..encoders.embed import _check_rows
+from ..errors import InputError
 from ..thumbnails import make_thumbnail
-from .sharded import meta_table, write_shard
-from .sources import InputShard, ShardReadError, decode_image, read_rows
-
-if TYPE_CHECKING:
-    from .shard_build import BuildSettings
+from .sharded import DTYPES, meta_table, write_shard
+from ..data.images import open_image
+from ..data.sources import InputShard, ShardReadError, read_rows
 
 log = logging.getLogger("ravis.memory.shard_build")
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What every shard of one memory is built with (pickled to Ray workers)."""
+
+    image_encoder: str = RunConfig.encoder  # image encoder spec (keys)
+    text_encoder: str = RunConfig.text_encoder  # text encoder spec (values)
+    dtype: str = "float16"  # stored dtype of keys and values
+    thumbnails: bool = True  # store a 64 px thumbnail per row in the metadata (JPEG; PNG up to 32 px)
+    strict: bool = False  # any skipped row, empty or unreadable shard is an error
+    batch_size: int = 64  # images per encoder call (fixed: batches are part of the result)
+    num_threads: int | None = None  # onnxruntime threads per encoder (None: all cores)
+    decode_workers: int = 2  # threads decoding, resizing, thumbnailing ahead of the encoders
+    env: tuple = ()  # (name, value) pairs set in a worker before encoders load
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoders, once per process (Ray workers included)
+
+
+_ENCODERS: dict[tuple, object] = {}
+
+
+def load_encoders(settings: BuildSettings):
+    """(image encoder, text encoder), created once per process and thread count."""
+    from ..encoders import create_image_encoder, create_text_encoder
+
+    out = []
+    for kind, spec, create in (("image", settings.image_encoder, create_image_encoder),
+                               ("text", settings.text_encoder, create_text_encoder)):
+        key = (kind, spec, settings.num_threads)
+        if key not in _ENCODERS:
+            if settings.num_threads is None:
+                _ENCODERS[key] = create(spec)
+            else:
+                try:
+                    _ENCODERS[key] = create(spec, num_threads=settings.num_threads)
+                except TypeError:  # an adapter without a thread setting (torch-based ones)
+                    _ENCODERS[key] = create(spec)
+        out.append(_ENCODERS[key])
+    return tuple(out)
+
 
 THUMBNAIL_SIDE = 64  # long side of the thumbnails a memory shard keeps (JPEG; PNG for images of 32 px or less)
 
@@ -214,7 +261,7 @@ def prepare(rows, encoder, where: str, settings: BuildSettings) -> Batch:
             # the bytes are read once: hashed (the same image through two sources is found
             # by it) and decoded from memory
             data = row.image if isinstance(row.image, bytes) else Path(row.image).read_bytes()
-            image = decode_image(data, row.image if isinstance(row.image, str) else f"{where}: {row.key}")
+            image = open_image(data, where=row.image if isinstance(row.image, str) else f"{where}: {row.key}")
             x = encoder.preprocess(image)
         except (BadImageError, OSError) as e:
             if settings.strict:

@@ -86,6 +86,13 @@ class Memory(Protocol):
         """(len(ids),) int64 row of each id, -1 where the memory has no such entry."""
         ...
 
+    @property
+    def parts(self) -> list[tuple[str, "Memory"]]:
+        """(source spec, memory) of the memories this one is made of, in row order: a
+        composed memory's parts, else ``[("", self)]``. Each part that has an index of its
+        own is searched with it."""
+        ...
+
     def key_blocks(self) -> list[np.ndarray]:
         """The keys as consecutive row blocks (arrays or memory maps): what an index is
         built over and what exact search scans, never copied whole."""

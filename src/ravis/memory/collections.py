@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config import RunConfig
 from ..io import exclusive_lock, sha256_file, stable_hash
 from .shard_build import BuildSettings, build_sharded_memory, load_encoders
 from .sharded import FORMAT
@@ -20,8 +21,8 @@ from .sharded import FORMAT
 EMOJI_ROWS_PER_SHARD = 1000
 
 
-def emoji_memory(cache_dir: Path | str, image_encoder_spec: str = "efficientnet_lite0",
-                 text_encoder_spec: str = "minilm", *, root: Path | str | None = None,
+def emoji_memory(cache_dir: Path | str, image_encoder_spec: str = RunConfig.encoder,
+                 text_encoder_spec: str = RunConfig.text_encoder, *, root: Path | str | None = None,
                  dtype: str = "float16", progress: bool = False) -> Path:
     """The emoji collection (:mod:`ravis.data.emoji`) as a sharded memory folder, built on
     the first call and found again on later ones.

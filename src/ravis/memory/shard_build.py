@@ -20,70 +20,23 @@ import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..config import RunConfig
 from ..errors import InputError
 from ..io import exclusive_lock
 from ..progress import progress_bar
 from ..ray_tasks import run_tasks
-from ._shard_pipeline import Reader, encode, write
+from ._shard_pipeline import BuildSettings, Reader, encode, load_encoders, write
 from .dedup import drop_duplicate_images
-from .sharded import (DTYPES, FORMAT, ShardedMemory, check_shard_files, load_manifest,
+from .sharded import (FORMAT, ShardedMemory, check_shard_files, load_manifest,
                       save_manifest)
-from .sources import InputShard, resolve_sources
+from ..data.sources import ROWS_PER_SHARD, InputShard, resolve_sources
 from .store import MemoryMismatchError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """What every shard of one memory is built with (pickled to Ray workers)."""
-
-    image_encoder: str = "efficientnet_lite0"  # image encoder spec (keys)
-    text_encoder: str = "minilm"  # text encoder spec (values)
-    dtype: str = "float16"  # stored dtype of keys and values
-    thumbnails: bool = True  # store a 64 px thumbnail per row in the metadata (JPEG; PNG up to 32 px)
-    strict: bool = False  # any skipped row, empty or unreadable shard is an error
-    batch_size: int = 64  # images per encoder call (fixed: batches are part of the result)
-    num_threads: int | None = None  # onnxruntime threads per encoder (None: all cores)
-    decode_workers: int = 2  # threads decoding, resizing, thumbnailing ahead of the encoders
-    env: tuple = ()  # (name, value) pairs set in a worker before encoders load
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise InputError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoders, once per process
-
-
-_ENCODERS: dict[tuple, object] = {}
-
-
-def load_encoders(settings: BuildSettings):
-    """(image encoder, text encoder), created once per process and thread count."""
-    from ..encoders import create_image_encoder, create_text_encoder
-
-    out = []
-    for kind, spec, create in (("image", settings.image_encoder, create_image_encoder),
-                               ("text", settings.text_encoder, create_text_encoder)):
-        key = (kind, spec, settings.num_threads)
-        if key not in _ENCODERS:
-            if settings.num_threads is None:
-                _ENCODERS[key] = create(spec)
-            else:
-                try:
-                    _ENCODERS[key] = create(spec, num_threads=settings.num_threads)
-                except TypeError:  # an adapter without a thread setting (torch-based ones)
-                    _ENCODERS[key] = create(spec)
-        out.append(_ENCODERS[key])
-    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,16 +279,16 @@ def _exclusive(memdir: Path):
 
 
 def build_sharded_memory(source_spec: str | list[str], out: Path | str,
-                         image_encoder_spec: str = "efficientnet_lite0",
-                         text_encoder_spec: str = "minilm", dtype: str = "float16",
+                         image_encoder_spec: str = RunConfig.encoder,
+                         text_encoder_spec: str = RunConfig.text_encoder, dtype: str = "float16",
                          engine: str = "local", ray_address: str | None = None,
                          strict: bool = False, thumbnails: bool = True, progress: bool = True,
-                         *, rows_per_shard: int = 10000, batch_size: int = 64,
+                         *, rows_per_shard: int = ROWS_PER_SHARD, batch_size: int = 64,
                          shard_builder: Callable = build_shard) -> ShardedMemory:
     """Builds (or resumes building) the sharded memory ``out`` from ``source_spec``.
 
     Args:
-        source_spec: one spec or a list (see :mod:`ravis.memory.sources`).
+        source_spec: one spec or a list (see :mod:`ravis.data.sources`).
         engine: "local" (this process) or "ray" (one task per input shard; ``ray.init
             (address=ray_address)`` unless Ray is already initialised). Input paths and
             ``out`` must be on a file system every Ray node sees.
@@ -369,7 +322,7 @@ def build_sharded_memory(source_spec: str | list[str], out: Path | str,
 
 def add_shards(memdir: Path | str, source_spec: str | list[str], *, engine: str = "local",
                ray_address: str | None = None, strict: bool = False, progress: bool = True,
-               rows_per_shard: int = 10000, shard_builder: Callable = build_shard) -> list[str]:
+               rows_per_shard: int = ROWS_PER_SHARD, shard_builder: Callable = build_shard) -> list[str]:
     """Appends the input shards of ``source_spec`` to an existing memory as new shards.
 
     Names continue the numbering; inputs the memory already holds are not added twice

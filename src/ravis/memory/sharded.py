@@ -392,23 +392,13 @@ class ShardedMemory:
             out[found] = self.offsets[i] + at[found].astype(np.int64)
         return out
 
+    @property
+    def parts(self) -> list[tuple[str, "ShardedMemory"]]:
+        return [("", self)]
+
     def key_blocks(self) -> list[np.ndarray]:
         return [self.keys(i) for i in range(len(self.shard_rows))]
 
-    def to_memory(self, verify: bool = True):
-        """All shards as an in-RAM :class:`~ravis.memory.store.ArrayMemory` (for tests and
-        small memories; experiments read rows through the protocol instead)."""
-        from .store import ArrayMemory
-
-        if verify:
-            self.verify()
-        rows = np.arange(self.count)
-        meta = self.meta_at(rows, ["id", "text", "source", "thumbnail"])
-        return ArrayMemory(keys=self.keys_at(rows), values=self.values_at(rows),
-                           labels=self.labels_at(rows), texts=meta["text"], ids=meta["id"],
-                           sources=meta["source"], key_encoder=self.key_encoder,
-                           value_encoder=self.value_encoder, class_names=self.class_names,
-                           thumbnails=meta["thumbnail"])
 
 
 class _Rehash:

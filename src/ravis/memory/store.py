@@ -95,6 +95,10 @@ class ArrayMemory:
             self._row_of = {item: r for r, item in enumerate(self.ids)}
         return np.array([self._row_of.get(item, -1) for item in ids], dtype=np.int64)
 
+    @property
+    def parts(self) -> list[tuple[str, "ArrayMemory"]]:
+        return [("", self)]
+
     def key_blocks(self) -> list[np.ndarray]:
         return [self.keys]
 
@@ -103,6 +107,21 @@ class ArrayMemory:
 
     def check_query_encoder(self, encoder_fingerprint: str, dim: int) -> None:
         check_query_encoder(self, encoder_fingerprint, dim)
+
+    @classmethod
+    def from_memory(cls, memory, verify: bool = True) -> "ArrayMemory":
+        """Every row of ``memory`` (any :class:`~ravis.memory.base.Memory`) in RAM, checked
+        against its checksums first: for tests and small memories (experiments read rows
+        through the protocol instead)."""
+        if verify:
+            memory.verify()
+        rows = np.arange(len(memory))
+        meta = memory.meta_at(rows, ["id", "text", "source", "thumbnail"])
+        return cls(keys=memory.keys_at(rows), values=memory.values_at(rows),
+                   labels=memory.labels_at(rows), texts=meta["text"], ids=meta["id"],
+                   sources=meta["source"], key_encoder=memory.key_encoder,
+                   value_encoder=memory.value_encoder, class_names=memory.class_names,
+                   thumbnails=meta["thumbnail"])
 
     def save(self, folder: Path | str, dtype: str | None = None):
         """Writes the memory as a one-shard :mod:`ravis.memory.sharded` folder; returns it

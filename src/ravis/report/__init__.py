@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.report import contamination_line, plot_accuracy_vs_k, plot_shots
-from ..run_folder import SERVING_FILE, experiment_dir, open_run, verify_files
+from ..evaluation.plots import (attention_by_rank, memory_size_groups, plot_accuracy_vs_k,
+                                plot_attention_by_rank, plot_memory_curve, plot_memory_size, plot_shots)
+from ..evaluation.tables import contamination_line
+from ..io import atomic_path
+from ..run_folder import ExperimentFolder, RunFolder
 from ..thumbnails import ThumbnailStore
-from ..io import atomic_path, load_json
 from . import html
-from .figures import (attention_by_rank, memory_size_groups, plot_attention_by_rank, plot_memory_curve,
-                      plot_memory_size)
 from .gallery import build_examples
 
 
@@ -34,9 +34,8 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
 
-def _experiment_section(run_dir: Path, entry: dict, figdir: Path) -> tuple[str, np.ndarray | None]:
+def _experiment_section(folder: ExperimentFolder, entry: dict, figdir: Path) -> tuple[str, np.ndarray | None]:
     """(HTML section, mean attention by rank or None) of one experiment."""
-    folder = experiment_dir(run_dir, entry["name"])
     slug = _slug(entry["name"])
     parts = [f"<h2>{escape(entry['name'])}</h2>",
              f'<p class="meta">dataset {escape(entry["dataset"])}; memory {escape(entry["memory"])} '
@@ -54,10 +53,10 @@ def _experiment_section(run_dir: Path, entry: dict, figdir: Path) -> tuple[str, 
         plot_accuracy_vs_k(entry, {m: {int(k): v for k, v in c.items()} for m, c in curves.items()}, path)
         parts.append(html.figure(path, f"{entry['name']}: accuracy versus k"))
     curve = None
-    with np.load(folder / "predictions.npz", allow_pickle=False) as f:
+    with np.load(folder.predictions, allow_pickle=False) as f:
         if "attention_mam" in f:
             curve = attention_by_rank(f["attention_mam"])
-    examples = build_examples(folder, entry) if (folder / SERVING_FILE).exists() else []
+    examples = build_examples(folder, entry) if folder.serving.exists() else []
     if examples:
         parts.append("<h3>What the memory attention leaned on (as the paper's Figure 4)</h3>"
                      '<p class="meta">Test images, right (green) and wrong (red), from many-, mid- and '
@@ -65,24 +64,23 @@ def _experiment_section(run_dir: Path, entry: dict, figdir: Path) -> tuple[str, 
                      "last-layer attention weight (bar, relative to the row's largest; w: the weight; "
                      "rank: its place in the similarity search).</p>")
         shown = {n.memory_id: n.thumbnail for ex in examples for n in ex.neighbours if n.thumbnail}
-        parts.append(html.gallery(examples, _store(folder / "test_thumbnails.parquet"),
+        parts.append(html.gallery(examples, _store(folder.test_thumbnails),
                                   ThumbnailStore(list(shown), list(shown.values()))))
     return "".join(parts), curve
 
 
 def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
     """Writes the report of ``run_dir`` to ``out`` (default RUN_DIR/report.html); returns it."""
-    run_dir = Path(run_dir)
-    _, record = open_run(run_dir)  # refuses an unfinished run, saying how to finish it
-    verify_files(run_dir, record, list(record["files"]))  # the report reads nearly all of them
-    results = load_json(run_dir / "results.json")
-    entries = results["experiments"]
-    out = Path(out) if out else run_dir / "report.html"
+    run = RunFolder(run_dir)
+    _, record = run.open()  # refuses an unfinished run, saying how to finish it
+    run.verify_all(record)  # the report reads nearly all of them
+    entries = run.read_results()["experiments"]
+    out = Path(out) if out else run.report
     figdir = out.parent / out.stem
     figdir.mkdir(parents=True, exist_ok=True)
     sections, attention = [], {}
     for entry in entries:
-        section, curve = _experiment_section(run_dir, entry, figdir)
+        section, curve = _experiment_section(run.experiment(entry["name"]), entry, figdir)
         sections.append(section)
         if curve is not None:
             attention[entry["name"]] = curve
@@ -104,9 +102,9 @@ def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
                             "<p class='meta'>the trained models and the vote searching nested "
                             "random fractions of the memory at test time</p>"
                             + html.figure(path, f"accuracy versus memory size, {entry['name']}"))
-    title = f"ravis report: {run_dir.resolve().name}"
+    title = f"ravis report: {run.path.resolve().name}"
     body = (f"<h1>{escape(title)}</h1><p class='meta'>{len(entries)} experiment(s); written "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {escape(str(run_dir))}</p>"
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {escape(str(run.path))}</p>"
             f"<h2>Overview</h2>{''.join(overview)}{''.join(sections)}")
     with atomic_path(out) as tmp:
         tmp.write_text(html.page(title, body), encoding="utf-8")

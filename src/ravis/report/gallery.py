@@ -4,13 +4,11 @@ each with the neighbours the memory attention leaned on and their weights."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..data.longtail import shot_buckets
-from ..io import load_json
-from ..run_folder import open_run_memory, read_serving
+from ..run_folder import ExperimentFolder
 
 
 @dataclass
@@ -48,10 +46,10 @@ def pick_examples(labels: np.ndarray, pred: np.ndarray, class_counts, per_cell: 
     return [int(r) for r in rows]
 
 
-def build_examples(exp_folder: Path, entry: dict, per_cell: int = 2, top: int = 8) -> list[Example]:
+def build_examples(folder: ExperimentFolder, entry: dict, per_cell: int = 2, top: int = 8) -> list[Example]:
     """The gallery of one experiment from its run folder (predictions.npz and the memory it
     refers to, of which only the shown neighbours' rows are read)."""
-    with np.load(exp_folder / "predictions.npz", allow_pickle=False) as f:
+    with np.load(folder.predictions, allow_pickle=False) as f:
         if "attention_mam" not in f or "logits_mam" not in f:
             return []
         labels = f["labels"]
@@ -60,8 +58,8 @@ def build_examples(exp_folder: Path, entry: dict, per_cell: int = 2, top: int = 
                 else (f["neighbors"], f["similarities"]))
         attn = f["attention_mam"][:, -1, :].astype(np.float32)  # (N, k)
         pred = f["logits_mam"].argmax(1)
-    test_ids = load_json(exp_folder / "test_ids.json")
-    memory = open_run_memory(exp_folder, read_serving(exp_folder))
+    test_ids = folder.read_test_ids()
+    memory = folder.open_memory()
     classes = entry["class_names"]
     mem_classes = memory.class_names or classes
     picked = pick_examples(labels, pred, entry["class_counts"], per_cell)

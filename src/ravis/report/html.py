@@ -7,7 +7,7 @@ import base64
 from html import escape
 from pathlib import Path
 
-from ..evaluation.report import METHOD_LABELS
+from ..evaluation.tables import METHOD_LABELS
 from ..thumbnails import ThumbnailStore, media_type
 from .gallery import Example
 

@@ -1,45 +1,23 @@
-"""Serving a trained run: prediction API, web page and Prometheus metrics (FastAPI + uvicorn)."""
+"""Serving a trained run: prediction API, web page and Prometheus metrics (FastAPI + uvicorn).
 
-from __future__ import annotations
+    from ravis.serve import create_app, serve
 
-import ipaddress
-import logging
+The app and the server load FastAPI and the model code, so they are imported on first use:
+the command line reads the limits below without them.
+"""
 
-from .app import create_app
-from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ApiError
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024  # the largest upload: 10 MB
+DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: any camera photo; far below what would exhaust RAM
 
-log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+_LAZY = {"create_app": "app", "ApiError": "uploads", "serve": "server", "is_loopback": "server"}
 
 
-def serve(predictor, host: str = "127.0.0.1", port: int = 8000, *, max_bytes: int = DEFAULT_MAX_BYTES,
-          max_pixels: int = DEFAULT_MAX_PIXELS, log_level: str = "info",
-          edit_token: str | None = None, load_options: dict | None = None) -> None:
-    """Runs the server until interrupted. Binds to loopback unless ``host`` says otherwise."""
-    import uvicorn
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-    if not is_loopback(host):
-        log.warning("serving on %s: reachable from other machines", host)
-    from PIL import Image
-
-    from .threads import tune_for_latency
-
-    tune_for_latency(predictor)
-    predictor.predict([Image.new("RGB", (64, 64), "white")])  # warm-up: the first call pays for setup
-    from .models import ServedModels
-
-    models = ServedModels(predictor, predictor.run_dir, load_options)  # the run's other models
-    app = create_app(predictor, max_bytes=max_bytes, max_pixels=max_pixels, edit_token=edit_token,
-                     models=models)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
 
 
-__all__ = ["ApiError", "create_app", "is_loopback", "serve"]
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "ApiError", "create_app", "is_loopback", "serve"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -21,20 +22,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 
-from .edits import add_edit_routes
-from .metrics import ServerMetrics
-from .models import ServedModels
+from ..predictor import Predictor
 from ..thumbnails import media_type
-from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ApiError, decode_image, image_from_json, text_fields
+from . import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from .edit_routes import add_edit_routes
+from .models import ServedModels
+from .prometheus import ServerMetrics
+from .uploads import ApiError, image_from_upload, read_upload
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8"}
-_FIELDS = ("image", "file")  # multipart field names accepted for the upload
 
 
 def _static_files() -> dict[str, tuple[bytes, str]]:
@@ -43,30 +43,60 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
             if p.suffix in STATIC_TYPES}
 
 
-def create_app(predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
+@dataclass
+class Service:
+    """What the routes share: the started model and the run's others, the limits on a
+    request, the metrics, the edit token (None: edits refused), and the lock that runs one
+    model call (or edit) at a time."""
+
+    predictor: Predictor
+    models: ServedModels
+    metrics: ServerMetrics
+    max_bytes: int
+    max_pixels: int
+    edit_token: str | None = None
+    model_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def chosen(self, request: Request) -> Predictor:
+        """The model a request names (``?experiment=&method=``; default: the started one)."""
+        q = request.query_params
+        return self.models.get(q.get("experiment") or None, q.get("method") or None)
+
+
+def create_app(predictor: Predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
                max_pixels: int = DEFAULT_MAX_PIXELS, edit_token: str | None = None,
                models: ServedModels | None = None) -> FastAPI:
-    """A FastAPI app serving ``predictor`` (a :class:`ravis.predictor.Predictor`) and, with
-    ``models``, the run's other experiments and methods (``?experiment=&method=``); with
-    ``edit_token``, memories can be edited by requests that carry it (:mod:`.edits`)."""
+    """A FastAPI app serving ``predictor`` and, with ``models``, the run's other experiments
+    and methods (``?experiment=&method=``); with ``edit_token``, memories can be edited by
+    requests that carry it (:mod:`.edit_routes`)."""
     # No /docs: FastAPI's docs page loads its scripts from a CDN, and this runs offline.
     app = FastAPI(title="ravis", docs_url=None, redoc_url=None, openapi_url=None)
-    models = models or ServedModels(predictor, getattr(predictor, "run_dir", None))
-    metrics = ServerMetrics(getattr(predictor.memory, "live_count", len(predictor.memory)))
-    model_lock = threading.Lock()
-    static = _static_files()
-    app.state.predictor, app.state.metrics = predictor, metrics
+    service = Service(predictor, models or ServedModels(predictor, predictor.run_dir),
+                      ServerMetrics(predictor.memory.live_count), max_bytes, max_pixels, edit_token)
+    app.state.predictor, app.state.metrics = predictor, service.metrics
+    _observe(app, service.metrics)
+    _error_handlers(app, service.metrics)
+    _prediction_routes(app, service)
+    add_edit_routes(app, service)
+    _status_routes(app, service)
+    _page_routes(app)
+    return app
 
+
+def _observe(app: FastAPI, metrics: ServerMetrics) -> None:
+    """Counts every request by route and status, and times it."""
     @app.middleware("http")
     async def observe(request: Request, call_next):
         t0 = time.perf_counter()
         response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
+        endpoint = getattr(request.scope.get("route"), "path", "unmatched")  # no route: unmatched
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
         return response
 
+
+def _error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
+    """Every refusal as ``{"error": {kind, message, status}}``, counted by kind."""
     def refuse(error: ApiError) -> JSONResponse:
         metrics.errors.labels(error.kind).inc()
         return JSONResponse(error.body(), status_code=error.status)
@@ -88,48 +118,51 @@ def create_app(predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
     async def internal_error(request: Request, exc: Exception):
         return refuse(ApiError(500, "internal", f"{type(exc).__name__}: {exc}"))
 
-    def chosen(request: Request):
-        q = request.query_params
-        return models.get(q.get("experiment") or None, q.get("method") or None)
 
-    def predict_bytes(p, data: bytes, name: str) -> dict:
-        t0 = time.perf_counter()
-        image = decode_image(data, name, max_pixels)
-        t1 = time.perf_counter()
-        with model_lock:
-            t2 = time.perf_counter()
-            out = p.predict([image])[0]
-        stages = {"decode": t1 - t0, "queue": t2 - t1, **{k: v / 1e3 for k, v in out["timings_ms"].items()}}
-        metrics.observe_stages(stages)
-        out["timings_ms"] = {k: 1e3 * v for k, v in stages.items()}
-        out["image"] = {"name": name, "bytes": len(data), "width": image.width, "height": image.height}
-        where = urlencode({"experiment": p.experiment.name})
-        for n in out["neighbors"]:
-            n["thumbnail"] = f"/memory/rows/{n['row']}/thumbnail?{where}" if n["has_thumbnail"] else None
-        return out
+def _predict_bytes(service: Service, p: Predictor, data: bytes, name: str) -> dict:
+    """What ``POST /predict`` answers for one uploaded image, with each stage's time."""
+    t0 = time.perf_counter()
+    image = image_from_upload(data, name, service.max_pixels)
+    t1 = time.perf_counter()
+    with service.model_lock:
+        t2 = time.perf_counter()
+        out = p.predict([image])[0]
+    stages = {"decode": t1 - t0, "queue": t2 - t1, **{k: v / 1e3 for k, v in out["timings_ms"].items()}}
+    service.metrics.observe_stages(stages)
+    out["timings_ms"] = {k: 1e3 * v for k, v in stages.items()}
+    out["image"] = {"name": name, "bytes": len(data), "width": image.width, "height": image.height}
+    where = urlencode({"experiment": p.experiment.name})
+    for n in out["neighbors"]:
+        n["thumbnail"] = f"/memory/rows/{n['row']}/thumbnail?{where}" if n["has_thumbnail"] else None
+    return out
+
+
+def _prediction_routes(app: FastAPI, service: Service) -> None:
+    """``POST /predict``, the models and sample images to choose from, memory thumbnails."""
+    default = service.predictor
 
     @app.post("/predict")
     async def predict(request: Request):
-        p = await run_in_threadpool(chosen, request)  # a first use loads the model
-        data, name, _ = await read_upload(request, max_bytes)
-        return JSONResponse(await run_in_threadpool(predict_bytes, p, data, name))
+        p = await run_in_threadpool(service.chosen, request)  # a first use loads the model
+        data, name, _ = await read_upload(request, service.max_bytes)
+        return JSONResponse(await run_in_threadpool(_predict_bytes, service, p, data, name))
 
     @app.get("/models")
     def list_models():
-        return {"default": {"experiment": predictor.experiment.name, "method": predictor.method},
-                "models": models.choices()}
+        return {"default": {"experiment": default.experiment.name, "method": default.method},
+                "models": service.models.choices()}
 
     @app.get("/samples")
     def samples(request: Request):
-        name = request.query_params.get("experiment") or predictor.experiment.name
+        name = request.query_params.get("experiment") or default.experiment.name
         where = urlencode({"experiment": name})
         return {"experiment": name,
                 "samples": [{"id": i, "label": label, "url": f"/samples/{j}?{where}"}
-                            for j, (i, label, _) in enumerate(models.samples(name))]}
+                            for j, (i, label, _) in enumerate(service.models.samples(name))]}
 
     @app.get("/samples/{index}")
     def sample(index: int, request: Request):
-        found = models.samples(request.query_params.get("experiment") or None)
+        found = service.models.samples(request.query_params.get("experiment") or None)
         if not 0 <= index < len(found):
             raise ApiError(404, "unknown_sample", f"no sample {index}")
         data = found[index][2]
@@ -137,27 +170,33 @@ def create_app(predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
 
     @app.get("/memory/rows/{row}/thumbnail")
     def thumbnail(row: int, request: Request):
-        found = chosen(request).thumbnail(row)  # read from the memory's metadata, never a path
+        found = service.chosen(request).thumbnail(row)  # read from the memory's metadata, never a path
         if found is None:
             raise ApiError(404, "unknown_memory_row", f"no thumbnail for memory row {row}")
-        data, media_type = found
-        return Response(data, media_type=media_type, headers={"Cache-Control": "max-age=86400"})
+        data, mime = found
+        return Response(data, media_type=mime, headers={"Cache-Control": "max-age=86400"})
 
-    add_edit_routes(app, models, chosen, token=edit_token, model_lock=model_lock, metrics=metrics,
-                    max_bytes=max_bytes, max_pixels=max_pixels, read_upload=read_upload)
 
+def _status_routes(app: FastAPI, service: Service) -> None:
+    """``GET /healthz`` and the Prometheus ``GET /metrics``."""
     @app.get("/healthz")
     def healthz(request: Request):
-        p = chosen(request)  # the started model, or the one ?experiment=&method= names
+        p = service.chosen(request)  # the started model, or the one ?experiment=&method= names
         return {"status": "ok", "experiment": p.experiment.name, "method": p.method,
-                "memory_size": p.memory.live_count, "edits_allowed": edit_token is not None,
-                "k": p.k, "classes": len(p.all_class_names), "max_upload_bytes": max_bytes,
-                "max_pixels": max_pixels}
+                "memory_size": p.memory.live_count, "edits_allowed": service.edit_token is not None,
+                "k": p.k, "classes": len(p.all_class_names), "max_upload_bytes": service.max_bytes,
+                "max_pixels": service.max_pixels}
 
     @app.get("/metrics")
     def prometheus():
-        body, content_type = metrics.exposition()
+        body, content_type = service.metrics.exposition()
         return Response(body, media_type=content_type)
+
+
+def _page_routes(app: FastAPI) -> None:
+    """The page at ``/`` and its static files, read once: requests pick among these names,
+    never a path."""
+    static = _static_files()
 
     @app.get("/")
     def page():
@@ -171,78 +210,5 @@ def create_app(predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
         body, content_type = static[name]
         return Response(body, media_type=content_type)
 
-    return app
 
-
-async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str, dict[str, str]]:
-    """(image bytes, name, its label and caption fields) of a request carrying an image:
-    multipart (the fields as form fields), JSON with base64, or a raw image/* (no fields).
-
-    The body is read with a cap (room for base64 and multipart framing around ``max_bytes``
-    of image) before any parsing, so an oversized request costs at most the cap.
-    """
-    mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if mime not in ("multipart/form-data", "application/json") and not mime.startswith("image/"):
-        raise ApiError(415, "unsupported_media_type",
-                       f"Content-Type {mime or '(none)'} is not accepted: send multipart/form-data with "
-                       "an 'image' file field, application/json with a base64 'image', or an image/* body")
-    cap = max_bytes * 4 // 3 + 64 * 1024
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > cap:
-        await _discard(request, int(length))
-        raise _too_large(int(length), max_bytes)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise _too_large(len(body), max_bytes)
-    fields: dict[str, str] = {}
-    if mime == "application/json":
-        data, name, fields = image_from_json(bytes(body))
-    elif mime == "multipart/form-data":
-        data, name, fields = await _multipart_image(request, bytes(body))
-    else:
-        data, name = bytes(body), "upload"
-    if len(data) > max_bytes:
-        raise _too_large(len(data), max_bytes)
-    return data, name, fields
-
-
-DISCARD_LIMIT = 64 * 1024 * 1024
-
-
-async def _discard(request: Request, length: int) -> None:
-    """Reads and drops a refused body, so the client (still sending) gets to read the 413;
-    a body over DISCARD_LIMIT is not read at all (the connection is closed on it)."""
-    if length <= DISCARD_LIMIT:
-        async for _ in request.stream():
-            pass
-
-
-def _too_large(size: int, max_bytes: int) -> ApiError:
-    return ApiError(413, "upload_too_large",
-                    f"the upload ({size} bytes or more) exceeds the limit of {max_bytes} bytes")
-
-
-async def _multipart_image(request: Request, body: bytes) -> tuple[bytes, str, dict[str, str]]:
-    async def stream():
-        yield body
-
-    try:
-        form = await MultiPartParser(request.headers, stream(), max_files=2, max_fields=16).parse()
-    except MultiPartException as e:
-        raise ApiError(400, "bad_multipart", f"cannot parse the multipart body: {e.message}") from e
-    upload = next((form[f] for f in _FIELDS if isinstance(form.get(f), UploadFile)), None)
-    if upload is None:
-        raise ApiError(400, "missing_image", "multipart body needs a file field named 'image'")
-    declared = (upload.content_type or "").lower()
-    if declared and not (declared.startswith("image/") or declared == "application/octet-stream"):
-        raise ApiError(415, "unsupported_media_type",
-                       f"{upload.filename or 'upload'}: file part has Content-Type {declared}, not image/*")
-    data = await upload.read()
-    fields = text_fields({k: v for k, v in form.items() if isinstance(v, str)})
-    await form.close()
-    return data, (upload.filename or "upload")[:200], fields
-
-
-__all__ = ["create_app", "read_upload"]
+__all__ = ["Service", "create_app"]

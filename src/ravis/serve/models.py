@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import load_json
 from .uploads import ApiError
 
 SAMPLES = 8  # test images offered per experiment: the first of as many classes
@@ -35,15 +34,14 @@ class ServedModels:
         if self.run_dir is None:
             return [{"experiment": self.default.experiment.name, "method": self.default.method}]
         from ..methods import method as get_method
-        from ..run_folder import experiment_dir
+        from ..run_folder import RunFolder
 
         out = []
         for exp in self.default.config.experiments:
-            folder = experiment_dir(self.run_dir, exp.name)
+            folder = RunFolder(self.run_dir).experiment(exp.name)
             for m in exp.methods:
                 # a fine-tuned model (its encoder beside it) is not servable yet
-                if (get_method(m).servable and (folder / f"{m}.safetensors").is_file()
-                        and not (folder / f"{m}.encoder.safetensors").is_file()):
+                if get_method(m).servable and folder.has_servable_weights(m):
                     out.append({"experiment": exp.name, "method": m})
         return out
 
@@ -73,15 +71,15 @@ class ServedModels:
     def _read_samples(self, name: str) -> list[tuple[str, str, bytes]]:
         if self.run_dir is None:
             return []
-        from ..run_folder import experiment_dir
+        from ..run_folder import RunFolder
         from ..thumbnails import ThumbnailStore
 
-        folder = experiment_dir(self.run_dir, name)
+        folder = RunFolder(self.run_dir).experiment(name)
         try:
-            ids = load_json(folder / "test_ids.json")
-            with np.load(folder / "predictions.npz") as f:
+            ids = folder.read_test_ids()
+            with np.load(folder.predictions) as f:
                 labels = f["labels"]
-            store = ThumbnailStore.open(folder / "test_thumbnails.parquet")
+            store = ThumbnailStore.open(folder.test_thumbnails)
         except (OSError, KeyError, ValueError):  # an older run folder: no samples to offer
             return []
         names = self.get(name).class_names

@@ -1,8 +1,13 @@
-"""The training loop: LACE, AdamW, warm-up + cosine in steps, checkpoints, best-epoch selection.
+"""The training loop, one for every trained model: LACE, AdamW, warm-up + cosine in steps,
+checkpoints, best-epoch selection on validation.
 
-Resuming is exact: the shuffle of epoch e and the dropout draws inside it depend only on
-(seed, e), so a run killed after epoch e and resumed reaches the same weights as one that
-was never interrupted.
+:class:`TrainingLoop` runs a :class:`Task`: :class:`FusionTask` (a fusion model and its
+classifier on frozen embeddings, :func:`fit`) and the encoder fine-tuned with them
+(:class:`ravis.training.joint.JointTask`, :func:`ravis.training.joint.finetune`).
+
+Resuming is exact: the shuffle of epoch e depends only on (seed, e), and each task seeds its
+random draws (dropout, flips) by the epoch or the step, so a run killed and resumed from its
+last checkpoint reaches the same weights as one that was never interrupted.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -37,6 +42,23 @@ class FitResult:
     steps: int = 0
 
 
+@dataclass
+class FitData:
+    """What a model is trained on and chosen by: the training queries, the memory rows they
+    read, the training class counts (LACE's prior), and the validation queries with the
+    score that picks the epoch (see :func:`ravis.evaluation.metrics.selection_score`)."""
+
+    train: QuerySet
+    memory: MemoryTensors
+    class_counts: np.ndarray | list
+    val: QuerySet | None = None
+    metric: str = "balanced"
+
+    @property
+    def has_val(self) -> bool:
+        return self.val is not None and len(self.val) > 0
+
+
 def parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on matrices only, and per-parameter learning-rate scales.
 
@@ -44,12 +66,13 @@ def parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> 
     temperature decayed to 1 flattens the attention). A parameter may carry ``lr_scale``:
     MAM's similarity-initialised psiQ/psiK do, since Adam moves every one of their d*d
     entries by about lr per step, which at lr 1e-2 erases the identity within a few steps.
+    Each group's ``base_lr`` is its peak learning rate, which the schedule scales.
     """
     groups: dict[tuple[float, bool], list] = {}
     for p in model.parameters():
         if p.requires_grad:
             groups.setdefault((getattr(p, "lr_scale", 1.0), p.ndim >= 2), []).append(p)
-    return [{"params": ps, "lr_scale": scale, "lr": lr * scale,
+    return [{"params": ps, "lr_scale": scale, "lr": lr * scale, "base_lr": lr * scale,
              "weight_decay": weight_decay if decay else 0.0}
             for (scale, decay), ps in sorted(groups.items())]
 
@@ -61,79 +84,189 @@ def epochs_for(cfg: TrainConfig, n: int) -> tuple[int, int]:
     return epochs, steps_per_epoch
 
 
-def fit(model: torch.nn.Module, train: QuerySet, memory: MemoryTensors, cfg: TrainConfig,
-        class_counts, *, tau: float, val: QuerySet | None = None,
-        checkpoint: Path | None = None, resume: bool = False, metric: str = "balanced",
-        log: Callable[[str], None] | None = None) -> FitResult:
-    """Trains ``model`` in place; with ``val`` keeps the epoch with the best validation score
-    (``metric``: see :func:`ravis.evaluation.metrics.selection_score`)."""
-    opt = torch.optim.AdamW(parameter_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr)
-    epochs, steps_per_epoch = epochs_for(cfg, len(train))
-    total = epochs * steps_per_epoch
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    result, best_state, best_score, start = FitResult(), None, -1.0, 0
-    last_saved = time.monotonic()
-    buffers = BatchBuffers()  # one set for every batch of the run, training and validation
-    if resume and checkpoint is not None and checkpoint.exists():
-        progress, best_state = load_checkpoint(checkpoint, model, opt)
-        start, result.history = progress["epoch"], progress["history"]
-        result.best_epoch, best_score = progress["best_epoch"], progress["best_score"]
-    if start == 0 and val is not None and len(val):
-        # The untrained model is a candidate too: a model that starts as the kNN vote (label
-        # evidence, zero head) keeps it when no epoch of training beats it on validation.
-        result.initial_score = selection_score(predict(model, val, memory, buffers=buffers)[0].argmax(1),
-                                               val.labels.numpy(), metric)
-        best_score, result.best_epoch = result.initial_score, 0
-        best_state = copy.deepcopy(model.state_dict())
-    for epoch in range(start, epochs):
-        loss = _train_epoch(model, opt, train, memory, buffers, cfg, class_counts, tau, epoch,
-                            steps_per_epoch, total, warmup)
-        entry = {"epoch": epoch + 1, "loss": loss}
-        if val is not None and len(val):
-            entry["val_score"] = selection_score(predict(model, val, memory, buffers=buffers)[0].argmax(1),
-                                                 val.labels.numpy(), metric)
-            if entry["val_score"] > best_score:
-                best_score, result.best_epoch = entry["val_score"], epoch + 1
-                best_state = copy.deepcopy(model.state_dict())
-        result.history.append(entry)
-        if log:
-            log(format_entry(entry))
-        if checkpoint is not None and time.monotonic() - last_saved >= cfg.checkpoint_every:
-            last_saved = time.monotonic()
-            save_checkpoint(checkpoint, model, opt,
-                            {"epoch": epoch + 1, "history": result.history,
-                             "best_epoch": result.best_epoch, "best_score": best_score},
-                            best_state)
-        if (cfg.patience and result.best_epoch is not None
-                and epoch + 1 - result.best_epoch >= cfg.patience):
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        result.best_score = best_score
-    result.steps = total
-    return result
+@dataclass
+class Schedule:
+    """The steps of one training run, and when it checkpoints and stops."""
+
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int
+    warmup: int  # steps of linear warm-up, then cosine decay to zero
+    seed: int  # epoch e's shuffle is seeded by (seed, e)
+    checkpoint_every: float  # seconds between checkpoints (0: at every chance)
+    # also checkpoint after a step (a killed run resumes mid-epoch) and at every epoch's end:
+    # where a step is costly (an encoder pass per image)
+    step_checkpoints: bool = False
+    patience: int = 0  # > 0: stop after this many epochs without validation improvement
+
+    @property
+    def total(self) -> int:
+        return self.epochs * self.steps_per_epoch
 
 
-def _train_epoch(model, opt, train, memory, buffers, cfg, class_counts, tau, epoch, steps_per_epoch,
-                 total, warmup) -> float:
-    model.train()
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
-    torch.manual_seed(cfg.seed * 104729 + epoch)  # dropout draws depend on (seed, epoch) only
-    losses = []
-    for b in range(steps_per_epoch):
-        step = epoch * steps_per_epoch + b
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * group["lr_scale"] * warmup_cosine(step, total, warmup)
-        inputs, y = to_model(model, *train.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size],
-                                                 memory, model.reads, buffers))
+class Task(Protocol):
+    """What :class:`TrainingLoop` trains."""
+
+    model: torch.nn.Module
+
+    def __len__(self) -> int:
+        """Training queries: the loop shuffles their rows each epoch."""
+        ...
+
+    def start_epoch(self, epoch: int, batches: list[torch.Tensor], first: int) -> None:
+        """Before the steps ``first..`` of epoch ``epoch`` (0-based) over ``batches`` (rows)."""
+        ...
+
+    def loss(self, step: int, b: int) -> torch.Tensor:
+        """The loss of batch ``b`` of the epoch (global step ``step``), graph attached."""
+        ...
+
+    def score(self) -> float | None:
+        """The validation score of the model as it is now; None without validation."""
+        ...
+
+
+class TrainingLoop:
+    """Trains ``task.model`` in place; with validation keeps the epoch whose score is best,
+    the untrained model (epoch 0) included."""
+
+    def __init__(self, task: Task, opt: torch.optim.Optimizer, schedule: Schedule,
+                 checkpoint: Path | None = None, log: Callable[[str], None] | None = None):
+        self.task, self.opt, self.schedule = task, opt, schedule
+        self.checkpoint, self.log = checkpoint, log
+        self.result, self.best_state, self.best_score = FitResult(), None, -1.0
+        self.losses: list[float] = []
+        self.last_saved = time.monotonic()
+
+    def run(self, resume: bool = False) -> FitResult:
+        s, model = self.schedule, self.task.model
+        epoch0, step0 = self._resume() if resume and self.checkpoint is not None and \
+            self.checkpoint.exists() else self._start()
+        try:
+            for epoch in range(epoch0, s.epochs):
+                self.run_epoch(epoch, step0 if epoch == epoch0 else 0)
+                if self._end_epoch(epoch):
+                    break
+        finally:
+            model.eval()
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+            self.result.best_score = self.best_score
+        self.result.steps = s.total
+        return self.result
+
+    def _start(self) -> tuple[int, int]:
+        score = self.task.score()
+        if score is not None:
+            # The untrained model is a candidate too: a model that starts as the kNN vote
+            # (label evidence, zero head) keeps it when no epoch of training beats it.
+            self.result.initial_score = self.best_score = score
+            self.result.best_epoch, self.best_state = 0, copy.deepcopy(self.task.model.state_dict())
+        return 0, 0
+
+    def _resume(self) -> tuple[int, int]:
+        base_lrs = [g["base_lr"] for g in self.opt.param_groups]
+        progress, self.best_state = load_checkpoint(self.checkpoint, self.task.model, self.opt)
+        for group, base_lr in zip(self.opt.param_groups, base_lrs):  # a checkpoint without them
+            group.setdefault("base_lr", base_lr)
+        r = self.result
+        r.history, r.best_epoch = progress["history"], progress["best_epoch"]
+        self.best_score, r.initial_score = progress["best_score"], progress.get("initial_score")
+        self.losses = progress.get("losses", [])
+        return progress["epoch"], progress.get("step", 0)
+
+    def run_epoch(self, epoch: int, first: int) -> None:
+        """The steps ``first..`` of epoch ``epoch``."""
+        s = self.schedule
+        order = torch.randperm(len(self.task), generator=torch.Generator().manual_seed(s.seed * 7919 + epoch))
+        batches = [order[b * s.batch_size:(b + 1) * s.batch_size] for b in range(s.steps_per_epoch)]
+        self.task.start_epoch(epoch, batches, first)
+        for b in range(first, s.steps_per_epoch):
+            step = epoch * s.steps_per_epoch + b
+            for group in self.opt.param_groups:
+                group["lr"] = group["base_lr"] * warmup_cosine(step, s.total, s.warmup)
+            loss = self.task.loss(step, b)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.losses.append(loss.item())
+            if s.step_checkpoints and self._due():
+                self._save(epoch, b + 1)  # mid-epoch: resumes at the next step
+
+    def _end_epoch(self, epoch: int) -> bool:
+        """Scores and records the epoch, checkpoints it; True where patience ends the run."""
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(self.losses))}
+        self.losses = []
+        score = self.task.score()
+        if score is not None:
+            entry["val_score"] = score
+            if score > self.best_score:
+                self.best_score, self.result.best_epoch = score, epoch + 1
+                self.best_state = copy.deepcopy(self.task.model.state_dict())
+        self.result.history.append(entry)
+        if self.log:
+            self.log(format_entry(entry))
+        if self.schedule.step_checkpoints or self._due():
+            self._save(epoch + 1, 0)
+        best, patience = self.result.best_epoch, self.schedule.patience
+        return bool(patience and best is not None and epoch + 1 - best >= patience)
+
+    def _due(self) -> bool:
+        return self.checkpoint is not None and time.monotonic() - self.last_saved >= self.schedule.checkpoint_every
+
+    def _save(self, epoch: int, step: int) -> None:
+        if self.checkpoint is None:
+            return
+        r = self.result
+        save_checkpoint(self.checkpoint, self.task.model, self.opt,
+                        {"epoch": epoch, "step": step, "losses": self.losses, "history": r.history,
+                         "best_epoch": r.best_epoch, "best_score": self.best_score,
+                         "initial_score": r.initial_score}, self.best_state)
+        self.last_saved = time.monotonic()
+
+
+class FusionTask:
+    """A fusion model and its classifier trained on frozen query embeddings: each batch
+    gathers its queries' neighbours from the memory rows (:class:`FitData`)."""
+
+    def __init__(self, model: torch.nn.Module, data: FitData, cfg: TrainConfig, tau: float):
+        self.model, self.data, self.cfg, self.tau = model, data, cfg, tau
+        self.buffers = BatchBuffers()  # one set for every batch of the run, training and validation
+        self.batches: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.data.train)
+
+    def start_epoch(self, epoch: int, batches: list[torch.Tensor], first: int) -> None:
+        self.model.train()
+        self.batches = batches
+        torch.manual_seed(self.cfg.seed * 104729 + epoch)  # dropout draws depend on (seed, epoch) only
+
+    def loss(self, step: int, b: int) -> torch.Tensor:
+        d = self.data
+        inputs, y = to_model(self.model, *d.train.batch(self.batches[b], d.memory, self.model.reads, self.buffers))
         with autocast(y.device):
-            logits, _ = model(*inputs)
-        loss = lace_loss(logits.float(), y, class_counts, tau=tau, label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return float(np.mean(losses))
+            logits, _ = self.model(*inputs)
+        return lace_loss(logits.float(), y, d.class_counts, tau=self.tau, label_smoothing=self.cfg.label_smoothing)
+
+    def score(self) -> float | None:
+        d = self.data
+        if not d.has_val:
+            return None
+        logits = predict(self.model, d.val, d.memory, buffers=self.buffers)[0]
+        return selection_score(logits.argmax(1), d.val.labels.numpy(), d.metric)
+
+
+def fit(model: torch.nn.Module, data: FitData, cfg: TrainConfig, *, tau: float,
+        checkpoint: Path | None = None, resume: bool = False,
+        log: Callable[[str], None] | None = None) -> FitResult:
+    """Trains ``model`` in place on ``data``; with validation queries keeps the epoch with the
+    best validation score."""
+    opt = torch.optim.AdamW(parameter_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr)
+    epochs, steps_per_epoch = epochs_for(cfg, len(data.train))
+    schedule = Schedule(epochs, cfg.batch_size, steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch),
+                        cfg.seed, cfg.checkpoint_every, patience=cfg.patience)
+    return TrainingLoop(FusionTask(model, data, cfg, tau), opt, schedule, checkpoint, log).run(resume)
 
 
 @torch.no_grad()
@@ -168,4 +301,5 @@ def to_model(model: torch.nn.Module, inputs, labels):
     return tuple(move(t) for t in inputs), move(labels)
 
 
-__all__ = ["FitResult", "epochs_for", "fit", "parameter_groups", "predict"]
+__all__ = ["FitData", "FitResult", "FusionTask", "Schedule", "Task", "TrainingLoop", "epochs_for", "fit",
+           "parameter_groups", "predict"]

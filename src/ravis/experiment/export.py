@@ -1,5 +1,5 @@
-"""Writing what makes an experiment's folder servable without the cache (the format is
-:mod:`ravis.run_folder`): memory parts made from the dataset, references to memory folders,
+"""Exporting what makes an experiment's folder servable without the cache (the format is
+:mod:`ravis.run_folder`'s): memory parts made from the dataset, references to memory folders,
 thumbnails, and serving.json with each method's post-hoc logit adjustment (so served
 probabilities are those the evaluation scored)."""
 
@@ -12,11 +12,12 @@ import numpy as np
 
 from ..memory.store import ArrayMemory
 from ..methods import method as get_method
-from ..run_folder import save_memory_part, write_serving
+from ..run_folder import ExperimentFolder
 from ..thumbnails import thumbnail_bytes, write_thumbnails
 from ..training.loss import log_prior
-from .methods import MethodResult, validation_split
 from .prepare import Prepared, load_splits
+from .results import MethodResult
+from .selection import validation_split
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def logit_adjustment(prep: Prepared, method: str, result: MethodResult) -> list[
     return (tau * log_prior(counts).numpy()).astype(float).tolist()
 
 
-def save_for_serving(folder: Path, run_dir: Path, prep: Prepared, methods: dict[str, MethodResult],
+def save_for_serving(folder: ExperimentFolder, prep: Prepared, methods: dict[str, MethodResult],
                      cache_dir: Path, copy_memory: bool = False) -> None:
     """Writes what serving needs into one experiment's folder: the memory parts made from
     the dataset (with thumbnails), references to (or copies of) memory folders, the test
@@ -46,16 +47,16 @@ def save_for_serving(folder: Path, run_dir: Path, prep: Prepared, methods: dict[
     for spec, part in memory.parts:
         if isinstance(part, ArrayMemory) and part.thumbnails is None:
             part.thumbnails = dataset_thumbnails(full_train, part.ids, cache_dir)
-        parts.append(save_memory_part(folder, spec, part, run_dir, copy_memory, cache_dir))
-    write_thumbnails(folder / "test_thumbnails.parquet", prep.test.dataset, cache_dir=cache_dir)
-    write_serving(folder, {
+        parts.append(folder.save_memory_part(spec, part, copy_memory, cache_dir))
+    write_thumbnails(folder.test_thumbnails, prep.test.dataset, cache_dir=cache_dir)
+    folder.write_serving({
         "experiment": exp.name,
         "class_names": list(prep.train.dataset.class_names),
         "class_counts": [int(c) for c in prep.class_counts],
         "k": int(prep.test_I.shape[1]),
         "index": exp.retrieval.index,
         "memory": {"class_names": memory.class_names, "rows": len(memory), "parts": parts},
-        "test_thumbnails": "test_thumbnails.parquet",
+        "test_thumbnails": folder.test_thumbnails.name,
         "logit_adjustment": {name: logit_adjustment(prep, name, r) for name, r in methods.items()
                              if get_method(name).trains},
         # methods whose predictions need their fine-tuned encoder, and its keys policy (not

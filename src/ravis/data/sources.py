@@ -33,17 +33,15 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from PIL import Image
-
-from ..data.dataset import BadImageError
-from ..data.images import MAX_PIXELS, open_image
+from ..config import MemoryConfig
 from ..errors import InputError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SKIP_REASONS = ("missing_caption", "missing_image", "bad_image", "duplicate_key")
 IMAGE_COLUMNS = ("image", "jpg", "png", "webp", "image_path", "path", "filepath")
 CAPTION_COLUMNS = ("caption", "text", "txt")
-DEFAULT_PROMPT = "a photo of a {label}"
+#: Rows per input shard of a folder source: a resumed build redoes at most this many.
+ROWS_PER_SHARD = 10000
 
 
 class SourceError(InputError):
@@ -93,7 +91,7 @@ class ShardRows:
 # Specs -> input shards
 
 
-def resolve_sources(specs: str | list[str], rows_per_shard: int = 10000,
+def resolve_sources(specs: str | list[str], rows_per_shard: int = ROWS_PER_SHARD,
                     class_names: list[str] | None = None) -> tuple[list[InputShard], list[str]]:
     """The input shards of ``specs`` in order, and the class names their labels index.
 
@@ -198,7 +196,7 @@ def _folder_shards(kind: str, arg: str, spec: str, rows_per_shard: int,
     items = []
     for rel, c in zip(rels, classes):
         caption = read_caption(root / rel, first_non_empty=first_non_empty)
-        text = caption or DEFAULT_PROMPT.format(label=c.rsplit("/", 1)[-1])
+        text = caption or MemoryConfig.prompt.format(label=c.rsplit("/", 1)[-1])
         items.append((shown_name(rel), str(root / rel), text, index[c]))
     name = spec if ":" in spec or kind == "imagefolder" else f"{kind}:{root}"
     return [InputShard("files", f"{name}[{start}:{start + len(chunk)}]", collection,
@@ -383,21 +381,3 @@ def _pick(given: str | None, candidates, names: list[str], path: str, what: str)
                       f"name it in the spec parquet:PATTERN:IMAGE_COL:CAPTION_COL; "
                       f"columns: {names}")
 
-
-# ---------------------------------------------------------------------------------------------
-# Decoding
-
-
-def decode_image(image: bytes | str, where: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Encoded bytes or a file path -> fully decoded RGB image, by
-    :func:`ravis.data.images.open_image` (truncated files and decompression bombs refused).
-
-    Raises:
-        BadImageError: naming ``where``.
-    """
-    if isinstance(image, str):
-        try:
-            return open_image(image, max_pixels)
-        except BadImageError as e:
-            raise BadImageError(f"{where}: {e}", e.kind) from e
-    return open_image(image, max_pixels, where=where)

@@ -1,10 +1,8 @@
-"""Results as the paper's Table 1 (methods x many/mid/few/all), results.json and PNG plots."""
+"""Results as text: the paper's Table 1 (methods x many / mid / few / all, and balanced
+accuracy) and the near-duplicate check in a sentence."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..io import atomic_path
 from ..methods import METHODS
 
 METHOD_LABELS = {name: m.label for name, m in METHODS.items()}
@@ -46,52 +44,4 @@ def contamination_line(c: dict) -> str:
                                           "KEPT (retrieval.exclude_duplicates=false): results are contaminated")
 
 
-def _save_figure(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-
-
-def plot_shots(experiment: dict, path: Path) -> None:
-    """Grouped bars: many / mid / few / all accuracy of each method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    methods = list(experiment["methods"])
-    groups = ["many", "mid", "few", "top1"]
-    width = 0.8 / max(1, len(methods))
-    fig, ax = plt.subplots(figsize=(9, 4))
-    x = np.arange(len(groups))
-    for i, name in enumerate(methods):
-        vals = [experiment["methods"][name].get(g) for g in groups]
-        ax.bar(x + i * width, [100 * v if v is not None else 0 for v in vals], width,
-               label=METHOD_LABELS.get(name, name))
-    ax.set_xticks(x + width * (len(methods) - 1) / 2, ["many", "mid", "few", "all"])
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(experiment["name"])
-    # beside the axes, not over them: inside, it covered the "few" bars
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
-    _save_figure(fig, path)
-    plt.close(fig)
-
-
-def plot_accuracy_vs_k(experiment: dict, curves: dict[str, dict], path: Path) -> None:
-    """Test accuracy versus k: the kNN vote at each k, and trained models fed their top k."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curve in curves.items():
-        ks = sorted(int(k) for k in curve)
-        ax.plot(ks, [100 * curve[k] for k in ks], marker="o", label=METHOD_LABELS.get(name, name))
-    ax.set_xscale("log")
-    ax.set_xlabel("k (neighbours used at test time)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{experiment['name']}: accuracy versus k")
-    ax.legend(fontsize=8)
-    _save_figure(fig, path)
-    plt.close(fig)
+__all__ = ["METHOD_LABELS", "contamination_line", "format_table"]

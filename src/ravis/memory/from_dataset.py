@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dataset import ImageDataset
+from ..config import VALUE_KINDS, MemoryConfig
 from ..errors import InputError
 from .store import ArrayMemory
 
-VALUE_KINDS = ("label_prompt", "caption", "image")
 
 
 def entry_texts(dataset: ImageDataset, kind: str) -> list[str]:
@@ -28,7 +28,7 @@ def value_texts(dataset: ImageDataset, kind: str, prompt: str) -> list[str]:
 
 def build_memory(dataset: ImageDataset, keys: np.ndarray, *, key_encoder: str, kind: str,
                  text_encoder=None, cache_dir: Path | None = None,
-                 prompt: str = "a photo of a {label}", valid: np.ndarray | None = None,
+                 prompt: str = MemoryConfig.prompt, valid: np.ndarray | None = None,
                  image_values: np.ndarray | None = None, value_encoder: str | None = None) -> ArrayMemory:
     """A memory over ``dataset`` whose keys are ``keys`` (rows aligned with the dataset).
 
@@ -62,7 +62,7 @@ def build_memory(dataset: ImageDataset, keys: np.ndarray, *, key_encoder: str, k
 
 
 def with_wrong_values(memory: ArrayMemory, fraction: float, seed: int, text_encoder,
-                      cache_dir: Path | None = None, prompt: str = "a photo of a {label}") -> ArrayMemory:
+                      cache_dir: Path | None = None, prompt: str = MemoryConfig.prompt) -> ArrayMemory:
     """A copy of a label-prompt memory whose entries, a ``fraction`` of them chosen with
     ``seed``, say a wrong class (uniform over the others): a stand-in for noisy web text.
     Labels and texts follow the wrong value, as they would for a mis-captioned web image."""

@@ -1,168 +1,35 @@
-"""Editing a memory without retraining: an append-only log of edits over a base memory.
+"""Editing a memory without retraining: a base memory with the edits of its log applied.
 
 A finished run's memory (the parts it was trained with, checked against their digests) is
-the *base*; an edit never changes a byte of it. Edits are records in a log beside the run::
-
-    RUN_DIR/<experiment>/memory-edits.log
-
-one line per edit, ``<first 16 hex of the sha256 of JSON> <JSON>\\n``; the JSON holds ``seq``,
-``time``, ``who``, ``op`` and the op's arguments:
-
-    add            id, label (a class name or null), text, source, key and value (base64
-                   float32), thumbnail (base64 JPEG, "" for none)
-    delete         ids: entries of the base or added earlier
-    delete_class   name: every live entry with that label
-    delete_source  name: every live entry from that source
-    relabel        changes: [[id, label, text or null]], values: {label: base64}; a change
-                   with a text (a label-prompt entry, whose text names its class) also takes
-                   its label's value
-
-:class:`EditedMemory` replays the log and offers the Memory protocol: base rows keep their
-numbers, added entries follow them, and deleted rows keep theirs but are never returned by
-:class:`EditedIndex`, which asks the index for enough rows that k live ones remain (k results
-are still k live rows). ``ravis memory compact`` folds the log into new shards.
-
-A record is one ``write`` followed by ``fsync``: a crash can only tear the last line, which
-replay detects (no newline, a bad checksum or bad JSON) and drops with a warning; the next
-append cuts it off first. A damaged record followed by good ones is an error naming the log
-and the line: replaying past it would serve a memory nobody edited into being.
+the *base*; an edit never changes a byte of it. Edits are records in a log beside the run
+(:mod:`ravis.memory.edit_log`). :class:`EditedMemory` replays the log and offers the Memory
+protocol: base rows keep their numbers, added entries follow them, and deleted rows keep
+theirs but are never returned by the index that follows the edits
+(:class:`ravis.index.edited_index.EditedIndex`). ``ravis memory compact`` folds the log into new
+shards.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
-import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-import faiss
 import numpy as np
 
 from ..errors import InputError
-from ..index.base import as_vectors, check_ids, check_k, pad_results
-from ..index.multi import merge_topk
-from ..io import exclusive_lock, stable_hash
+from ..io import stable_hash
 from .base import META_COLUMNS, MemoryMismatchError, as_rows, check_query_encoder
-
-log = logging.getLogger(__name__)
-
-LOG_NAME = "memory-edits.log"
-OPS = ("add", "delete", "delete_class", "delete_source", "relabel")
+from .edit_log import EditLog, decode_array
 
 
 class EditError(InputError):
     """An edit that cannot be applied (unknown id or class, bad arguments); nothing changed."""
-
-
-# ---------------------------------------------------------------------------------------------
-# The log file
-
-
-def encode_array(a: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(a, dtype=np.float32).tobytes()).decode()
-
-
-def decode_array(s: str, dim: int, what: str) -> np.ndarray:
-    a = np.frombuffer(base64.b64decode(s), dtype=np.float32)
-    if a.shape != (dim,):
-        raise InputError(f"{what}: {a.size} numbers, expected {dim}")
-    return a
-
-
-def _line(record: dict) -> bytes:
-    body = json.dumps(record, sort_keys=True, separators=(",", ":"))
-    return f"{hashlib.sha256(body.encode()).hexdigest()[:16]} {body}\n".encode()
-
-
-def _parse(line: bytes) -> dict | None:
-    """The record of one complete line, or None if it is damaged."""
-    try:
-        text = line.decode()
-        digest, body = text[:16], text[17:-1]
-        if text[16] != " " or hashlib.sha256(body.encode()).hexdigest()[:16] != digest:
-            return None
-        record = json.loads(body)
-    except (UnicodeDecodeError, IndexError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("op") in OPS else None
-
-
-class EditLog:
-    """The append-only file of edit records (see the module doc)."""
-
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-
-    def read(self, offset: int = 0) -> tuple[list[dict], int]:
-        """(records from byte ``offset`` on, the offset after the last good one). A torn
-        last line is dropped with a warning.
-
-        Raises:
-            MemoryMismatchError: a damaged line with good lines after it.
-        """
-        if not self.path.exists():
-            return [], 0
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-        records, at, lines = [], offset, data.split(b"\n")
-        for n, raw in enumerate(lines[:-1]):  # every piece but the last ended with a newline
-            record = _parse(raw + b"\n")
-            if record is None:
-                if any(lines[n + 1:]):
-                    raise MemoryMismatchError(
-                        f"{self.path}: edit record at byte {at} is damaged and later records "
-                        "follow it; the log cannot be replayed (restore it from a backup, or "
-                        "remove it to serve the memory unedited)")
-                log.warning("%s: dropping a torn last edit record at byte %d (a crash while it "
-                            "was written); it was never applied", self.path, at)
-                return records, at
-            records.append(record)
-            at += len(raw) + 1
-        if lines[-1]:
-            log.warning("%s: dropping a torn last edit record at byte %d (a crash while it was "
-                        "written); it was never applied", self.path, at)
-        return records, at
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """One writer at a time (a server and `ravis memory edit` may share a log)."""
-        with exclusive_lock(self.path.with_name(f".{self.path.name}.lock"), wait=True):
-            yield
-
-    def append(self, record: dict, good: int) -> int:
-        """Appends one record after byte ``good`` (cutting off a torn tail); returns the new
-        end. The caller holds :meth:`locked` and has read the log up to ``good``."""
-        return self.append_many([record], good)
-
-    def append_many(self, records: list[dict], good: int) -> int:
-        """Appends records in one write and one fsync (see :meth:`append`). A crash inside
-        tears at most the last line written; the whole lines before it are edits made."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = b"".join(_line(r) for r in records)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o666)
-        try:
-            if os.fstat(fd).st_size != good:
-                os.ftruncate(fd, good)
-            os.lseek(fd, good, os.SEEK_SET)
-            view = memoryview(data)
-            while view:  # a large write may be split
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return good + len(data)
-
-
-# ---------------------------------------------------------------------------------------------
-# The edited memory
 
 
 @dataclass
@@ -525,8 +392,16 @@ class EditedMemory:
             return np.zeros(0, dtype=np.int64)
         return np.flatnonzero(np.isin(rows, self._changed_rows))
 
+    @property
+    def parts(self) -> list[tuple[str, "EditedMemory"]]:
+        return [("", self)]
+
+    def added_keys(self) -> np.ndarray:
+        """(added, dim) float32 keys of the entries edits added, in row order."""
+        return self._added.keys[:self._added.n]
+
     def key_blocks(self) -> list[np.ndarray]:
-        return self.base.key_blocks() + ([self._added.keys[:self._added.n]] if self._added.n else [])
+        return self.base.key_blocks() + ([self.added_keys()] if self._added.n else [])
 
     def verify(self) -> None:
         self.base.verify()
@@ -571,87 +446,3 @@ class _IdLookup:
                 if g == ids[j] and out[j] < 0:
                     out[j] = r
         return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The index that follows the edits
-
-
-class EditedIndex:
-    """The base memory's index with the added entries (searched exactly) merged in, never
-    returning a deleted row: the parts are asked for k + the deleted rows they could return,
-    so that k live rows remain wherever the memory has k."""
-
-    vectors = None
-
-    def __init__(self, base_index, memory: EditedMemory):
-        self.base_index, self.memory = base_index, memory
-        self.d = base_index.d
-        self.spec = f"edited:{base_index.spec}"
-        self.info: dict = {"base": base_index.spec}
-
-    @property
-    def ntotal(self) -> int:
-        return len(self.memory)
-
-    @property
-    def is_trained(self) -> bool:
-        return True
-
-    def train(self, xb) -> None:
-        raise ValueError("an edited memory's index follows its edits; it is not trained")
-
-    @property
-    def search_params(self) -> dict:
-        return self.base_index.search_params
-
-    def set_search_params(self, **params) -> None:
-        self.base_index.set_search_params(**params)
-
-    def add(self, xb) -> None:
-        raise ValueError("add entries to an edited memory with an edit, not to its index")
-
-    def search(self, xq, k: int) -> tuple[np.ndarray, np.ndarray]:
-        xq, k = as_vectors(xq, self.d, "xq"), check_k(k)
-        with self.memory.lock:
-            deleted = self.memory.deleted_count
-            if not deleted:
-                return self._search_parts(xq, k)
-            margin = min(deleted, 16)
-            D, I = self._live_first(*self._search_parts(xq, k + margin), k)
-            short = np.flatnonzero((I < 0).any(axis=1))  # fewer than k live among k + margin
-            if len(short) and k + margin < self.ntotal:
-                D[short], I[short] = self._live_first(
-                    *self._search_parts(xq[short], min(k + deleted, self.ntotal)), k)
-            return D, I
-
-    def _search_parts(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        n_base = self.memory.base_count
-        D, I = self.base_index.search(xq, min(k, n_base)) if n_base else (
-            np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64))
-        parts = [pad_results(D, I, k)]
-        added = self.memory._added
-        if added.n:
-            Da, Ia = faiss.knn(xq, np.ascontiguousarray(added.keys[:added.n]), min(k, added.n),
-                               metric=faiss.METRIC_INNER_PRODUCT)
-            parts.append((Da.astype(np.float32), np.where(Ia >= 0, Ia + n_base, -1)))
-        return merge_topk(parts, k)
-
-    def _live_first(self, D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first k live results of each row (order kept), padded with -1 / -inf."""
-        live = (I >= 0) & ~self.memory._deleted[np.where(I >= 0, I, 0)]
-        order = np.argsort(~live, axis=1, kind="stable")[:, :k]
-        D, I = np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
-        keep = np.take_along_axis(live, order, axis=1)
-        return np.where(keep, D, -np.inf).astype(np.float32), np.where(keep, I, -1)
-
-    def reconstruct(self, ids) -> np.ndarray:
-        ids = check_ids(ids, self.ntotal)
-        return self.memory.keys_at(ids).astype(np.float32)
-
-    def save(self, path) -> None:
-        raise NotImplementedError("`ravis memory compact` writes an edited memory and its index")
-
-    @classmethod
-    def load(cls, path, *, vectors=None, mmap: bool = False):
-        raise NotImplementedError("open the base index and wrap it with the memory's edits")

@@ -1,26 +1,13 @@
-"""Typed configuration: one dataclass per stage, validated on construction.
-
-Presets are YAML files under ``configs/``; any field can be overridden with a dotted
-``key=value`` (``train.lr=1e-3``, ``experiments.0.retrieval.k=10``). The resolved config is
-written next to every output.
-"""
+"""The config's sections: one typed dataclass per stage, validated on construction (a
+conflict is a :class:`ConfigError` naming the field), and the recipes over them."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import os
-import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import yaml
-
-from .errors import InputError
-from .methods import METHODS
-from .sizes import parse_bytes
+from ..errors import InputError
+from ..methods import METHODS
+from ..sizes import parse_bytes
 
 
 class ConfigError(InputError):
@@ -42,8 +29,9 @@ def _check(cond: bool, msg: str) -> None:
 
 @dataclass
 class MAMConfig:
-    """Options of :class:`ravis.fusion.MemoryAttention`: the ravis defaults (the "paper"
-    recipe turns every option off, which is exactly Eq. 5-6, with L=8)."""
+    """Options of the fusion module :class:`ravis.fusion.MemoryAttention`: the ravis defaults
+    (the "paper" recipe turns every option off, which is exactly Eq. 5-6, with L=8). Its
+    classifier is configured by :class:`ClassifierConfig`, its training by :class:`TrainConfig`."""
 
     num_layers: int = 1  # L, stacked layers with their own parameters (the paper: 8)
     similarity_init: bool = True  # psiQ, psiK start as identities, chi at zero
@@ -53,38 +41,29 @@ class MAMConfig:
     attn_dropout: float = 0.0  # dropout on attention weights
     qk_lr_scale: float = 0.01  # learning-rate multiplier for psiQ, psiK
     query_dropout: float = 0.0  # in training, drop a query's z term from the output with this probability
-    # the classifier also reads the neighbours' labels where the memory's entries carry
-    # labels in the experiment's classes: a learned kNN vote that it starts as
-    # (ravis.fusion.RetrievalClassifier)
-    label_evidence: bool = True
-    # that vote with each neighbour weighted by 1 / its class's count in the memory, so a
-    # long-tailed memory's prior does not return through it (docs/method.md, "Label evidence")
-    balance_votes: bool = True
-    # the classifier reads f through a hidden GELU layer, as the MLP baseline reads z
-    # (docs/method.md, "Warm start"); off: the paper's linear classifier
-    hidden_layer: bool = True
-    # with label evidence: first train the classifier alone (the vote's weight held at 0, the
-    # attention as initialised), then choose the vote's weight on validation from
-    # vote_weight_grid, then train the whole module from there (docs/method.md, "Warm start")
-    warm_start: bool = True
-    # (> 0: at 0 MAM would be the MLP, and a model that does not read its memory's labels
-    # cannot predict a class added to the memory after training)
-    vote_weight_grid: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0])
-    # with label evidence, where the score is balanced accuracy and train.posthoc_tau is
-    # "auto": false takes the post-hoc adjustment that LACE at tau leaves to do (1 - tau: none
-    # at tau 1; the vote is balanced already), true chooses it on validation from
-    # train.posthoc_grid (docs/method.md, "No post-hoc adjustment for the vote")
-    tune_posthoc: bool = False
 
     def __post_init__(self):
-        _check(len(self.vote_weight_grid) > 0 and all(w > 0 for w in self.vote_weight_grid),
-               f"mam.vote_weight_grid must be a non-empty list of weights > 0 (at 0 MAM would not "
-               f"read its memory's labels), got {self.vote_weight_grid}")
         _check(self.num_layers >= 1, f"mam.num_layers must be >= 1, got {self.num_layers}")
         _check(0 <= self.attn_dropout < 1, f"mam.attn_dropout must be in [0, 1), got {self.attn_dropout}")
         _check(self.init_temperature > 0, "mam.init_temperature must be > 0")
         _check(self.qk_lr_scale >= 0, "mam.qk_lr_scale must be >= 0")
         _check(0 <= self.query_dropout < 1, "mam.query_dropout must be in [0, 1)")
+
+
+@dataclass
+class ClassifierConfig:
+    """The classifier on the fused feature f of the methods whose registry entry names this
+    section (:mod:`ravis.methods`: MAM); the other methods keep a plain linear head."""
+
+    # it also reads the neighbours' labels where the memory's entries carry labels in the
+    # experiment's classes: a learned kNN vote that it starts as (ravis.fusion.RetrievalClassifier)
+    label_evidence: bool = True
+    # that vote with each neighbour weighted by 1 / its class's count in the memory, so a
+    # long-tailed memory's prior does not return through it (docs/method.md, "Label evidence")
+    balance_votes: bool = True
+    # it reads f through a hidden GELU layer, as the MLP baseline reads z (docs/method.md,
+    # "Warm start"); off: the paper's linear classifier
+    hidden_layer: bool = True
 
 
 #: train.finetune_keys: what the memory keys are after fine-tuning the encoder.
@@ -150,8 +129,24 @@ class TrainConfig:
     # fine-tuned encoder and the neighbours retrieved again; memories made from the dataset).
     # docs/method.md, "Fine-tuning the encoder", has the measurements behind the default.
     finetune_keys: str = "frozen"
+    # With label evidence (classifier.label_evidence): first train the classifier alone (the
+    # vote's weight held at 0, the fusion module as initialised), then choose the vote's
+    # weight on validation from vote_weight_grid, then train the whole model from there
+    # (docs/method.md, "Warm start")
+    warm_start: bool = True
+    # (> 0: at 0 the model would not read its memory's labels, and could not predict a class
+    # added to the memory after training)
+    vote_weight_grid: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0])
+    # with label evidence, where the score is balanced accuracy and posthoc_tau is "auto":
+    # false takes the post-hoc adjustment that LACE at tau leaves to do (1 - tau: none at tau
+    # 1; the vote is balanced already), true chooses it on validation from posthoc_grid
+    # (docs/method.md, "No post-hoc adjustment for the vote")
+    tune_posthoc: bool = False
 
     def __post_init__(self):
+        _check(len(self.vote_weight_grid) > 0 and all(w > 0 for w in self.vote_weight_grid),
+               f"train.vote_weight_grid must be a non-empty list of weights > 0 (at 0 the model "
+               f"would not read its memory's labels), got {self.vote_weight_grid}")
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         _check(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
         _size("train.memory_rows_budget", self.memory_rows_budget)
@@ -228,6 +223,10 @@ class DataConfig:
         _check(0 <= self.label_noise < 1, f"data.label_noise must be in [0, 1), got {self.label_noise}")
 
 
+#: memory.values: what a memory entry's value embeds.
+VALUE_KINDS = ("label_prompt", "caption", "image")
+
+
 @dataclass
 class MemoryConfig:
     """What the memory holds."""
@@ -248,8 +247,6 @@ class MemoryConfig:
         return list(self.source) if isinstance(self.source, (list, tuple)) else [self.source]
 
     def __post_init__(self):
-        from .memory.build import VALUE_KINDS
-
         _check(bool(self.sources) and all(isinstance(x, str) and x for x in self.sources),
                f"memory.source must be a name/path or a non-empty list of them, got {self.source!r}")
         _check(len(set(self.sources)) == len(self.sources), f"memory.source lists an entry twice: {self.source!r}")
@@ -313,6 +310,7 @@ class ExperimentConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mam: MAMConfig = field(default_factory=MAMConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     # Run once per seed (train.seed and data.split_seed both set to it) and report mean and
     # standard deviation; None: once, with train.seed. The run folder serves the first seed.
@@ -367,7 +365,6 @@ class RunConfig:
             e.encoder = e.encoder or self.encoder
 
 
-# ---- Recipes, YAML presets and dotted overrides -------------------------------------------
 
 #: Training recipes applied under a preset's own settings. "ravis" is the dataclass defaults;
 #: "paper" is Iscen et al.'s recipe as published, kept for comparison.
@@ -377,192 +374,11 @@ RECIPES: dict[str, dict] = {
         "train": {"lr": 1e-3, "weight_decay": 0.2, "batch_size": 512, "epochs": 10,
                   "warmup_epochs": 1.0, "min_steps": 0, "label_smoothing": 0.1, "tau": 1.0,
                   "posthoc_tau": 0.0, "memory_tau": None, "memory_posthoc_tau": None,
-                  "val_fraction": 0.0, "patience": 0},
+                  "val_fraction": 0.0, "patience": 0, "warm_start": False},
         "mam": {"num_layers": 8, "similarity_init": False, "learn_temperature": False,
                 "similarity_bias": False, "attn_dropout": 0.0, "qk_lr_scale": 1.0,
-                "query_dropout": 0.0, "label_evidence": False, "balance_votes": False,
-                "hidden_layer": False, "warm_start": False},
+                "query_dropout": 0.0},
+        "classifier": {"label_evidence": False, "balance_votes": False, "hidden_layer": False},
         "retrieval": {"k": 100},
     },
 }
-
-def _typed(value, hint, where: str):
-    """``value`` as the field type ``hint`` wants it (an int is a float; a float is not an
-    int), or a ConfigError naming the field, the type and the value."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _typed(value, arg, where)
-            except ConfigError:
-                continue
-        names = " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in args)
-        raise ConfigError(f"{where} must be {names}, got {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        return [_typed(v, args[0], f"{where}.{i}") for i, v in enumerate(value)] if args else value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-    elif hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-    elif hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    elif hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-    return value
-
-
-def _build(cls, data, where: str):
-    """Dataclass ``cls`` from a dict, recursively, refusing unknown keys."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            value = _build(hint, value, f"{where}.{key}")
-        elif key == "experiments":
-            value = [_build(ExperimentConfig, v, f"{where}.experiments.{i}"
-                            + (f" ({v['name']})" if isinstance(v, dict) and "name" in v else ""))
-                     for i, v in enumerate(value)]
-        else:
-            value = _typed(value, hint, f"{where}.{key}")
-        kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from e
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _set_dotted(tree: dict, dotted: str, value) -> None:
-    node, parts = tree, dotted.split(".")
-    for depth, part in enumerate(parts):
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:depth]) or 'the config'} is a "
-                                  f"list of {len(node)}, and {part!r} is not an index into it")
-            part = int(part)
-        elif not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:depth])} is a value, not a section")
-        if depth == len(parts) - 1:
-            node[part] = value
-        else:
-            node = node[part] if isinstance(node, list) else node.setdefault(part, {})
-
-
-#: Config sections that belong to each experiment; a preset may give them once for all.
-STAGE_KEYS = ("data", "memory", "retrieval", "train", "mam", "methods", "seeds")
-
-
-def _parse_value(raw: str):
-    """YAML scalar parsing, plus the floats YAML 1.1 leaves as strings ("3e-3")."""
-    try:
-        value = yaml.safe_load(raw)
-    except (yaml.YAMLError, ValueError) as e:  # ValueError: a date that does not exist
-        raise ConfigError(f"cannot read the value {raw!r} ({e})") from e
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def resolve(tree: dict, overrides: list[str] = ()) -> RunConfig:
-    """A RunConfig from a preset tree: ``defaults`` merged into every experiment, then the
-    dotted overrides (``train.lr=1e-3`` applies to every experiment; ``experiments.0.x=...``
-    to one)."""
-    tree = copy.deepcopy(tree)
-    shared = {k: tree.pop(k) for k in STAGE_KEYS if k in tree}
-    recipe_over = [o for o in overrides if o.startswith("recipe=")]
-    recipe = yaml.safe_load(recipe_over[-1].split("=", 1)[1]) if recipe_over else tree.get("recipe", "ravis")
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
-    shared = _deep_merge(RECIPES[recipe], shared)
-    parsed = []
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
-        key, raw = item.split("=", 1)
-        try:
-            parsed.append((key, _parse_value(raw)))
-        except ConfigError as e:
-            raise ConfigError(f"override {item!r}: {e}") from e
-    # Overrides of the run and of its experiments (``experiments=[...]`` included) come before
-    # the defaults are merged in, so a replaced experiment list gets them too; an
-    # experiment's own settings still win over the defaults.
-    for key, value in parsed:
-        if key.split(".", 1)[0] not in STAGE_KEYS:
-            _set_dotted(tree, key, value)
-    tree["experiments"] = [_deep_merge(shared, e) for e in tree.get("experiments", [])]
-    # Stage overrides (``train.lr=1e-3``) come last and apply to every experiment.
-    for key, value in parsed:
-        if key.split(".", 1)[0] in STAGE_KEYS:
-            for exp in tree["experiments"]:
-                _set_dotted(exp, key, value)
-    return _build(RunConfig, tree, "config")
-
-
-def _expand_env(node):
-    """${VAR} in strings becomes the environment's value (data paths stay out of presets);
-    an unset variable is left as written and reported when the data is loaded."""
-    if isinstance(node, dict):
-        return {k: _expand_env(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_expand_env(v) for v in node]
-    return os.path.expandvars(node) if isinstance(node, str) else node
-
-
-def unset_variables(text: str) -> list[str]:
-    """The ${VAR} names still in a string after expansion."""
-    return re.findall(r"\$\{(\w+)\}", text)
-
-
-def read_yaml(path: Path) -> dict:
-    """The tree of a YAML config file ({} when empty), or a ConfigError naming the file."""
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, ValueError) as e:  # ValueError: not UTF-8, or a date that does not exist
-        raise ConfigError(f"{path}: invalid YAML ({e})") from e
-
-
-def resolve_file(path: Path, tree: dict, overrides: list[str] = ()) -> RunConfig:
-    """:func:`resolve` of a file's tree, its errors naming the file."""
-    try:
-        return resolve(tree, overrides)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from e
-
-
-def load_preset(path: Path | str, overrides: list[str] = ()) -> RunConfig:
-    """Reads a YAML preset (``configs/*.yaml``), expands ${VAR}s, applies dotted overrides."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such preset")
-    return resolve_file(path, _expand_env(read_yaml(path)), overrides)
-
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)

@@ -1,4 +1,6 @@
-"""The report's figures that the per-experiment plots do not already draw (PNG, matplotlib)."""
+"""Every figure ravis draws (PNG, matplotlib, written atomically): many / mid / few bars and
+accuracy versus k per experiment (in the run folder), and the report's attention by rank and
+accuracy versus memory size."""
 
 from __future__ import annotations
 
@@ -6,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.report import METHOD_LABELS
 from ..io import atomic_path
 from ..methods import method as get_method
+from .tables import METHOD_LABELS
 
 
 def _pyplot():
@@ -23,6 +25,43 @@ def _pyplot():
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_shots(experiment: dict, path: Path) -> None:
+    """Grouped bars: many / mid / few / all accuracy of each method."""
+    plt = _pyplot()
+    methods = list(experiment["methods"])
+    groups = ["many", "mid", "few", "top1"]
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    x = np.arange(len(groups))
+    for i, name in enumerate(methods):
+        vals = [experiment["methods"][name].get(g) for g in groups]
+        ax.bar(x + i * width, [100 * v if v is not None else 0 for v in vals], width,
+               label=METHOD_LABELS.get(name, name))
+    ax.set_xticks(x + width * (len(methods) - 1) / 2, ["many", "mid", "few", "all"])
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(experiment["name"])
+    # beside the axes, not over them: inside, it covered the "few" bars
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_k(experiment: dict, curves: dict[str, dict], path: Path) -> None:
+    """Test accuracy versus k: the kNN vote at each k, and trained models fed their top k."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        ks = sorted(int(k) for k in curve)
+        ax.plot(ks, [100 * curve[k] for k in ks], marker="o", label=METHOD_LABELS.get(name, name))
+    ax.set_xscale("log")
+    ax.set_xlabel("k (neighbours used at test time)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{experiment['name']}: accuracy versus k")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
 
 
 def attention_by_rank(attention: np.ndarray) -> np.ndarray:
@@ -120,5 +159,5 @@ def plot_memory_curve(entry: dict, path: Path) -> bool:
     return True
 
 
-__all__ = ["attention_by_rank", "memory_size_groups", "plot_attention_by_rank", "plot_memory_curve",
-           "plot_memory_size"]
+__all__ = ["attention_by_rank", "memory_size_groups", "plot_accuracy_vs_k", "plot_attention_by_rank",
+           "plot_memory_curve", "plot_memory_size", "plot_shots"]
