@@ -4,8 +4,8 @@ edits costs the predictions, at 10^4 and 10^6 entries.
 For each size: a float16 sharded memory of clustered unit keys (1280-d, 384-d values, ten
 classes) and its index (exact at 10^4; ``IVF1024,SQ8`` tuned to 0.95 recall at 10^6),
 served as ``ravis serve --allow-edits`` serves a run: the app of ``ravis.serve`` on a uvicorn
-thread on 127.0.0.1, over :class:`ravis.memory.edits.EditedMemory` and
-:class:`~ravis.memory.edits.EditedIndex`, EfficientNet-Lite0 and MiniLM as the encoders, a MAM
+thread on 127.0.0.1, over :class:`ravis.memory.edited_view.EditedMemory` and
+:class:`~ravis.index.edited_index.EditedIndex`, EfficientNet-Lite0 and MiniLM as the encoders, a MAM
 with label evidence, k = 100. Clients send Fashion-MNIST test images over HTTP.
 
 latency  ``--edits`` of each kind, one at a time, through the API: add one entry (an image

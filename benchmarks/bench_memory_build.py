@@ -43,14 +43,15 @@ import numpy as np
 import pyarrow.parquet  # noqa: F401 - imported by the first build otherwise, inflating its RSS
 
 from ravis.data import BadImageError
-from ravis.memory.shard_build import BuildSettings, build_sharded_memory, load_encoders
+from ravis.config import MemoryBuildConfig
+from ravis.memory.shard_build import build_sharded_memory, load_encoders
 from ravis.data.images import open_image
 from ravis.data.sources import read_rows, resolve_sources
 
 
 def bare_encoders(shards, batch_size: int):
     """A function timing the encoders alone over ``shards`` (inputs prepared once, here)."""
-    image_encoder, text_encoder = load_encoders(BuildSettings(batch_size=batch_size))
+    image_encoder, text_encoder = load_encoders(MemoryBuildConfig(batch_size=batch_size))
     jobs = []
     for shard in shards:
         rows, batches, texts = read_rows(shard).rows, [], []

@@ -268,3 +268,46 @@ def test_label_evidence_learns_and_needs_labels():
         assert p.grad is not None and torch.isfinite(p.grad)
     with pytest.raises(ValueError, match="labels"):
         model(z, keys, values)
+
+
+def test_a_fusion_module_registered_from_outside_builds_and_trains():
+    """Anyone can add a fusion module (register_fusion) and a method that uses it
+    (register_method): build_model builds it with the classifier, and a taken name is refused."""
+    from torch import nn
+
+    from ravis.config import ExperimentConfig
+    from ravis.errors import InputError
+    from ravis.fusion import FUSIONS, build_model, register_fusion
+    from ravis.methods import METHODS, Method, register_method
+
+    @register_fusion("test_values_gate")
+    class ValuesGate(nn.Module):
+        """f = z + W mean_j(v_j)."""
+
+        reads = ("values",)
+
+        def __init__(self, dim, value_dim, scale: float = 1.0):
+            super().__init__()
+            self.proj, self.scale = nn.Linear(value_dim, dim), scale
+
+        def forward(self, z, keys, values):
+            attn = values.new_full((values.shape[0], 1, values.shape[1]), 1.0 / values.shape[1])
+            return z + self.scale * self.proj(values.mean(1)), attn
+
+    try:
+        register_method(Method("test_gate", "Values gate", "test_values_gate", ("values",)))
+        model = build_model("test_gate", ExperimentConfig(name="x"), 8, 6, 3)
+        assert isinstance(model.fusion, ValuesGate) and model.reads == ("values",)
+        z, keys, values = torch.randn(4, 8), torch.randn(4, 5, 8), torch.randn(4, 5, 6)
+        logits, attn = model(z, keys, values)
+        assert logits.shape == (4, 3) and attn.shape == (4, 1, 5)
+        logits.sum().backward()
+        assert all(p.grad is not None for p in model.parameters())
+        with pytest.raises(InputError, match="already registered"):
+            register_fusion("memory_attention")(ValuesGate)
+        with pytest.raises(InputError, match="already registered"):
+            register_method(Method("mam", "another", "test_values_gate", ()))
+    finally:
+        FUSIONS.pop("test_values_gate", None)
+        METHODS.pop("test_gate", None)
+

@@ -19,7 +19,8 @@ from PIL import Image
 from ravis.cli import main
 from ravis.data import BadImageError
 from ravis.memory import MemoryMismatchError
-from ravis.memory.shard_build import (BuildSettings, add_shards, build_shard, build_shards,
+from ravis.config import MemoryBuildConfig
+from ravis.memory.shard_build import (add_shards, build_shard, build_shards,
                                       build_sharded_memory)
 from ravis.memory.store import ArrayMemory
 from ravis.memory.sharded import ShardedMemory, load_manifest, shard_file
@@ -135,7 +136,7 @@ def test_closing_the_pipeline_early_ends_its_threads(tmp_path, wds_dir, ravis_ca
     shards, _ = resolve_sources(f"wds:{wds_dir}/{{00000,00004}}.tar")
     (tmp_path / "shards").mkdir()
     results = build_shards(str(tmp_path), [(f"{i:05d}", s) for i, s in enumerate(shards)],
-                           BuildSettings())
+                           MemoryBuildConfig())
     assert next(results)["name"] == "00000"
     results.close()
     assert not pipeline_threads()
@@ -156,7 +157,7 @@ def test_reader_stays_a_bounded_number_of_batches_ahead(tmp_path):
             decoded.append(image.size)
             return np.zeros((2, 2, 3), np.uint8)
 
-    settings = BuildSettings(batch_size=4, decode_workers=2, thumbnails=False)
+    settings = MemoryBuildConfig(batch_size=4, decode_workers=2, thumbnails=False)
     reader = Reader(jobs, Counting(), settings)
     try:
         time.sleep(1.0)  # nobody takes batches: the reader waits once its queue is full

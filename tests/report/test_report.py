@@ -8,7 +8,6 @@ import numpy as np
 from ravis.cli import main
 from ravis.io import load_json
 from ravis.report import write_report
-from ravis.evaluation.plots import attention_by_rank, memory_size_groups, plot_memory_size
 from ravis.report.gallery import pick_examples
 
 
@@ -39,14 +38,6 @@ def test_report_verb_default_location(tiny_run, capsys):
     assert str(tiny_run / "report.html") in capsys.readouterr().out
 
 
-def test_attention_by_rank_is_the_mean_last_layer_weight():
-    rng = np.random.default_rng(0)
-    attn = rng.random((7, 2, 5)).astype(np.float16)
-    attn /= attn.sum(-1, keepdims=True)
-    expect = [np.mean([float(attn[i, 1, r]) for i in range(7)]) for r in range(5)]
-    assert np.allclose(attention_by_rank(attn), expect)
-
-
 def test_pick_examples_fills_each_cell():
     counts = np.array([200, 50, 5])  # one many-, one mid-, one few-shot class
     labels = np.repeat([0, 1, 2], 10)
@@ -59,19 +50,6 @@ def test_pick_examples_fills_each_cell():
     assert rows == pick_examples(labels, pred, counts, per_cell=2)  # seeded
 
 
-def test_memory_size_plot_only_where_sizes_differ(tmp_path):
-    def entry(name, size, dataset="fmnist", top1=0.5):
-        return {"name": name, "dataset": dataset, "num_test": 100, "memory_size": size,
-                "methods": {"mam": {"top1": top1}, "knn_vote": {"top1": top1 - 0.1}, "linear": {"top1": 0.3}}}
-
-    entries = [entry("A", 2000), entry("B", 60000, top1=0.8), entry("C", 60000, top1=0.7),
-               entry("tux", 500, dataset="tuxpaint")]
-    groups = memory_size_groups(entries)
-    assert list(groups) == ["fmnist (test 100)"] and [e["name"] for e in groups["fmnist (test 100)"]] == ["A", "B", "C"]
-    plot_memory_size("fmnist", groups["fmnist (test 100)"], tmp_path / "m.png")
-    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
-
-
 def test_accuracy_versus_memory_size_has_at_least_four_sizes(tiny_run, tmp_path):
     entry = load_json(tiny_run / "results.json")["experiments"][0]
     for method in ("mam", "knn_vote"):
@@ -81,18 +59,3 @@ def test_accuracy_versus_memory_size_has_at_least_four_sizes(tiny_run, tmp_path)
     out = write_report(tiny_run, tmp_path / "r" / "report.html")
     assert (tmp_path / "r" / "report" / "memory-curve-tiny-fmnist.png").exists()
     assert "Accuracy versus memory size: tiny-fmnist" in out.read_text()
-
-
-def test_the_shots_legend_covers_no_bar(tiny_run, monkeypatch, tmp_path):
-    from ravis.evaluation import plots
-
-    figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
-    entry = load_json(tiny_run / "results.json")["experiments"][0]
-    plots.plot_shots(entry, tmp_path / "s.png")
-    fig = figures[0]
-    fig.canvas.draw()
-    ax = fig.axes[0]
-    legend = ax.get_legend().get_window_extent()
-    bars = [p.get_window_extent() for p in ax.patches if p.get_height() > 0]
-    assert bars and not any(legend.overlaps(b) for b in bars)

@@ -1,7 +1,5 @@
 """LACE against its formula, the schedule, and exact resume after an interruption."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -10,7 +8,6 @@ from ravis.config import TrainConfig
 from ravis.fusion import RetrievalClassifier, create_fusion
 from ravis.training import lace_loss, warmup_cosine
 from ravis.training.data import MemoryTensors, QuerySet
-from ravis.evaluation.metrics import balanced_accuracy
 from ravis.training.trainer import FitData, epochs_for, fit, parameter_groups
 
 
@@ -136,9 +133,3 @@ def test_best_epoch_by_balanced_validation():
                  TrainConfig(lr=1e-2, epochs=5, batch_size=32, val_fraction=0.2, min_steps=0), tau=0.0)
     scores = [result.initial_score] + [h["val_score"] for h in result.history]  # epoch 0: untrained
     assert result.best_epoch == int(np.argmax(scores))
-
-
-def test_balanced_accuracy():
-    assert balanced_accuracy(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0 + 1])) == 1.0
-    assert balanced_accuracy(np.array([0, 0, 0, 0]), np.array([0, 0, 0, 1])) == 0.5
-    assert math.isclose(balanced_accuracy(np.array([1, 0, 2]), np.array([0, 0, 2])), 0.75)

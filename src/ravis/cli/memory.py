@@ -9,9 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import RetrievalConfig, RunConfig
-from ..data.sources import ROWS_PER_SHARD
-from ..memory.shard_build import BuildSettings
+from ..config import MEMORY_DTYPES, MemoryBuildConfig, RetrievalConfig, RunConfig
 from ._arguments import add_cache, export_cache
 
 
@@ -28,7 +26,7 @@ def _sources(p) -> None:
                    help="wds:PATTERN (tar shards, braces allowed), parquet:PATTERN[:IMAGE_COL"
                         "[:CAPTION_COL]], imagefolder:PATH, tuxpaint[:ROOT], emoji[:ROOT] "
                         "(repeatable)")
-    p.add_argument("--rows-per-shard", type=int, default=ROWS_PER_SHARD,
+    p.add_argument("--rows-per-shard", type=int, default=MemoryBuildConfig.rows_per_shard,
                    help="shard size for folder sources (a tar or parquet file is one shard)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="this process, or one Ray task per input shard")
@@ -56,9 +54,9 @@ def add_build(verbs) -> None:
     p = verbs.add_parser("build", help="embed image-text collections into a sharded memory (resumes)")
     _sources(p)
     p.add_argument("--out", type=Path, required=True, help="the memory folder (MEMDIR)")
-    p.add_argument("--encoder", default=RunConfig.encoder, help="image encoder spec (keys)")
-    p.add_argument("--text-encoder", default=RunConfig.text_encoder, help="text encoder spec (values)")
-    p.add_argument("--dtype", choices=["float16", "float32"], default=BuildSettings.dtype,
+    p.add_argument("--encoder", default=MemoryBuildConfig.image_encoder, help="image encoder spec (keys)")
+    p.add_argument("--text-encoder", default=MemoryBuildConfig.text_encoder, help="text encoder spec (values)")
+    p.add_argument("--dtype", choices=MEMORY_DTYPES, default=MemoryBuildConfig.dtype,
                    help="stored dtype of keys and values")
     p.add_argument("--no-thumbnails", action="store_true", help="no 64 px thumbnails in the metadata")
     p.set_defaults(handler=build)

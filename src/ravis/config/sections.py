@@ -366,6 +366,34 @@ class RunConfig:
 
 
 
+#: The stored dtypes of a memory's keys and values.
+MEMORY_DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class MemoryBuildConfig:
+    """How ``ravis memory build`` makes a sharded memory: what every shard is built with
+    (pickled to Ray workers), and how folder sources are cut into input shards."""
+
+    image_encoder: str = RunConfig.encoder  # image encoder spec (keys)
+    text_encoder: str = RunConfig.text_encoder  # text encoder spec (values)
+    dtype: str = "float16"  # stored dtype of keys and values
+    thumbnails: bool = True  # store a 64 px thumbnail per row in the metadata (JPEG; PNG up to 32 px)
+    strict: bool = False  # any skipped row, empty or unreadable shard is an error
+    batch_size: int = 64  # images per encoder call (fixed: batches are part of the result)
+    num_threads: int | None = None  # onnxruntime threads per encoder (None: all cores)
+    decode_workers: int = 2  # threads decoding, resizing, thumbnailing ahead of the encoders
+    env: tuple = ()  # (name, value) pairs set in a worker before encoders load
+    # rows per input shard of a folder source (a tar or parquet file is one input shard): a
+    # resumed build redoes at most this many
+    rows_per_shard: int = 10000
+
+    def __post_init__(self):
+        _check(self.dtype in MEMORY_DTYPES, f"dtype must be one of {MEMORY_DTYPES}, got {self.dtype!r}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.rows_per_shard >= 1, f"rows_per_shard must be >= 1, got {self.rows_per_shard}")
+
+
 #: Training recipes applied under a preset's own settings. "ravis" is the dataclass defaults;
 #: "paper" is Iscen et al.'s recipe as published, kept for comparison.
 RECIPES: dict[str, dict] = {

@@ -33,15 +33,13 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..config import MemoryConfig
+from ..config import MemoryBuildConfig, MemoryConfig
 from ..errors import InputError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SKIP_REASONS = ("missing_caption", "missing_image", "bad_image", "duplicate_key")
 IMAGE_COLUMNS = ("image", "jpg", "png", "webp", "image_path", "path", "filepath")
 CAPTION_COLUMNS = ("caption", "text", "txt")
-#: Rows per input shard of a folder source: a resumed build redoes at most this many.
-ROWS_PER_SHARD = 10000
 
 
 class SourceError(InputError):
@@ -91,7 +89,7 @@ class ShardRows:
 # Specs -> input shards
 
 
-def resolve_sources(specs: str | list[str], rows_per_shard: int = ROWS_PER_SHARD,
+def resolve_sources(specs: str | list[str], rows_per_shard: int = MemoryBuildConfig.rows_per_shard,
                     class_names: list[str] | None = None) -> tuple[list[InputShard], list[str]]:
     """The input shards of ``specs`` in order, and the class names their labels index.
 

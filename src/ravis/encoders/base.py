@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -28,6 +29,16 @@ class ImageEncoder(Protocol):
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """A batch of stacked preprocess() outputs -> (B, dim) float32, rows of unit norm."""
+
+
+@runtime_checkable
+class OnnxImageEncoder(ImageEncoder, Protocol):
+    """An image encoder that runs an ONNX graph in an onnxruntime session (the embedded
+    default, EfficientNet-Lite): a server may open its graph again with other thread settings
+    (:func:`ravis.serve.threads.tune_for_latency`)."""
+
+    onnx_path: Path  # the graph the session runs
+    session: object  # the onnxruntime.InferenceSession that runs it
 
 
 @runtime_checkable

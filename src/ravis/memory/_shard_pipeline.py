@@ -28,38 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import RunConfig
+from ..config import MemoryBuildConfig
 from ..data.dataset import BadImageError
 from ..encoders.base import l2_normalize
 from ..encoders.embed import _check_rows
-from ..errors import InputError
 from ..thumbnails import make_thumbnail
-from .sharded import DTYPES, meta_table, write_shard
+from .sharded import meta_table, write_shard
 from ..data.images import open_image
 from ..data.sources import InputShard, ShardReadError, read_rows
 
 log = logging.getLogger("ravis.memory.shard_build")
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """What every shard of one memory is built with (pickled to Ray workers)."""
-
-    image_encoder: str = RunConfig.encoder  # image encoder spec (keys)
-    text_encoder: str = RunConfig.text_encoder  # text encoder spec (values)
-    dtype: str = "float16"  # stored dtype of keys and values
-    thumbnails: bool = True  # store a 64 px thumbnail per row in the metadata (JPEG; PNG up to 32 px)
-    strict: bool = False  # any skipped row, empty or unreadable shard is an error
-    batch_size: int = 64  # images per encoder call (fixed: batches are part of the result)
-    num_threads: int | None = None  # onnxruntime threads per encoder (None: all cores)
-    decode_workers: int = 2  # threads decoding, resizing, thumbnailing ahead of the encoders
-    env: tuple = ()  # (name, value) pairs set in a worker before encoders load
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise InputError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
-
 
 # ---------------------------------------------------------------------------------------------
 # Encoders, once per process (Ray workers included)
@@ -68,7 +46,7 @@ class BuildSettings:
 _ENCODERS: dict[tuple, object] = {}
 
 
-def load_encoders(settings: BuildSettings):
+def load_encoders(settings: MemoryBuildConfig):
     """(image encoder, text encoder), created once per process and thread count."""
     from ..encoders import create_image_encoder, create_text_encoder
 
@@ -155,7 +133,7 @@ class Reader:
     thread is raised by these, in its place in the stream.
     """
 
-    def __init__(self, jobs, encoder, settings: BuildSettings):
+    def __init__(self, jobs, encoder, settings: MemoryBuildConfig):
         self.queue: queue.Queue = queue.Queue(maxsize=settings.decode_workers + 2)
         self.stopped = threading.Event()
         self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="ravis-decode")
@@ -163,7 +141,7 @@ class Reader:
                                        name="ravis-read", daemon=True)
         self.thread.start()
 
-    def _read(self, jobs, encoder, settings: BuildSettings) -> None:
+    def _read(self, jobs, encoder, settings: MemoryBuildConfig) -> None:
         try:
             for name, shard in jobs:
                 try:
@@ -191,7 +169,7 @@ class Reader:
         else:
             self._put(None)
 
-    def _submit(self, rows, encoder, where: str, settings: BuildSettings) -> list:
+    def _submit(self, rows, encoder, where: str, settings: MemoryBuildConfig) -> list:
         """The futures of one batch (a list; shard headers are tuples), cut in one part per
         decoding thread: the batch the encoder waits for (the first one, above all) is
         decoded by all of them."""
@@ -253,7 +231,7 @@ def _cancel(item) -> None:
             future.cancel()
 
 
-def prepare(rows, encoder, where: str, settings: BuildSettings) -> Batch:
+def prepare(rows, encoder, where: str, settings: MemoryBuildConfig) -> Batch:
     """Decodes, resizes and thumbnails rows (a batch or a part of one), on a decoding thread."""
     ok, pixels, thumbs, contents = [], [], [], []
     for k, row in enumerate(rows):

@@ -35,8 +35,9 @@ from ..errors import InputError
 from ..io import atomic_path, load_npy
 from ..progress import progress_bar
 from . import MemoryMismatchError
-from .shard_build import BuildSettings, _exclusive, _remove_temporaries
-from .sharded import (DTYPES, FILE_KINDS, FORMAT, META_ROW_GROUP, ShardedMemory,
+from ..config import MEMORY_DTYPES, MemoryBuildConfig
+from .shard_build import _exclusive, _remove_temporaries
+from .sharded import (FILE_KINDS, FORMAT, META_ROW_GROUP, ShardedMemory,
                       check_shard_files, file_record, load_manifest, meta_table, npy_header,
                       save_manifest, shard_file)
 
@@ -93,7 +94,7 @@ def _npy_shape(path: Path) -> tuple[int, int, str]:
         shape, dtype = npy_header(path)
     except (ValueError, OSError, SyntaxError, EOFError) as e:
         raise ClipRetrievalError(f"{path}: not a readable .npy file ({e})") from e
-    if dtype.name not in DTYPES or not dtype.isnative:  # object (pickled) arrays land here
+    if dtype.name not in MEMORY_DTYPES or not dtype.isnative:  # object (pickled) arrays land here
         raise ClipRetrievalError(f"{path}: dtype {dtype}, expected float16 or float32")
     if len(shape) != 2:
         raise ClipRetrievalError(f"{path}: shape {shape}, expected (rows, dim)")
@@ -295,7 +296,7 @@ def _new_manifest(src: Path, specs: tuple[str, str], dtype: str, copy: bool,
             # what `ravis memory add` builds new shards with: the same encoders, and no
             # thumbnails (imported rows have none)
             "build": {"key_encoder_spec": specs[0], "value_encoder_spec": specs[1],
-                      "batch_size": BuildSettings.batch_size, "thumbnails": False},
+                      "batch_size": MemoryBuildConfig.batch_size, "thumbnails": False},
             "sources": [f"clip-retrieval:{src}"],
             "import": {"format": "clip-retrieval", "src": str(src), "copy": copy,
                        "source_name": source_name},

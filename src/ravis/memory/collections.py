@@ -12,18 +12,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config import RunConfig
 from ..io import exclusive_lock, sha256_file, stable_hash
-from .shard_build import BuildSettings, build_sharded_memory, load_encoders
+from ..config import MemoryBuildConfig
+from .shard_build import build_sharded_memory, load_encoders
 from .sharded import FORMAT
 
 #: Input shard size: a resumed build redoes at most this many rows.
 EMOJI_ROWS_PER_SHARD = 1000
 
 
-def emoji_memory(cache_dir: Path | str, image_encoder_spec: str = RunConfig.encoder,
-                 text_encoder_spec: str = RunConfig.text_encoder, *, root: Path | str | None = None,
-                 dtype: str = "float16", progress: bool = False) -> Path:
+def emoji_memory(cache_dir: Path | str, image_encoder_spec: str = MemoryBuildConfig.image_encoder,
+                 text_encoder_spec: str = MemoryBuildConfig.text_encoder, *, root: Path | str | None = None,
+                 dtype: str = MemoryBuildConfig.dtype, progress: bool = False) -> Path:
     """The emoji collection (:mod:`ravis.data.emoji`) as a sharded memory folder, built on
     the first call and found again on later ones.
 
@@ -49,7 +49,7 @@ def emoji_memory(cache_dir: Path | str, image_encoder_spec: str = RunConfig.enco
 
     root = (Path(root) if root is not None else default_root()).resolve()
     images = load_emoji(root)
-    settings = BuildSettings(image_encoder_spec, text_encoder_spec, dtype)
+    settings = MemoryBuildConfig(image_encoder_spec, text_encoder_spec, dtype)
     image_encoder, text_encoder = load_encoders(settings)
     digest = stable_hash("emoji-memory-v1", FORMAT, image_encoder.fingerprint(),
                          text_encoder.fingerprint(), dtype, settings.batch_size,

@@ -24,16 +24,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..config import RunConfig
+from ..config import MemoryBuildConfig
 from ..errors import InputError
 from ..io import exclusive_lock
 from ..progress import progress_bar
 from ..ray_tasks import run_tasks
-from ._shard_pipeline import BuildSettings, Reader, encode, load_encoders, write
+from ._shard_pipeline import Reader, encode, load_encoders, write
 from .dedup import drop_duplicate_images
 from .sharded import (FORMAT, ShardedMemory, check_shard_files, load_manifest,
                       save_manifest)
-from ..data.sources import ROWS_PER_SHARD, InputShard, resolve_sources
+from ..data.sources import InputShard, resolve_sources
 from .store import MemoryMismatchError
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # Shards, on a pipeline (:mod:`._shard_pipeline`)
 
 
-def build_shard(memdir: str, name: str, shard: InputShard, settings: BuildSettings) -> dict:
+def build_shard(memdir: str, name: str, shard: InputShard, settings: MemoryBuildConfig) -> dict:
     """Builds memory shard ``name`` from ``shard``; returns its manifest entry.
 
     An unreadable input shard returns ``{"name", "input", "error"}`` instead (raises with
@@ -53,7 +53,7 @@ def build_shard(memdir: str, name: str, shard: InputShard, settings: BuildSettin
         return next(results)
 
 
-def build_shards(memdir: str, jobs, settings: BuildSettings) -> Iterator[dict]:
+def build_shards(memdir: str, jobs, settings: MemoryBuildConfig) -> Iterator[dict]:
     """The manifest entry of each job (name, input shard) in job order, the same as
     :func:`build_shard` gives for each, from a pipeline that decodes ahead of the encoders
     and writes behind them.
@@ -97,7 +97,7 @@ def _entry(item) -> dict:
 # The manifest of a build
 
 
-def _new_manifest(specs, settings: BuildSettings, image_encoder, text_encoder,
+def _new_manifest(specs, settings: MemoryBuildConfig, image_encoder, text_encoder,
                   class_names) -> dict:
     return {"format": FORMAT, "key_encoder": image_encoder.fingerprint(),
             "value_encoder": text_encoder.fingerprint(), "dim": int(image_encoder.dim),
@@ -171,7 +171,7 @@ def _is_done(memdir: Path, manifest: dict, entry: dict | None, shard: InputShard
 # Engines
 
 
-def _run(memdir: Path, manifest: dict, jobs, settings: BuildSettings, engine: str,
+def _run(memdir: Path, manifest: dict, jobs, settings: MemoryBuildConfig, engine: str,
          ray_address, progress: bool, builder: Callable) -> None:
     """Builds the jobs (name, input shard) not already done, recording each as it ends."""
     if engine not in ("local", "ray"):
@@ -211,7 +211,7 @@ def _run(memdir: Path, manifest: dict, jobs, settings: BuildSettings, engine: st
         log.warning("input shard %s failed: %s", failed["input"], failed["error"])
 
 
-def _local_results(memdir: Path, todo, settings: BuildSettings, builder: Callable):
+def _local_results(memdir: Path, todo, settings: MemoryBuildConfig, builder: Callable):
     """The local engine's results in job order: from one pipeline over every shard, or
     from a custom builder (tests inject faults with one) called once per shard."""
     if builder is build_shard:
@@ -243,7 +243,7 @@ def _keep_index_rows(memdir: Path, manifest: dict, todo: list) -> list:
     return [(n, shard) for n, shard in todo if n not in held]
 
 
-def _run_ray(memdir: Path, todo, settings: BuildSettings, address, builder, done) -> None:
+def _run_ray(memdir: Path, todo, settings: MemoryBuildConfig, address, builder, done) -> None:
     """One Ray task per shard; results are recorded in the order tasks finish."""
     task_settings = replace(settings, num_threads=settings.num_threads or 1, decode_workers=1,
                             env=settings.env + _worker_env())
@@ -279,11 +279,12 @@ def _exclusive(memdir: Path):
 
 
 def build_sharded_memory(source_spec: str | list[str], out: Path | str,
-                         image_encoder_spec: str = RunConfig.encoder,
-                         text_encoder_spec: str = RunConfig.text_encoder, dtype: str = "float16",
+                         image_encoder_spec: str = MemoryBuildConfig.image_encoder,
+                         text_encoder_spec: str = MemoryBuildConfig.text_encoder,
+                         dtype: str = MemoryBuildConfig.dtype,
                          engine: str = "local", ray_address: str | None = None,
                          strict: bool = False, thumbnails: bool = True, progress: bool = True,
-                         *, rows_per_shard: int = ROWS_PER_SHARD, batch_size: int = 64,
+                         *, rows_per_shard: int = MemoryBuildConfig.rows_per_shard, batch_size: int = 64,
                          shard_builder: Callable = build_shard) -> ShardedMemory:
     """Builds (or resumes building) the sharded memory ``out`` from ``source_spec``.
 
@@ -302,7 +303,7 @@ def build_sharded_memory(source_spec: str | list[str], out: Path | str,
     out = Path(out).resolve()
     specs = [source_spec] if isinstance(source_spec, str) else list(source_spec)
     shards, class_names = resolve_sources(specs, rows_per_shard)
-    settings = BuildSettings(image_encoder_spec, text_encoder_spec, dtype, thumbnails, strict,
+    settings = MemoryBuildConfig(image_encoder_spec, text_encoder_spec, dtype, thumbnails, strict,
                              batch_size)
     manifest = _new_manifest(specs, settings, *load_encoders(settings), class_names)
     with _exclusive(out):
@@ -322,7 +323,7 @@ def build_sharded_memory(source_spec: str | list[str], out: Path | str,
 
 def add_shards(memdir: Path | str, source_spec: str | list[str], *, engine: str = "local",
                ray_address: str | None = None, strict: bool = False, progress: bool = True,
-               rows_per_shard: int = ROWS_PER_SHARD, shard_builder: Callable = build_shard) -> list[str]:
+               rows_per_shard: int = MemoryBuildConfig.rows_per_shard, shard_builder: Callable = build_shard) -> list[str]:
     """Appends the input shards of ``source_spec`` to an existing memory as new shards.
 
     Names continue the numbering; inputs the memory already holds are not added twice
@@ -349,7 +350,7 @@ def _add(memdir: Path, source_spec, engine, ray_address, strict, progress, rows_
     specs = [source_spec] if isinstance(source_spec, str) else list(source_spec)
     shards, class_names = resolve_sources(specs, rows_per_shard, manifest["class_names"])
     build = manifest["build"]
-    settings = BuildSettings(build["key_encoder_spec"], build["value_encoder_spec"],
+    settings = MemoryBuildConfig(build["key_encoder_spec"], build["value_encoder_spec"],
                              manifest["dtype"], build["thumbnails"], strict, build["batch_size"])
     _check_compatible(memdir, manifest,
                       _new_manifest(specs, settings, *load_encoders(settings), class_names))

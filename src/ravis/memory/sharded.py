@@ -28,13 +28,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..config import MEMORY_DTYPES
 from ..errors import InputError
 from ..index.multi import by_part
 from ..io import VerifiedStamps, atomic_path, load_json, save_json, save_npy, sha256_file, stable_hash
 from .base import META_COLUMNS, MemoryMismatchError, as_rows, check_query_encoder
 
 FORMAT = "ravis-sharded-memory/1"
-DTYPES = ("float16", "float32")
 FILE_KINDS = ("keys", "values", "meta")
 #: Metadata rows per parquet row group: a reader of a few rows decodes only their groups.
 META_ROW_GROUP = 1024
@@ -195,7 +195,7 @@ class ShardedMemory:
                 the manifest (or, with ``verify``, whose checksum fails), naming its file.
         """
         manifest = load_manifest(Path(memdir))
-        if manifest["dtype"] not in DTYPES:
+        if manifest["dtype"] not in MEMORY_DTYPES:
             raise MemoryMismatchError(f"{memdir}/manifest.json: dtype {manifest['dtype']!r}")
         mem = cls(memdir, manifest)
         mem._check(checksums=verify, stamps=VerifiedStamps(mem.memdir / STAMPS_NAME) if verify else None)
@@ -416,8 +416,8 @@ class _Rehash:
 
 def save_single_shard(memory, memdir: Path, dtype: str) -> ShardedMemory:
     """Writes any memory that fits in RAM as a one-shard folder (shard ``00000``)."""
-    if dtype not in DTYPES:
-        raise InputError(f"memory dtype must be one of {DTYPES}, got {dtype!r}")
+    if dtype not in MEMORY_DTYPES:
+        raise InputError(f"memory dtype must be one of {MEMORY_DTYPES}, got {dtype!r}")
     rows = np.arange(len(memory))
     meta = memory.meta_at(rows, ["id", "text", "source", "thumbnail"])
     table = meta_table(meta["id"], meta["text"], meta["source"], memory.labels_at(rows),

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 
+from ..encoders.base import OnnxImageEncoder
+
 log = logging.getLogger(__name__)
 
 
@@ -26,16 +28,15 @@ def tune_for_latency(predictor) -> None:
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     encoder = predictor.encoder
-    path = getattr(encoder, "onnx_path", None)
-    if getattr(encoder, "session", None) is None or path is None:
+    if not isinstance(encoder, OnnxImageEncoder):  # a torch encoder: its threads are set above
         return
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = os.cpu_count() or 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    encoder.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    log.info("encoder session without thread spinning: %s", path)
+    encoder.session = ort.InferenceSession(str(encoder.onnx_path), opts, providers=["CPUExecutionProvider"])
+    log.info("encoder session without thread spinning: %s", encoder.onnx_path)
 
 
 __all__ = ["tune_for_latency"]

@@ -1,63 +1,13 @@
-"""The edit log over a memory: replay, torn and damaged records, the index that follows
-edits, and exact unlearning against a memory built without the deleted entries."""
-
-import base64
+"""The edited memory over its log: replay, torn and damaged records, all-or-nothing adds, a
+process killed while editing."""
 
 import numpy as np
 import pytest
+from edit_data import DV, add_args, base_memory, edited, some_edits, state
 
-from ravis.config import RetrievalConfig
-from ravis.memory import ArrayMemory, Memory, MemoryMismatchError
-from ravis.index.edited_index import EditedIndex
-from ravis.memory.edit_log import EditLog, encode_array
+from ravis.memory import Memory, MemoryMismatchError
+from ravis.memory.edit_log import EditLog
 from ravis.memory.edited_view import EditedMemory, EditError
-from ravis.memory.indexing import memory_index
-
-D, DV = 16, 6
-
-
-def base_memory(m=200, seed=0) -> ArrayMemory:
-    rng = np.random.default_rng(seed)
-    keys = rng.standard_normal((m, D)).astype(np.float32)
-    return ArrayMemory(keys=keys / np.linalg.norm(keys, axis=1, keepdims=True),
-                       values=rng.standard_normal((m, DV)).astype(np.float32),
-                       labels=np.arange(m) % 3, texts=[f"t{i}" for i in range(m)],
-                       ids=[f"id{i}" for i in range(m)],
-                       sources=["web" if i % 5 == 0 else "train" for i in range(m)],
-                       key_encoder="enc", value_encoder="txt", class_names=["a", "b", "c"],
-                       thumbnails=[bytes([i % 256]) for i in range(m)])
-
-
-def unit(rng, n=1):
-    x = rng.standard_normal((n, D)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def add_args(rng, id_, label="a", text="x"):
-    return dict(id=id_, label=label, text=text, source="edits", key=encode_array(unit(rng)[0]),
-                value=encode_array(rng.standard_normal(DV)), thumbnail=base64.b64encode(b"png").decode())
-
-
-def edited(tmp_path, base=None):
-    base = base or base_memory()
-    memory = EditedMemory(base, tmp_path / "memory-edits.log")
-    return memory, EditedIndex(memory_index(base, RetrievalConfig()), memory)
-
-
-def some_edits(memory, rng):
-    memory.edit("add", who="t", **add_args(rng, "new0", label="a"))
-    memory.edit("add", who="t", **add_args(rng, "new1", label="zebra", text="a zebra"))  # a new class
-    memory.edit("delete", who="t", ids=["id3", "new0"])
-    memory.edit("relabel", who="t", changes=[["id4", "c", "c"]], values={"c": encode_array(np.ones(DV))})
-    memory.edit("delete_class", who="t", name="b")
-    memory.edit("delete_source", who="t", name="web")
-
-
-def state(memory):
-    rows = np.arange(len(memory))
-    return (memory.digest, memory.is_live(rows).tolist(), memory.labels_at(rows).tolist(),
-            memory.values_at(rows).tobytes(), memory.meta_at(rows, ["id", "text", "source"]),
-            memory.class_names)
 
 
 def test_class_counts_follow_the_edits(tmp_path):
@@ -165,52 +115,6 @@ def test_a_damaged_record_before_good_ones_is_refused(tmp_path):
         EditedMemory(base_memory(), path)
 
 
-def test_deleted_entries_are_never_returned_and_k_live_rows_remain(tmp_path):
-    memory, index = edited(tmp_path)
-    rng = np.random.default_rng(2)
-    xq = unit(rng, 30)
-    D0, I0 = index.search(xq, 10)
-    gone = sorted({int(i) for i in I0[:, :5].ravel()})
-    memory.edit("delete", ids=[f"id{r}" for r in gone])
-    D, I = index.search(xq, 10)
-    assert (I >= 0).all() and not np.isin(I, gone).any()
-    memory.edit("delete_class", name="a")
-    D, I = index.search(xq, 50)  # more than the 16-row margin per query is deleted
-    assert (I >= 0).all() and memory.is_live(I.ravel()).all()
-    assert (memory.labels_at(I.ravel()) != 0).all()
-
-
-def test_an_added_entry_is_found_at_once(tmp_path):
-    memory, index = edited(tmp_path)
-    rng = np.random.default_rng(3)
-    args = add_args(rng, "new")
-    memory.edit("add", **args)
-    key = np.frombuffer(base64.b64decode(args["key"]), np.float32)[None]
-    D, I = index.search(key, 3)
-    assert I[0, 0] == 200 and memory.meta_at([200], ["id"])["id"] == ["new"]
-
-
-def test_exact_unlearning_equals_a_memory_built_without_the_entries(tmp_path):
-    """After deletes, search results (scores and entries) are byte-equal to those of the
-    same index over a memory that never held the deleted entries."""
-    memory, index = edited(tmp_path)
-    rng = np.random.default_rng(4)
-    gone = rng.choice(200, 40, replace=False)
-    memory.edit("delete", ids=[f"id{r}" for r in gone])
-    keep = np.setdiff1d(np.arange(200), gone)
-    base = base_memory()
-    without = ArrayMemory(keys=base.keys[keep], values=base.values[keep], labels=base.labels[keep],
-                          texts=[base.texts[i] for i in keep], ids=[base.ids[i] for i in keep],
-                          sources=[base.sources[i] for i in keep], key_encoder="enc",
-                          value_encoder="txt", class_names=base.class_names)
-    reference = memory_index(without, RetrievalConfig())
-    xq = unit(rng, 50)
-    D, I = index.search(xq, 20)
-    Dr, Ir = reference.search(xq, 20)
-    assert D.tobytes() == Dr.tobytes()
-    assert memory.meta_at(I.ravel(), ["id"]) == without.meta_at(Ir.ravel(), ["id"])
-
-
 def test_add_many_is_all_or_nothing(tmp_path):
     memory, index = edited(tmp_path)
     rng = np.random.default_rng(5)
@@ -229,7 +133,7 @@ def test_add_many_is_all_or_nothing(tmp_path):
 KILLED_EDITOR = """
 import sys, numpy as np
 sys.path.insert(0, sys.argv[3])
-from test_edits import add_args
+from edit_data import add_args
 from ravis.memory import ShardedMemory
 from ravis.memory.edited_view import EditedMemory
 memory = EditedMemory(ShardedMemory.open(sys.argv[1]), sys.argv[2])
@@ -256,7 +160,7 @@ def test_a_process_killed_while_editing_leaves_a_log_that_replays(tmp_path):
     base_memory().save(memdir)
     log = tmp_path / "memory-edits.log"
     proc = subprocess.Popen([sys.executable, "-c", KILLED_EDITOR, str(memdir), str(log),
-                             str(Path(__file__).parent)], stdout=subprocess.PIPE, text=True,
+                             str(Path(__file__).parents[1])], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")})
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.2)

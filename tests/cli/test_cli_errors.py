@@ -12,7 +12,7 @@ from ravis.cli import main
 from ravis.errors import InputError
 from ravis.methods import method
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 
 
 def test_a_check_of_ravis_is_one_line(monkeypatch, capsys):

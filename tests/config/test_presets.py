@@ -12,7 +12,7 @@ from ravis.cli import main
 from ravis.config import ConfigError, RunConfig, load_preset
 from ravis.io import load_json
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 PAPER_PRESETS = ["imagenet_lt", "places_lt", "webvision", "inat2021_mini"]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
@@ -32,7 +32,7 @@ def test_preset_loads_and_validates(path):
 
 @pytest.mark.parametrize("name", PAPER_PRESETS)
 def test_paper_presets_use_the_paper_recipe(name):
-    cfg = load_preset(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    cfg = load_preset(Path(__file__).parents[2] / "configs" / f"{name}.yaml")
     exp = cfg.experiments[0]
     assert cfg.recipe == "paper"
     assert (exp.train.lr, exp.train.weight_decay, exp.train.batch_size, exp.train.epochs) == (1e-3, 0.2, 512, 10)
@@ -42,9 +42,9 @@ def test_paper_presets_use_the_paper_recipe(name):
 
 def test_bad_override_is_a_clear_error():
     with pytest.raises(ConfigError, match="train.lr"):
-        load_preset(Path(__file__).parents[1] / "configs" / "tiny.yaml", ["train.lr=-1"])
+        load_preset(Path(__file__).parents[2] / "configs" / "tiny.yaml", ["train.lr=-1"])
     with pytest.raises(ConfigError, match="unknown keys"):
-        load_preset(Path(__file__).parents[1] / "configs" / "tiny.yaml", ["train.lrr=1"])
+        load_preset(Path(__file__).parents[2] / "configs" / "tiny.yaml", ["train.lrr=1"])
 
 
 @pytest.mark.parametrize("override, message", [
@@ -57,11 +57,11 @@ def test_bad_override_is_a_clear_error():
 ])
 def test_a_value_of_the_wrong_type_is_named(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_preset(Path(__file__).parents[1] / "configs" / "tiny.yaml", [override])
+        load_preset(Path(__file__).parents[2] / "configs" / "tiny.yaml", [override])
 
 
 def test_numbers_are_read_as_their_fields_want():
-    cfg = load_preset(Path(__file__).parents[1] / "configs" / "tiny.yaml",
+    cfg = load_preset(Path(__file__).parents[2] / "configs" / "tiny.yaml",
                       ["train.lr=1", "train.epochs=3", "train.tau=auto", "train.posthoc_tau=0"])
     train = cfg.experiments[0].train
     assert isinstance(train.lr, float) and train.epochs == 3 and train.tau == "auto"
@@ -104,7 +104,7 @@ def tiny_encoder(tmp_path: Path) -> str:
 def test_tiny_counterpart_runs(name, tmp_path, ravis_cache, capsys):
     train, test = make_lt_split(tmp_path / "data")
     encoder = tiny_encoder(tmp_path) if name == "webvision" else "efficientnet_lite0"
-    preset = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
+    preset = Path(__file__).parents[2] / "configs" / f"{name}.yaml"
     out = tmp_path / "run"
     rc = main(["run", "-c", str(preset), "--out", str(out), "--quiet", "--cache", str(ravis_cache),
                "--set", f"data.dataset=lt-split:{tmp_path / 'data'}:{train}:{test}",
@@ -123,7 +123,7 @@ def test_tiny_counterpart_runs(name, tmp_path, ravis_cache, capsys):
 
 def test_unset_data_variable_is_named(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("IMAGENET_ROOT", raising=False)
-    preset = Path(__file__).parents[1] / "configs" / "imagenet_lt.yaml"
+    preset = Path(__file__).parents[2] / "configs" / "imagenet_lt.yaml"
     rc = main(["run", "-c", str(preset), "--out", str(tmp_path / "o"), "--quiet",
                "--cache", str(tmp_path / "c")])
     assert rc == 2
@@ -134,7 +134,7 @@ def test_unset_data_variable_is_named(tmp_path, monkeypatch, capsys):
 def test_ft_preset_is_its_paper_preset_with_the_encoder_fine_tuned(name):
     import dataclasses
 
-    configs = Path(__file__).parents[1] / "configs"
+    configs = Path(__file__).parents[2] / "configs"
     base, tuned = load_preset(configs / f"{name}.yaml"), load_preset(configs / f"{name}_ft.yaml")
     b, t = base.experiments[0], tuned.experiments[0]
     assert t.name == f"{b.name}+ft" and t.train.finetune_encoder and not b.train.finetune_encoder
@@ -148,7 +148,7 @@ def test_tiny_ft_counterpart_runs_and_is_not_served_silently(tmp_path, ravis_cac
     from ravis.run_folder import RunFolderError
 
     train, test = make_lt_split(tmp_path / "data")
-    preset = Path(__file__).parents[1] / "configs" / "imagenet_lt_ft.yaml"
+    preset = Path(__file__).parents[2] / "configs" / "imagenet_lt_ft.yaml"
     out = tmp_path / "run"
     rc = main(["run", "-c", str(preset), "--out", str(out), "--quiet", "--cache", str(ravis_cache),
                "--set", f"data.dataset=lt-split:{tmp_path / 'data'}:{train}:{test}",
@@ -180,3 +180,28 @@ def test_tiny_ft_counterpart_runs_and_is_not_served_silently(tmp_path, ravis_cac
     started = SimpleNamespace(config=cfg, experiment=cfg.experiments[0], method="mean_knn")
     served = ServedModels(started, run_dir=out)
     assert {"experiment": "imagenet-lt+ft", "method": "mam"} not in served.choices()  # nor offered by the server
+
+
+def test_keys_that_moved_are_read_under_their_new_names(caplog):
+    """MAM's classifier and training options left the ``mam`` section; presets, overrides
+    and saved configs that name them there are read as if they named the new keys (a new
+    key given too wins), with a warning saying how to rewrite them."""
+    import logging
+
+    from ravis.config import resolve
+
+    tree = {"mam": {"warm_start": False, "hidden_layer": False, "num_layers": 2},
+            "experiments": [{"name": "a", "mam": {"label_evidence": False}},
+                            {"name": "b", "classifier": {"balance_votes": True}, "mam": {"balance_votes": False}}]}
+    with caplog.at_level(logging.WARNING):
+        cfg = resolve(tree, ["mam.tune_posthoc=true", "experiments.1.mam.vote_weight_grid=[0.5]"])
+    a, b = cfg.experiments
+    assert a.mam.num_layers == 2 and not a.train.warm_start and not a.classifier.hidden_layer
+    assert not a.classifier.label_evidence and b.classifier.label_evidence
+    assert b.classifier.balance_votes  # the new key wins over the old one
+    assert a.train.tune_posthoc and b.train.tune_posthoc
+    assert b.train.vote_weight_grid == [0.5] and a.train.vote_weight_grid == [0.1, 0.25, 0.5, 1.0, 2.0]
+    assert "mam.warm_start -> train.warm_start" in caplog.text
+    assert "mam.label_evidence -> classifier.label_evidence" in caplog.text
+    with pytest.raises(ConfigError, match="unknown keys \\['label_evidence'\\]"):
+        resolve({"experiments": [{"name": "a", "train": {"label_evidence": True}}]})

@@ -71,7 +71,7 @@ def test_quiet_silences_faiss(tmp_path, capfd, monkeypatch):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
     from bench_verify import make_memory
 
     make_memory(tmp_path / "m", 3000, 1000, 32, 8)
