@@ -174,13 +174,12 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
     t = time.perf_counter()
     full_train, test = load_splits(exp.data)
     test = test.subset(_cap(test.labels, exp.data.limit_test, exp.data.split_seed))
-    train_rows = training_rows(exp.data, full_train)
     timings["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
     device = resolve_device(run.device)
     encoder = encoder or create_image_encoder(exp.encoder, device=device)
-    emb = embed_splits(run, exp, encoder, full_train, test, train_rows, cache_dir, progress)
+    emb = embed_splits(run, exp, encoder, full_train, test, cache_dir, progress, device)
     timings["embed"] = time.perf_counter() - t
     counts = np.bincount(emb.train.dataset.labels, minlength=emb.train.dataset.num_classes)
     prep = Prepared(exp, emb.train, emb.test, None, None, None, None, None, counts, emb.skipped, timings,
@@ -201,16 +200,18 @@ def prepare(run: RunConfig, exp: ExperimentConfig, cache_dir: Path, *,
 
 
 def embed_splits(run: RunConfig, exp: ExperimentConfig, encoder, full_train: ImageDataset,
-                 test: ImageDataset, train_rows: np.ndarray, cache_dir: Path, progress: bool) -> Embedded:
-    """The training and test images embedded (cached), the classes ``data.hold_out_fraction``
-    names left out, the training labels made noisy where ``data.label_noise`` says so."""
+                 test: ImageDataset, cache_dir: Path, progress: bool, device: torch.device) -> Embedded:
+    """The training set's rows of ``full_train`` (:func:`training_rows`) and the test images
+    embedded on ``device`` (cached), the classes ``data.hold_out_fraction`` names left out,
+    the training labels made noisy where ``data.label_noise`` says so."""
+    train_rows = training_rows(exp.data, full_train)
     # Embed the whole training split when a memory of the run needs it or it is cached: the
     # long-tailed set is a row subset of it, so one cache entry serves every experiment on
     # the dataset. Otherwise embed just the training rows (a tiny run never pays for 60k).
     whole = needs_whole_split(run, exp) or is_embedded(encoder, full_train, cache_dir)
     base_rows = np.arange(len(full_train)) if whole else train_rows
     base = full_train if whole else full_train.subset(train_rows)
-    batch = 256 if resolve_device(run.device).type == "cuda" else 64  # a GPU wants bigger batches (halved on OOM)
+    batch = 256 if device.type == "cuda" else 64  # a GPU wants bigger batches (halved on OOM)
     base_emb = embed_images(encoder, base, cache_dir, strict=run.strict, progress=progress, batch_size=batch)
     test_emb = embed_images(encoder, test, cache_dir, strict=run.strict, progress=progress, batch_size=batch)
     # Scatter into full-split rows; rows never embedded stay invalid. The whole split needs
@@ -255,21 +256,19 @@ def find_neighbors(prep: Prepared, cache_dir: Path) -> None:
                                                   memory_key=key, self_rows=own, max_similarity=bound)
     prep.test_D, prep.test_I = cached_neighbors(cache_dir / "neighbors", index, prep.test.z, k, "test",
                                                 memory_key=key, max_similarity=bound)
-    prep.contamination = near_duplicates(exp, index, memory, (prep.train.z, own, prep.test.z), key, cache_dir)
+    prep.contamination = near_duplicates(exp, index, memory, prep.train.z, own, prep.test.z, key, cache_dir)
 
 
 #: How many of each query's nearest entries are checked for near-duplicates.
 DUPLICATES_CHECKED = 16
 
 
-def near_duplicates(exp: ExperimentConfig, index, memory, queries, key, cache_dir) -> dict:
+def near_duplicates(exp: ExperimentConfig, index, memory, train_z, own, test_z, key, cache_dir) -> dict:
     """Counts the memory entries at or above ``retrieval.duplicate_threshold`` cosine
     similarity to each test image and, besides its own entry and byte-equal copies, to each
     training image, through the same index that retrieval uses (its nearest
     ``DUPLICATES_CHECKED``; a count that reaches it means at least that many). Retrieval
-    excludes them unless ``retrieval.exclude_duplicates`` is false, which is warned about.
-    ``queries``: (training embeddings, each one's own memory row, test embeddings)."""
-    train_z, own, test_z = queries
+    excludes them unless ``retrieval.exclude_duplicates`` is false, which is warned about."""
     r = exp.retrieval
     k = min(DUPLICATES_CHECKED, len(memory) - 1)
     out = {"threshold": r.duplicate_threshold, "excluded": r.exclude_duplicates, "checked": k}
