@@ -36,20 +36,25 @@ def predictor(tiny_run):
 
 
 def test_predictions_equal_the_evaluated_ones(tiny_run, predictor):
-    """Served probabilities, neighbours and attention are those the run scored on its test set."""
-    out = predictor.predict(_test_images(tiny_run))
+    """Served probabilities (calibrated with the run's temperature), neighbours, attention and
+    vote shares are those the run scored on its test set."""
+    out = predictor.predict(_test_images(tiny_run), top_neighbors=None)
     with np.load(tiny_run / "tiny-fmnist" / "predictions.npz") as f:
         logits, I, attn = f["logits_mam"][:N], f["neighbors"][:N], f["attention_mam"][:N, -1]
-    probs = np.exp(logits - logits.max(1, keepdims=True))
+        votes = f["vote_weights_mam"][:N]
+    temperature = json.loads((tiny_run / "tiny-fmnist" / "serving.json").read_text())["temperature"]["mam"]
+    assert predictor.calibrated and predictor.temperature == temperature != 1.0
+    probs = np.exp((logits - logits.max(1, keepdims=True)) / temperature)
     probs /= probs.sum(1, keepdims=True)
     memory_ids = predictor.memory.meta_at(np.arange(len(predictor.memory)), ["id"])["id"]
     for b, o in enumerate(out):
         top = [c["index"] for c in o["top5"]]
-        assert top == list(np.argsort(-probs[b])[:5])
+        assert top == list(np.argsort(-logits[b], kind="stable")[:5])  # ties: the lower class first
         assert np.allclose([c["probability"] for c in o["top5"]], probs[b, top], atol=1e-4)
         by_rank = sorted(o["neighbors"], key=lambda n: n["rank"])
         assert [n["memory_id"] for n in by_rank] == [memory_ids[i] for i in I[b]]
-        assert np.allclose([n["weight"] for n in by_rank], attn[b], atol=2e-3)  # saved as float16
+        assert np.allclose([n["attention"] for n in by_rank], attn[b], atol=2e-3)  # saved as float16
+        assert np.allclose([n["vote_weight"] for n in by_rank], votes[b], atol=2e-3)
 
 
 def test_weights_from_before_balanced_votes_serve_the_plain_vote(tiny_run, tmp_path):
@@ -94,12 +99,15 @@ def test_output_structure(tiny_run, predictor):
     o = predictor.predict(_test_images(tiny_run, 1), top_neighbors=None)[0]
     assert o["prediction"] == o["top5"][0]["class"] and len(o["top5"]) == 5
     assert len(o["neighbors"]) == o["k"] == 20
-    weights = [n["weight"] for n in o["neighbors"]]
+    assert o["decided_by"] == "vote_weight"  # the tiny MAM reads labels: its tiles go by vote share
+    weights = [n["vote_weight"] for n in o["neighbors"]]
     assert weights == sorted(weights, reverse=True)
     assert sorted(n["rank"] for n in o["neighbors"]) == list(range(1, 21))
-    assert abs(sum(weights) - 1) < 1e-4
+    assert abs(sum(weights) - 1) < 1e-4 and abs(sum(n["attention"] for n in o["neighbors"]) - 1) < 1e-4
     n = o["neighbors"][0]
-    assert n["weights"][-1] == n["weight"] and len(n["weights"]) == predictor.model.fusion.num_layers
+    assert n["attention_by_layer"][-1] == n["attention"]
+    assert len(n["attention_by_layer"]) == predictor.model.fusion.num_layers
+    assert o["method_label"].startswith("MAM") and o["explanation"] and o["in_memory"] is None
     assert n["source"] == "fashion-mnist-train" and n["label"] == n["text"] and n["has_thumbnail"]
     assert set(o["timings_ms"]) == {"encode", "search", "fuse"}
     json.dumps(o)  # plain JSON types only
@@ -108,10 +116,13 @@ def test_output_structure(tiny_run, predictor):
 
 def test_methods_without_attention(tiny_run):
     img = _test_images(tiny_run, 1)
-    mean = ravis.load(tiny_run, method="mean_knn").predict(img)[0]
-    assert [n["weight"] for n in mean["neighbors"]] == pytest.approx([1 / 20] * 20)
+    mean = ravis.load(tiny_run, method="mean_knn").predict(img, top_neighbors=None)[0]
+    assert mean["decided_by"] == "contribution" and all(n["attention"] is None for n in mean["neighbors"])
+    assert sum(n["contribution"] for n in mean["neighbors"]) == pytest.approx(
+        mean["evidence"][0]["parts"]["memory"], abs=1e-4)
     linear = ravis.load(tiny_run, method="linear").predict(img)[0]
-    assert all(n["weight"] is None for n in linear["neighbors"])
+    assert linear["decided_by"] is None and "reads no memory" in linear["explanation"]
+    assert all(n["attention"] is None and n["vote_weight"] is None for n in linear["neighbors"])
     with pytest.raises(ValueError, match="rac"):
         ravis.load(tiny_run, method="rac")
 

@@ -3,12 +3,18 @@
     >>> import PIL.Image, ravis
     >>> p = ravis.load("demo-out", experiment="tuxpaint")      # or Predictor.load(...)
     >>> out = p.predict([PIL.Image.open("frog.png")])[0]
-    >>> out["top5"][0], out["neighbors"][0]["weights"], out["timings_ms"]
+    >>> out["top5"][0], out["evidence"][0]["parts"], out["explanation"], out["neighbors"][0]
 
-The attention weights are the explanation (the paper's Figure 4): each prediction lists the
-retrieved neighbours sorted by the last layer's attention, with their caption or label,
-similarity, retrieval rank and the weight every layer gave them. The same structure is what
-``ravis predict --json`` prints and what the server's ``POST /predict`` returns.
+Each prediction carries what produced it (:mod:`ravis.explain`): ``evidence``, the top
+classes' scores split into their additive terms (the classifier's, the memory's, the prior
+adjustment), ``explanation``, the same in a sentence, and the retrieved neighbours in the
+order of what decided (``decided_by``): their share of the label vote (``vote_weight``), their
+term in a mean kNN's score (``contribution``), or MAM's attention (``attention``: how values
+were mixed into the embedding), with caption or label, similarity and retrieval rank.
+Probabilities are calibrated: ``softmax(score / temperature)``, the temperature chosen on
+validation. ``in_memory`` names the memory entry the query is, where it is one. The same
+structure is what ``ravis predict --json`` prints and what the server's ``POST /predict``
+returns.
 
 The memory is opened from the run folder's references (:mod:`ravis.run_folder`), memory-
 mapped: each request reads only its neighbours' keys, values and metadata.
@@ -29,6 +35,8 @@ from .config import ExperimentConfig, RunConfig
 from .device import autocast, resolve_device, to_device
 from .encoders import create_image_encoder
 from .errors import InputError
+from .evaluation.tables import served_label
+from .explain import decided_by, evidence, in_memory, in_words, kind_of
 from .fusion import build_model
 from .io import default_cache_dir
 from .memory.base import Memory, neighbor_labels
@@ -54,6 +62,9 @@ class Predictor:
     k: int  # neighbours per query, as in training and evaluation
     adjustment: np.ndarray | None = None  # (C,) post-hoc prior correction subtracted from logits
     run_dir: Path | None = None  # the run folder it was loaded from (the server offers its other models)
+    temperature: float = 1.0  # probabilities are softmax(score / temperature), chosen on validation
+    calibrated: bool = False  # False: the run recorded no temperature (a folder from before calibration)
+    kept: dict | None = None  # what validation kept in place of the trained model, and why
 
     @classmethod
     def load(cls, run_dir: Path | str, experiment: str | None = None, method: str = DEFAULT_SERVED,
@@ -104,8 +115,10 @@ class Predictor:
             raise RunFolderError(f"{folder.serving}: no post-hoc adjustment recorded for "
                                  f"{method!r}; rerun the experiment")
         adjustment = info["logit_adjustment"][method]
+        temperatures = info.get("temperature", {})
         return cls(cfg, exp, method, encoder, memory, searcher, model, class_names, int(info["k"]),
-                   None if adjustment is None else np.asarray(adjustment, dtype=np.float32), run.path)
+                   None if adjustment is None else np.asarray(adjustment, dtype=np.float32), run.path,
+                   float(temperatures.get(method, 1.0)), method in temperatures, info.get("kept", {}).get(method))
 
     @property
     def all_class_names(self) -> list[str]:
@@ -118,8 +131,8 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, images, top_classes: int = 5, top_neighbors: int | None = None) -> list[dict]:
-        """For each PIL image: top classes with probabilities, and the retrieved neighbours
-        sorted by last-layer attention (all k, or the ``top_neighbors`` most attended).
+        """For each PIL image: top classes with probabilities, the evidence that ranked them,
+        and the retrieved neighbours, most decisive first (all k, or the first ``top_neighbors``).
 
         ``timings_ms`` gives the time of each stage for the whole batch: encode (preprocess
         and encoder), search (the k-NN index), fuse (gather neighbours, fusion, classifier).
@@ -157,19 +170,27 @@ class Predictor:
         inputs = [None if t is None else to_device(t, device)
                   for t in (torch.from_numpy(z), keys, values, labels)]
         with autocast(device):
-            logits, attn = self.model(*inputs, num_classes=len(names),
-                                      new_counts=self._new_class_counts(names))  # (B, C'), (B, L, k)
-        logits = logits.float().cpu().numpy()
+            terms = self.model.terms(*inputs, num_classes=len(names), new_counts=self._new_class_counts(names))
+        host = lambda t: None if t is None else t.float().cpu().numpy()
+        parts = {"classifier": host(terms.head)}  # (B, C') each: the additive terms of the scores
+        if terms.memory is not None:
+            parts["memory"] = host(terms.memory)
+        score = host(terms.logits)
         if self.adjustment is not None:  # classes new in the memory get the mean adjustment
             extra = len(names) - len(self.adjustment)
-            logits = logits - np.concatenate([self.adjustment, np.full(extra, self.adjustment.mean())])
-        probs = _softmax(logits)
-        attn = attn.float().cpu().numpy()
+            prior = np.concatenate([self.adjustment, np.full(extra, self.adjustment.mean())])
+            score = score - prior
+            if prior.any():
+                parts["prior"] = np.broadcast_to(-prior, score.shape)
+        probs = _softmax(score / self.temperature)
         t3 = time.perf_counter()
         timings = {"encode": 1e3 * (t1 - t0), "search": 1e3 * (t2 - t1), "fuse": 1e3 * (t3 - t2)}
         entries = self._entries(rows[found])
-        return [self._describe(probs[b], D[b], rows[b], found[b], attn[b], top_classes, top_neighbors,
-                               timings, batch, entries, names) for b in range(batch)]
+        weights = {"attention": host(terms.attention), "vote_weight": host(terms.vote_weight),
+                   "contribution": host(terms.contribution)}
+        return [self._describe(b, score[b], {n: v[b] for n, v in parts.items()}, probs[b], D[b], rows[b],
+                               found[b], {n: None if v is None else v[b] for n, v in weights.items()},
+                               top_classes, top_neighbors, timings, batch, entries, names) for b in range(batch)]
 
     def _new_class_counts(self, names: list[str]) -> torch.Tensor | None:
         """(C' - C,) the memory's entries of each class beyond the trained ones, for a model
@@ -207,32 +228,54 @@ class Predictor:
         data = self.memory.meta_at([row], ["thumbnail"])["thumbnail"][0]
         return (data, media_type(data)) if data else None
 
-    def _describe(self, probs, D, rows, found, attn, top_classes, top_neighbors, timings, batch,
-                  entries, names) -> dict:
-        """One image's output: top classes, neighbours by attention, timings."""
-        reads = get_method(self.method).reads_memory
-        k = len(rows)
-        if attn.shape[0]:
-            last = attn[-1]  # (k,)
-        else:  # mean kNN weighs every neighbour alike; linear and MLP read no neighbour
-            last = np.full(k, 1.0 / k) if reads else np.full(k, np.nan)
-        order = [j for j in np.argsort(-np.nan_to_num(last, nan=0.0), kind="stable") if found[j]]
-        top = np.argsort(-probs)[:top_classes]
+    @property
+    def method_label(self) -> str:
+        """What is served, by name: "MAM (memory attention), kept: kNN vote" where validation
+        replaced the trained model by the vote (:func:`ravis.evaluation.tables.served_label`)."""
+        return served_label(self.method, {"kept": self.kept["kept"]} if self.kept else None)
+
+    def _describe(self, b, score, parts, probs, D, rows, found, weights, top_classes, top_neighbors,
+                  timings, batch, entries, names) -> dict:
+        """One image's output: top classes, the evidence that ranked them, the neighbours in
+        the order of what decided, timings."""
+        attn, votes, contribution = weights["attention"], weights["vote_weight"], weights["contribution"]
+        attends = get_method(self.method).attends and attn.shape[0] > 0
+        kind = kind_of(votes is not None, contribution is not None, attn.shape[0] if attends else 0)
+        ev = evidence(score, parts, names, top_classes)
+        predicted = ev[0]["index"]
+        neighbours = []
+        for j in np.flatnonzero(found):
+            n = self._neighbor(entries, int(rows[j]), int(j), float(D[j]))
+            n["vote_weight"] = None if votes is None else float(votes[j])
+            n["attention"] = float(attn[-1, j]) if attends else None
+            n["attention_by_layer"] = [float(w) for w in attn[:, j]] if attends else None
+            n["contribution"] = None if contribution is None else float(contribution[j, predicted])
+            neighbours.append(n)
+        key = decided_by(kind)
+        if key:  # most decisive first; retrieval rank breaks ties (and orders non-voters)
+            neighbours.sort(key=lambda n: -n[key])
         return {
             "experiment": self.experiment.name,
             "method": self.method,
-            "prediction": names[int(top[0])],
-            "top5": [{"class": names[c], "index": int(c), "probability": float(probs[c])}
-                     for c in top],
-            "neighbors": [self._neighbor(entries, int(rows[j]), j, float(D[j]), last[j], attn[:, j])
-                          for j in order[:top_neighbors]],
-            "k": k,
+            "method_label": self.method_label,
+            "kept": self.kept,
+            "prediction": names[predicted],
+            "top5": [{"class": e["class"], "index": e["index"], "probability": float(probs[e["index"]])}
+                     for e in ev],
+            "evidence": ev,
+            "explanation": in_words(kind, ev, neighbours, self.kept and self.kept["kept"]),
+            "decided_by": key,
+            "temperature": self.temperature,
+            "calibrated": self.calibrated,
+            "in_memory": in_memory(neighbours),
+            "neighbors": neighbours[:top_neighbors],
+            "k": len(rows),
             "timings_ms": dict(timings),
             "batch_size": batch,
         }
 
     @staticmethod
-    def _neighbor(entries: dict, row: int, j: int, similarity: float, weight: float, per_layer) -> dict:
+    def _neighbor(entries: dict, row: int, j: int, similarity: float) -> dict:
         e = entries[row]
         return {
             "memory_id": e["memory_id"],
@@ -242,8 +285,6 @@ class Predictor:
             "label": e["label"],
             "rank": int(j) + 1,  # retrieval rank, 1 = most similar
             "similarity": similarity,
-            "weight": None if np.isnan(weight) else float(weight),  # last layer's attention
-            "weights": [float(w) for w in per_layer],  # (L,) every layer's attention
             "has_thumbnail": e["has_thumbnail"],
         }
 

@@ -91,11 +91,16 @@ def _cached_store(dataset: ImageDataset, rows: np.ndarray, size: int, cache_dir:
 
 
 def _write_store(path: Path, dataset: ImageDataset, rows: np.ndarray, images: list) -> None:
+    write_store(path, [dataset.ids[r] for r in rows], images)
+
+
+def write_store(path: Path, ids: list[str], images: list) -> None:
+    """An id -> image bytes store (:class:`ThumbnailStore`'s file); None images are left out."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     ok = [j for j, b in enumerate(images) if b is not None]
-    table = pa.table({"id": pa.array([dataset.ids[rows[j]] for j in ok], pa.string()),
+    table = pa.table({"id": pa.array([ids[j] for j in ok], pa.string()),
                       "image": pa.array([images[j] for j in ok], pa.binary())})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="none")  # JPEG/PNG bytes do not compress further
@@ -144,6 +149,10 @@ class ThumbnailStore:
 
     def __contains__(self, item_id: str) -> bool:
         return item_id in self._rows
+
+    def ids(self) -> list[str]:
+        """The stored ids, in the store's order."""
+        return list(self._rows)
 
     def get(self, item_id: str) -> tuple[bytes, str] | None:
         """(image bytes, MIME type) of ``item_id``, or None if the store has no such id."""

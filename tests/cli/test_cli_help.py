@@ -87,3 +87,16 @@ def test_quiet_silences_faiss(tmp_path, capfd, monkeypatch):
     quiet = capfd.readouterr()
     assert "resizing" not in quiet.out + quiet.err and "IO_FLAG" not in quiet.out + quiet.err
     assert "IVF16,Flat over 3000 vectors" in quiet.out  # ravis's own summary stays
+
+
+def test_every_argument_of_every_verb_has_help():
+    """Positionals and verb lists too (``ravis memory VERB``), not only the options."""
+    missing, todo = [], [("ravis", build_parser())]
+    while todo:
+        name, parser = todo.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {verb}", child) for verb, child in action.choices.items()]
+            if not isinstance(action, argparse._HelpAction) and not (action.help or "").strip():
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, f"arguments without help: {missing}"

@@ -39,7 +39,8 @@ def test_tiny_run_then_stages_eval_predict(tmp_path, ravis_cache, capsys):
     again = load_json(out / "results.json")["experiments"][0]["methods"]
     assert again == exp["methods"]
 
-    # predict: top-5 and the 10 most-attended neighbours with caption/label, similarity, weight
+    # predict: top-5, the evidence, and the 10 most decisive neighbours with caption/label,
+    # similarity, vote share and attention
     from ravis.data import load_fashion_mnist
 
     image = tmp_path / "query.png"
@@ -49,9 +50,10 @@ def test_tiny_run_then_stages_eval_predict(tmp_path, ravis_cache, capsys):
     pred = json.loads(capsys.readouterr().out)[0]
     assert len(pred["top5"]) == 5
     assert len(pred["neighbors"]) == 10
-    weights = [n["weight"] for n in pred["neighbors"]]
+    weights = [n[pred["decided_by"]] for n in pred["neighbors"]]
     assert weights == sorted(weights, reverse=True)
-    assert {"text", "similarity", "weight", "memory_id", "rank"} <= set(pred["neighbors"][0])
+    assert {"text", "similarity", "vote_weight", "attention", "memory_id", "rank"} <= set(pred["neighbors"][0])
+    assert [e["class"] for e in pred["evidence"]] == [c["class"] for c in pred["top5"]]
 
 
 def test_stage_verbs(tmp_path, ravis_cache, capsys):

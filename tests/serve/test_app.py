@@ -64,6 +64,34 @@ def test_bad_input_gets_a_clear_4xx(served, name, req, status, kind):
     assert error["kind"] == kind and error["status"] == status and error["message"]
 
 
+def test_no_body_says_what_to_send(served):
+    client, _ = served
+    r = client.request("POST", "/predict")  # no Content-Type, no body
+    error = r.json()["error"]
+    assert r.status == 400 and error["kind"] == "missing_image", r.body
+    assert "multipart/form-data" in error["message"] and "image/*" in error["message"]
+
+
+def test_a_huge_image_is_refused_naming_the_servers_limit(served):
+    client, _ = served
+    r = client.request("POST", "/predict", bomb_png(20000, 20000), "image/png")  # past PIL's own limit
+    error = r.json()["error"]
+    assert r.status == 413 and error["kind"] == "too_many_pixels", r.body
+    assert "this server's limit of 40,000,000 pixels (--max-pixels)" in error["message"]
+    assert "DOS attack" not in error["message"]  # not PIL's text
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/predict"), ("GET", "/healthz"), ("GET", "/samples"),
+                                          ("GET", "/samples/0"), ("GET", "/memory/rows/0/thumbnail")])
+def test_an_unknown_experiment_is_refused_listing_the_runs(served, query_png, method, path):
+    client, _ = served
+    body, ctype = (query_png, "image/png") if method == "POST" else (None, None)
+    r = client.request(method, f"{path}?experiment=nope", body, ctype)
+    error = r.json()["error"]
+    assert r.status == 404 and error["kind"] == "unknown_experiment", r.body
+    assert "no experiment 'nope'; it has ['tiny-fmnist']" in error["message"]
+
+
 def test_truncated_and_oversized_uploads(served, query_png):
     client, _ = served
     r = client.post_file(query_png[: len(query_png) // 2], "half.png")

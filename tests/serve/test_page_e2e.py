@@ -50,13 +50,18 @@ def test_upload_shows_prediction_and_neighbour_gallery(served, query_png, tmp_pa
             page.wait_for_selector("#gallery .neighbor", timeout=30_000)
             sync_api.expect(page.locator("#prediction")).to_have_text(expected["prediction"])
             tiles = page.locator("#gallery .neighbor")
-            assert tiles.count() == 12 < predictor.k  # the most attended first
+            assert tiles.count() == 12 < predictor.k  # the most decisive first
+            # the page leads with what decided, and names what answered
+            sync_api.expect(page.locator("#explanation")).to_have_text(expected["explanation"])
+            sync_api.expect(page.locator("#served-by")).to_contain_text(expected["method_label"])
+            assert page.locator("#evidence tr").count() == 1 + len(expected["evidence"])
+            sync_api.expect(page.locator("#neighbours-title")).to_contain_text("share of the vote")
             page.wait_for_function(
                 "[...document.querySelectorAll('#gallery .neighbor img')].every(i => i.complete && i.naturalWidth > 0)",
                 timeout=30_000)
-            weights = [float(t.split()[1]) for t in page.locator("#gallery .weight").all_inner_texts()]
+            weights = [float(t.split()[-1]) for t in page.locator("#gallery .weight").all_inner_texts()]
             assert weights == sorted(weights, reverse=True) and weights[0] > 0
-            assert weights[0] == pytest.approx(expected["neighbors"][0]["weight"], abs=1e-3)
+            assert weights[0] == pytest.approx(expected["neighbors"][0]["vote_weight"], abs=1e-3)
             ranks = page.locator("#gallery .rank").all_inner_texts()
             assert ranks[0] == f"rank {expected['neighbors'][0]['rank']}"
             agreeing = sum(n["label"] == expected["prediction"] for n in expected["neighbors"][:12])
@@ -79,11 +84,25 @@ def test_upload_shows_prediction_and_neighbour_gallery(served, query_png, tmp_pa
     assert (ARTIFACTS / "serve-page.png").stat().st_size > 10_000
 
 
-def test_samples_and_switching_the_model(served):
+def test_samples_are_test_images_that_give_the_evaluated_prediction(served, tiny_run):
+    """Each sample is a test image at full resolution with its true class; clicking it gives
+    exactly the prediction (and calibrated probability) the run evaluated, in predictions.npz."""
+    import json
+
+    import numpy as np
+
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     client, predictor = served
     models = client.get("/models").json()["models"]
-    assert {"experiment": "tiny-fmnist", "method": "mam"} in models and len(models) >= 2
+    assert {"experiment": "tiny-fmnist", "method": "mam", "label": predictor.method_label} in models
+    listed = client.get("/samples").json()["samples"]
+    folder = tiny_run / "tiny-fmnist"
+    names = json.loads((folder / "serving.json").read_text())["class_names"]
+    with np.load(folder / "predictions.npz") as f:
+        logits, labels = f["logits_mam"], f["labels"]
+    z = logits / predictor.temperature
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
     with sync_api.sync_playwright() as pw:
         browser = _browser(pw)
         try:
@@ -91,19 +110,24 @@ def test_samples_and_switching_the_model(served):
             page.goto(client.base + "/")
             samples = page.locator("#samples .sample")
             samples.first.wait_for(timeout=30_000)
-            assert samples.count() >= 5
+            assert samples.count() == len(listed) >= 5
             page.wait_for_function(
                 "[...document.querySelectorAll('#samples img')].every(i => i.complete && i.naturalWidth > 0)")
-            truth = samples.first.get_attribute("data-label")
-            samples.first.click()
-            page.wait_for_selector("#gallery .neighbor", timeout=30_000)
-            first = page.locator("#prediction").inner_text()
-            assert first in predictor.class_names and truth in predictor.class_names
+            # full resolution: Fashion-MNIST's own 28 x 28, not a 96 px thumbnail
+            assert page.evaluate("document.querySelector('#samples img').naturalWidth") == 28
+            for i in range(3):
+                row = listed[i]["row"]
+                assert samples.nth(i).get_attribute("data-label") == names[labels[row]] == listed[i]["label"]
+                samples.nth(i).click()
+                expected = names[int(probs[row].argmax())]
+                sync_api.expect(page.locator("#prediction")).to_have_text(expected)
+                sync_api.expect(page.locator("#top5 li").first).to_contain_text(f"{100 * probs[row].max():.1f}%")
+                sync_api.expect(page.locator("#sample-check")).to_contain_text(", as here.")
             options = page.locator("#model option").all_inner_texts()
-            assert options == [f"{m['experiment']} / {m['method']}" for m in models]
+            assert options == [f"{m['experiment']} / {m['label']}" for m in models]
             other = next(m for m in models if m["method"] != "mam")
-            page.select_option("#model", label=f"{other['experiment']} / {other['method']}")
-            sync_api.expect(page.locator("#model-info")).to_contain_text(f"/ {other['method']}")
+            page.select_option("#model", label=f"{other['experiment']} / {other['label']}")
+            sync_api.expect(page.locator("#model-info")).to_contain_text(f"/ {other['label']}")
             page.wait_for_function("document.querySelector('#timings').textContent.length > 0")
             page.screenshot(path=str(ARTIFACTS / "serve-page-samples.png"), full_page=True)
         finally:

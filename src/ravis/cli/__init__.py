@@ -27,7 +27,8 @@ DESCRIPTION = ("ravis: image recognition that retrieves from a large image-text 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ravis", description=DESCRIPTION)
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB",
+                                help="what to do (ravis VERB --help for its options)")
     pipeline.add_verbs(sub)
     runs.add_verbs(sub)
     memory.add_verbs(sub)

@@ -15,7 +15,8 @@ from ._arguments import add_cache, export_cache
 
 def add_verbs(sub) -> None:
     memory = sub.add_parser("memory", help="build, extend and check sharded image-text memories")
-    verbs = memory.add_subparsers(dest="memory_verb", required=True)
+    verbs = memory.add_subparsers(dest="memory_verb", required=True, metavar="VERB",
+                                  help="what to do to the memory (ravis memory VERB --help)")
     for add in (add_build, add_add, add_verify, add_index, add_edit, add_compact, add_search,
                 add_import, add_export):
         add(verbs)
@@ -77,7 +78,7 @@ def build(args) -> None:
 
 def add_add(verbs) -> None:
     p = verbs.add_parser("add", help="append shards from new sources to a memory (and its index)")
-    p.add_argument("memdir", type=Path)
+    p.add_argument("memdir", type=Path, help="a memory folder (ravis memory build --out)")
     _sources(p)
     p.set_defaults(handler=add)
 
@@ -97,7 +98,7 @@ def add(args) -> None:
 def add_verify(verbs) -> None:
     p = verbs.add_parser("verify", help="re-check a memory's checksums, shapes and row counts, "
                                         "and its index's checksums")
-    p.add_argument("memdir", type=Path)
+    p.add_argument("memdir", type=Path, help="a memory folder (ravis memory build --out)")
     p.set_defaults(handler=verify)
 
 
@@ -121,7 +122,7 @@ def verify(args) -> None:
 
 def add_index(verbs) -> None:
     p = verbs.add_parser("index", help="choose, build and tune the memory's k-NN index for a RAM budget")
-    p.add_argument("memdir", type=Path)
+    p.add_argument("memdir", type=Path, help="a memory folder (ravis memory build --out)")
     p.add_argument("--budget", default=RetrievalConfig.budget,
                    help="RAM the index may use while searching (e.g. 16G)")
     p.add_argument("--target-recall", type=float, default=RetrievalConfig.target_recall,
@@ -163,7 +164,7 @@ def index(args) -> None:
 
 def add_search(verbs) -> None:
     p = verbs.add_parser("search", help="the memory entries nearest to images (uses the built index)")
-    p.add_argument("memdir", type=Path)
+    p.add_argument("memdir", type=Path, help="a memory folder (ravis memory build --out)")
     p.add_argument("images", nargs="*", type=Path, help="query images")
     p.add_argument("--queries", type=Path, help="instead of images: a .npy of (n, d) query embeddings")
     p.add_argument("--encoder", default=RunConfig.encoder, help="the image encoder that made the keys")
@@ -322,7 +323,7 @@ def import_memory(args) -> None:
 
 def add_export(verbs) -> None:
     p = verbs.add_parser("export", help="write a memory in another tool's layout")
-    p.add_argument("memdir", type=Path)
+    p.add_argument("memdir", type=Path, help="a memory folder (ravis memory build --out)")
     p.add_argument("--format", choices=["clip-retrieval"], required=True,
                    help="clip-retrieval: img_emb/, text_emb/, metadata/ (as LAION publishes)")
     p.add_argument("--out", type=Path, required=True, help="the folder to write")

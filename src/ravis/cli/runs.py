@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from ..methods import DEFAULT_SERVED
+from ..methods import DEFAULT_SERVED, METHODS
 from ._arguments import add_cache, add_device
 
 
@@ -37,7 +37,7 @@ def evaluate(args) -> None:
 
 def add_report(sub) -> None:
     p = sub.add_parser("report", help="write a self-contained HTML report of a finished run")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="a finished run folder")
     p.add_argument("--out", type=Path, default=None, help="HTML file (default RUN_DIR/report.html)")
     p.set_defaults(handler=report)
 
@@ -48,19 +48,22 @@ def report(args) -> None:
     print(f"report: {write_report(args.run_dir, args.out)}")
 
 
-def _model_choice(p, what: str) -> None:
-    p.add_argument("--experiment", help="which experiment of the run (default: the first)")
-    p.add_argument("--method", default=DEFAULT_SERVED, help=f"trained method to {what}")
+def _model_choice(p, what: str, default_experiment: str = "the first") -> None:
+    p.add_argument("--experiment", help=f"which experiment of the run (default: {default_experiment})")
+    servable = ", ".join(m for m in METHODS if METHODS[m].servable)
+    p.add_argument("--method", default=DEFAULT_SERVED, help=f"trained method to {what}, one of {servable}")
 
 
 def add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="top-5 classes and the 10 most-attended neighbours of images")
-    p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--run", dest="run_dir", type=Path, required=True, help="a finished run folder")
-    _model_choice(p, "use")
+    p = sub.add_parser("predict", help="top-5 classes of images, what decided them, and the neighbours it leaned on")
+    p.add_argument("run_dir", type=Path, help="a finished run folder (with --run: the first image)")
+    p.add_argument("images", nargs="*", type=Path, help="the image files to predict")
+    p.add_argument("--run", type=Path, default=None,
+                   help="the run folder, as an option (then every positional argument is an image)")
+    _model_choice(p, "use", "the run's only one; a run of several needs it")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--neighbors", type=int, default=10,
-                   help="most-attended neighbours to show (0: all k)")
+                   help="neighbours to show, most decisive first (0: all k)")
     add_cache(p, "indexes built for predicting")
     add_device(p)
     p.set_defaults(handler=predict)
@@ -70,22 +73,70 @@ def predict(args) -> None:
     from ..data import open_image
     from ..predictor import Predictor
 
-    predictor = Predictor.load(args.run_dir, args.experiment, args.method, args.cache,
-                               device=args.device)
-    images = [open_image(p) for p in args.images]
+    run_dir, paths = (args.run, [args.run_dir, *args.images]) if args.run else (args.run_dir, args.images)
+    if not paths:
+        raise InputError("no image to predict: ravis predict RUN_DIR IMAGE [IMAGE ...]")
+    experiment = _check_choice(run_dir, args.experiment, args.method, one_experiment=True)
+    predictor = Predictor.load(run_dir, experiment, args.method, args.cache, device=args.device)
+    images = [open_image(p) for p in paths]
     outputs = predictor.predict(images, top_neighbors=args.neighbors or None)
     if args.json:
-        print(json.dumps([{"image": str(p), **o} for p, o in zip(args.images, outputs)], indent=2))
+        print(json.dumps([{"image": str(p), **o} for p, o in zip(paths, outputs)], indent=2))
         return
-    for path, out in zip(args.images, outputs):
-        print(f"{path}")
-        for c in out["top5"]:
-            print(f"  {c['probability']:6.1%}  {c['class']}")
-        print("  neighbours by attention (rank: retrieval rank):")
-        for n in out["neighbors"]:
-            weight = "  -  " if n["weight"] is None else f"{n['weight']:.3f}"
-            print(f"    weight {weight}  sim {n['similarity']:.3f}  rank {n['rank']:>3}  "
-                  f"{n['text']!r}  [{n['memory_id']}]")
+    first = outputs[0]  # one model answered them all
+    print(f"experiment {first['experiment']}, method {first['method']} ({first['method_label']})"
+          + ("" if first["calibrated"] else "; probabilities uncalibrated: the run recorded no temperature"))
+    for path, out in zip(paths, outputs):
+        print(_describe(path, out))
+
+
+# what orders the neighbours, as the text output names it (ravis.explain.decided_by)
+_DECIDED = {"vote_weight": ("vote share", "vote"), "contribution": ("term in the score", "term"),
+            "attention": ("attention", "attention")}
+
+
+def _describe(path: Path, out: dict) -> str:
+    """One image's answer as text: what decided, the top classes with their terms, the
+    neighbours in the order of what decided."""
+    lines = [f"{path}"]
+    if out["in_memory"]:
+        lines.append(f"  this image is memory entry {out['in_memory']} (or a copy of it)")
+    lines.append(f"  {out['explanation']}")
+    for c, e in zip(out["top5"], out["evidence"]):
+        terms = " ".join(f"{k} {v:+.2f}" for k, v in e["parts"].items() if v is not None)
+        lines.append(f"  {c['probability']:6.1%}  {c['class']:<24} score {e['score']:+.2f} = {terms}")
+    key = out["decided_by"]
+    if key is None:
+        lines.append("  nearest memory entries (this model reads none of them):")
+    else:
+        lines.append(f"  neighbours by {_DECIDED[key][0]} (rank: retrieval rank):")
+    for n in out["neighbors"]:
+        weight = f"{_DECIDED[key][1]} {n[key]:.3f}  " if key else ""
+        lines.append(f"    {weight}sim {n['similarity']:.3f}  rank {n['rank']:>3}  {n['text']!r}  [{n['memory_id']}]")
+    return "\n".join(lines)
+
+
+def _check_choice(run_dir: Path, experiment: str | None, method: str, one_experiment: bool = False) -> str:
+    """The experiment ``--experiment`` names (default: the first; with ``one_experiment``, a
+    run of several must name one), refusing an unknown one or a ``--method`` it cannot serve,
+    listing the choices: read from the config alone, before anything loads."""
+    from ..run_folder import RunFolder
+
+    run = RunFolder(run_dir)
+    cfg = run.load_config()
+    names = [e.name for e in cfg.experiments]
+    if one_experiment and experiment is None and len(names) > 1:
+        raise InputError(f"{run_dir} has {len(names)} experiments: choose one with --experiment "
+                         f"NAME from {names}")
+    exp, _ = run.pick(cfg, experiment)
+    servable = [m for m in exp.methods if METHODS[m].servable]
+    if method not in servable:
+        why = ("is not a method" if method not in METHODS else
+               "was not trained in this run" if METHODS[method].servable else
+               "cannot be served (only trained models whose inputs are the neighbours themselves)")
+        raise InputError(f"--method {method!r} {why}; choose from {servable} (servable and "
+                         f"trained in experiment {exp.name!r})")
+    return exp.name
 
 
 def add_serve(sub) -> None:
@@ -119,7 +170,8 @@ def serve(args) -> None:
 
     params = _search_params(args.search_params)
     token = _edit_token(args)
-    predictor = Predictor.load(args.run_dir, args.experiment, args.method, args.cache,
+    experiment = _check_choice(args.run_dir, args.experiment, args.method)
+    predictor = Predictor.load(args.run_dir, experiment, args.method, args.cache,
                                index=args.index, search_params=params, device=args.device)
     print(f"serving {args.run_dir} ({predictor.experiment.name}, {args.method}, memory of "
           f"{predictor.memory.live_count}{', edits allowed' if token else ''}) on "

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: details whose keys are ints (k, memory size) and come back from JSON as strings
 _INT_KEYED = ("accuracy_vs_k", "accuracy_vs_memory")
+#: the result's arrays an entry holds
+_ARRAYS = ("logits", "attention", "vote_weights")
 
 
 def evaluation_key(prep: Prepared, method: str, text_encoder: str) -> str:
@@ -77,7 +79,7 @@ def cached_evaluation(path: Path, evaluate: Callable[[], tuple[torch.nn.Module |
 def _save(path: Path, model, result: MethodResult) -> None:
     state = model.state_dict() if model is not None else {}
     tensors = {f"model/{k}": host_tensor(v) for k, v in state.items()}
-    for name in ("logits", "attention"):
+    for name in _ARRAYS:
         array = getattr(result, name)
         if array is not None:
             tensors[name] = torch.from_numpy(np.ascontiguousarray(array))
@@ -98,7 +100,7 @@ def _load(path: Path, rebuild) -> tuple[torch.nn.Module | None, MethodResult]:
         model = rebuild(details)
         device = next(model.parameters(), torch.zeros(0)).device
         model.load_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model/")})
-    arrays = {name: tensors[name].numpy() if name in tensors else None for name in ("logits", "attention")}
+    arrays = {name: tensors[name].numpy() if name in tensors else None for name in _ARRAYS}
     return model, MethodResult(metrics=meta["metrics"], per_class=meta["per_class"], details=details,
                                **arrays)
 

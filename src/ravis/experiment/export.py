@@ -5,6 +5,7 @@ probabilities are those the evaluation scored)."""
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import numpy as np
 from ..memory.store import ArrayMemory
 from ..methods import method as get_method
 from ..run_folder import ExperimentFolder
-from ..thumbnails import thumbnail_bytes, write_thumbnails
+from ..evaluation.tables import kept_reason
+from ..thumbnails import thumbnail_bytes, write_store, write_thumbnails
 from ..training.loss import log_prior
 from .prepare import Prepared, load_splits
 from .results import MethodResult
@@ -49,6 +51,7 @@ def save_for_serving(folder: ExperimentFolder, prep: Prepared, methods: dict[str
             part.thumbnails = dataset_thumbnails(full_train, part.ids, cache_dir)
         parts.append(folder.save_memory_part(spec, part, copy_memory, cache_dir))
     write_thumbnails(folder.test_thumbnails, prep.test.dataset, cache_dir=cache_dir)
+    write_samples(folder.test_samples, prep.test.dataset)
     folder.write_serving({
         "experiment": exp.name,
         "class_names": list(prep.train.dataset.class_names),
@@ -59,11 +62,40 @@ def save_for_serving(folder: ExperimentFolder, prep: Prepared, methods: dict[str
         "test_thumbnails": folder.test_thumbnails.name,
         "logit_adjustment": {name: logit_adjustment(prep, name, r) for name, r in methods.items()
                              if get_method(name).trains},
+        # the temperature of each method's probabilities, chosen on validation: served
+        # probabilities are the calibrated ones the results report
+        "temperature": {name: r.details["calibration"]["temperature"] for name, r in methods.items()
+                        if "calibration" in r.details},
+        # what validation kept in place of a trained model, and why (the served model's name)
+        "kept": {name: {"kept": r.details["kept"], "reason": kept_reason(r.details)}
+                 for name, r in methods.items() if "kept" in r.details},
         # methods whose predictions need their fine-tuned encoder, and its keys policy (not
         # servable yet); one whose validation kept the frozen encoder is not among them
         "finetuned": {name: r.details["finetune"]["keys"] for name, r in methods.items()
                       if r.encoder is not None},
     })
+
+
+SAMPLES = 8  # test images the page offers: the first test image of each of the first classes
+
+
+def write_samples(path: Path, dataset) -> None:
+    """Full-resolution copies (lossless PNG of the decoded pixels, which embed as the
+    dataset's own images do) of a few test images, the page's samples: the first test image of
+    each of the first SAMPLES classes, in test order."""
+    rows, seen = [], set()
+    for row, y in enumerate(dataset.labels):
+        if int(y) not in seen:
+            seen.add(int(y))
+            rows.append(row)
+        if len(rows) == SAMPLES:
+            break
+    images = []
+    for row in rows:
+        buffer = io.BytesIO()
+        dataset.load_image(row).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    write_store(path, [dataset.ids[r] for r in rows], images)
 
 
 def dataset_thumbnails(dataset, ids: list[str], cache_dir: Path) -> list[bytes]:

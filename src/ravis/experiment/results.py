@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..evaluation.calibration import calibration_record, method_logits, pool
 from ..evaluation.metrics import prediction_metrics
 from ..evaluation.plots import plot_shots
 
@@ -24,9 +25,15 @@ class MethodResult:
     details: dict  # method-specific: chosen tau, best epoch, vote k, accuracy versus k
     logits: np.ndarray | None = None  # (N_test, C)
     attention: np.ndarray | None = None  # (N_test, L, k)
+    vote_weights: np.ndarray | None = None  # (N_test, k) each neighbour's share of the label evidence
     encoder: torch.nn.Module | None = None  # the fine-tuned encoder network (train.finetune_encoder)
     # (I, D) of the test queries where the method retrieved its own (a re-embedded memory)
     test_neighbors: tuple[np.ndarray, np.ndarray] | None = None
+
+
+#: details shown in a method's row of results.json: the vote's k, and what validation kept
+#: in place of a trained model (so nothing names the vote a trained attention module)
+ROW_DETAILS = ("k", "kept")
 
 
 def summarise(prep, text_encoder: str, methods: dict[str, MethodResult]) -> dict:
@@ -50,25 +57,31 @@ def summarise(prep, text_encoder: str, methods: dict[str, MethodResult]) -> dict
         "class_counts": [int(c) for c in prep.class_counts],
         "skipped_images": [list(s) for s in prep.skipped],
         "contamination": prep.contamination,
-        "methods": {name: {**r.metrics, **({"k": r.details["k"]} if "k" in r.details else {})}
+        "methods": {name: {**r.metrics, **{k: r.details[k] for k in ROW_DETAILS if k in r.details}}
                     for name, r in methods.items()},
         "per_class": {name: r.per_class for name, r in methods.items()},
-        "details": {name: {k: v for k, v in r.details.items() if k != "history"}
+        "calibration": {name: r.details["calibration"] for name, r in methods.items()
+                        if "calibration" in r.details},
+        "details": {name: {k: v for k, v in r.details.items() if k not in ("history", "calibration")}
                     for name, r in methods.items()},
     }
+
 
 
 def aggregate_seeds(entries: list[dict], seeds: list[int]) -> dict:
     """One results entry from an experiment's per-seed entries: each metric's mean over the
     seeds under "methods", its standard deviation (ddof 0) under "std", and every seed's own
-    methods, per-class accuracies and details under "seeds"."""
-    out = {k: v for k, v in entries[0].items() if k not in ("methods", "per_class", "details")}
+    methods, per-class accuracies and details under "seeds". What validation kept is listed
+    per seed ("kept": one per seed); calibration numbers are averaged, their bins pooled."""
+    out = {k: v for k, v in entries[0].items() if k not in ("methods", "per_class", "details", "calibration")}
     out["methods"], out["std"] = {}, {}
     for name in entries[0]["methods"]:
         rows = [e["methods"][name] for e in entries]
         mean, std = {}, {}
+        if "kept" in rows[0]:
+            mean["kept"] = [r.get("kept") for r in rows]
         for metric in rows[0]:
-            if metric == "k":
+            if metric in ROW_DETAILS:
                 continue
             vals = [r[metric] for r in rows if r.get(metric) is not None]
             mean[metric] = float(np.mean(vals)) if vals else None
@@ -76,8 +89,11 @@ def aggregate_seeds(entries: list[dict], seeds: list[int]) -> dict:
         out["methods"][name], out["std"][name] = mean, std
     out["per_class"] = entries[0]["per_class"]  # the served (first) seed's
     out["details"] = entries[0]["details"]
-    out["seeds"] = [{"seed": s, "num_test": e["num_test"], "methods": e["methods"],
-                     "per_class": e["per_class"], "details": e["details"]} for s, e in zip(seeds, entries)]
+    out["calibration"] = {name: pool([e["calibration"][name] for e in entries])
+                          for name in entries[0].get("calibration", {})}
+    out["seeds"] = [{"seed": s, "num_test": e["num_test"], "methods": e["methods"], "per_class": e["per_class"],
+                     "details": e["details"], "calibration": e.get("calibration", {})}
+                    for s, e in zip(seeds, entries)]
     return out
 
 
@@ -127,6 +143,9 @@ def _reevaluate_experiment(run, record: dict, entry: dict) -> None:
             metrics, served["per_class"][name] = prediction_metrics(
                 f[f"logits_{name}"].argmax(1), labels, entry["class_counts"])
             served["methods"][name].update(metrics)
+            if name in served.get("calibration", {}):
+                served["calibration"][name] = calibration_record(
+                    method_logits(name, f[f"logits_{name}"]), labels, served["calibration"][name]["temperature"])
     if "seeds" in entry:
         entry.update(aggregate_seeds([{**entry, **s} for s in entry["seeds"]],
                                      [s["seed"] for s in entry["seeds"]]))

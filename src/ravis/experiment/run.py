@@ -144,6 +144,8 @@ def write_experiment_outputs(folder: ExperimentFolder, prep: Prepared, entry: di
     for name, r in methods.items():
         if get_method(name).attends and r.attention is not None:
             arrays[f"attention_{name}"] = r.attention.astype(np.float16)
+        if r.vote_weights is not None:  # what the gallery's evidence reads (ravis.explain)
+            arrays[f"vote_weights_{name}"] = r.vote_weights.astype(np.float16)
         if r.test_neighbors is not None:  # its attention is over neighbours of its own
             arrays[f"neighbors_{name}"], arrays[f"similarities_{name}"] = r.test_neighbors
     with atomic_path(folder.predictions) as tmp:

@@ -10,6 +10,7 @@ what the steps share (the method, its inputs, the validation split, the choices 
     choose_posthoc   the post-hoc logit adjustment, on validation
     keep_simplest    for a model that reads labels: the trained model, or the vote it starts
                      as, whichever validation prefers by more than the margin
+    calibrate        the temperature of the kept model's probabilities, on validation
     evaluate         the test metrics, accuracy versus k and versus memory size
 
 Every tuned value is chosen on the validation split; the test labels are read only to score
@@ -32,7 +33,8 @@ import torch
 from ..config import TrainConfig
 from ..encoders import create_text_encoder
 from ..encoders.embed import embed_texts
-from ..evaluation.metrics import paired_gain, prediction_metrics, selection_score
+from ..evaluation.calibration import calibration_record, fit_temperature
+from ..evaluation.metrics import paired_gain, prediction_metrics, sample_weights, selection_score
 from ..fusion import RetrievalClassifier, build_model
 from ..io import stable_hash
 from ..methods import method
@@ -63,6 +65,7 @@ def train_method(name: str, prep: Prepared, cache_dir: Path, text_encoder: str, 
     run.choose_posthoc()
     if run.reads_labels and len(run.val):
         run.keep_simplest()
+    run.calibrate()
     return run.model, run.evaluate()
 
 
@@ -97,7 +100,7 @@ class MethodRun:
         # what the steps choose
         self.model: RetrievalClassifier | None = None
         self.tau, self.key, self.details, self.warm = 0.0, "", {}, None
-        self.posthoc_tau = 0.0
+        self.posthoc_tau, self.temperature = 0.0, 1.0
         self.encoder_net, self.test_neighbors = None, None
 
     # -- inputs --------------------------------------------------------------------------------
@@ -308,17 +311,29 @@ class MethodRun:
         self.model = self.model if which == "trained" else untrained[which]
         self.posthoc_tau = tau
 
+    def calibrate(self) -> None:
+        """The temperature that makes the kept model's validation probabilities honest
+        (:mod:`ravis.evaluation.calibration`), each image weighted as the selection score
+        weighs it, so a long-tailed validation split is calibrated for the balanced test set
+        that score stands for. Without a validation split the temperature stays 1."""
+        if not len(self.val):
+            return
+        labels = self.val.labels.numpy()
+        logits = predict(self.model, self.val, self.memory)[0] - self.posthoc_tau * self.prior
+        self.temperature = fit_temperature(logits, labels, sample_weights(labels, self.metric))
+
     # -- evaluate ------------------------------------------------------------------------------
     def evaluate(self) -> MethodResult:
         """The kept model's test predictions and metrics, and its accuracy versus k and
         versus memory size."""
         adjust = self.posthoc_tau * self.prior
-        logits, attn = predict(self.model, self.test, self.test_memory)
+        logits, attn, vote_weights = predict(self.model, self.test, self.test_memory, votes=True)
         logits = logits - adjust
         labels = self.prep.test.dataset.labels
         metrics, per_class = prediction_metrics(logits.argmax(1), labels, self.prep.class_counts)
         details = {"tau": self.tau, "posthoc_tau": self.posthoc_tau, "select_on": self.metric,
-                   **({"label_k": self.label_k} if self.label_k else {}), **self.details}
+                   **({"label_k": self.label_k} if self.label_k else {}), **self.details,
+                   "calibration": calibration_record(logits, labels, self.temperature)}
         if self.spec.reads_memory:
             k = int(self.test.neighbors.shape[1])
             curve = accuracy_vs_k(self.model, self.test, self.test_memory,
@@ -332,7 +347,7 @@ class MethodRun:
                 details["accuracy_vs_memory"] = memory_curve.model_curve(
                     self.model, self.prep, adjust, self.reads_labels, metrics["top1"])
         return MethodResult(metrics=metrics, per_class=per_class, details=details, logits=logits,
-                            attention=attn, encoder=self.encoder_net, test_neighbors=self.test_neighbors)
+                            attention=attn, vote_weights=vote_weights, encoder=self.encoder_net, test_neighbors=self.test_neighbors)
 
 
 def rac_values(prep: Prepared, cache_dir: Path, text_encoder_spec: str) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,8 @@ test result."""
 
 from __future__ import annotations
 
-from ..evaluation.metrics import prediction_metrics, selection_score
+from ..evaluation.calibration import calibration_record, fit_temperature, vote_logits
+from ..evaluation.metrics import prediction_metrics, sample_weights, selection_score
 from ..fusion import knn_vote
 from . import memory_curve
 from .prepare import Prepared
@@ -37,10 +38,16 @@ def vote_result(prep: Prepared) -> MethodResult:
     best_k, note = vote_k(prep)
     test_nl = prep.neighbor_labels("test")
     labels = prep.test.dataset.labels
+    train_votes = knn_vote(prep.train_D, prep.neighbor_labels("train"), prep.num_classes, best_k,
+                           r.vote_temperature)  # leave-one-out, as k was chosen
+    train_labels = prep.train.dataset.labels
+    temperature = fit_temperature(vote_logits(train_votes), train_labels,
+                                  sample_weights(train_labels, selection_metric(prep.config)))
     by_k = {k: knn_vote(prep.test_D, test_nl, prep.num_classes, k, r.vote_temperature) for k in _vote_ks(prep)}
     curve = {k: float((by_k[k].argmax(1) == labels).mean()) for k in by_k}
     metrics, per_class = prediction_metrics(by_k[best_k].argmax(1), labels, prep.class_counts)
-    details = {"k": best_k, "accuracy_vs_k": curve, "note": note}
+    details = {"k": best_k, "accuracy_vs_k": curve, "note": note,
+               "calibration": calibration_record(vote_logits(by_k[best_k]), labels, temperature)}
     if r.memory_curve:
         details["accuracy_vs_memory"] = memory_curve.vote_curve(prep, best_k, metrics["top1"])
     return MethodResult(metrics=metrics, per_class=per_class, details=details, logits=by_k[best_k])

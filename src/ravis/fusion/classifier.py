@@ -4,6 +4,7 @@ as the kNN vote (:class:`RetrievalClassifier`)."""
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -81,17 +82,40 @@ class RetrievalClassifier(nn.Module):
         so it neither favours nor holds them back) plus their vote; without, they cannot be
         predicted (-inf). ``new_counts`` (num_classes - C,), their entries in the memory,
         balances their vote as the trained classes' is (see :meth:`label_votes`)."""
+        terms = self.terms(z, keys, values, labels, num_classes, new_counts, by_neighbour=False)
+        return terms.logits, terms.attention
+
+    def terms(self, z: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+              labels: torch.Tensor | None = None, num_classes: int | None = None,
+              new_counts: torch.Tensor | None = None, by_neighbour: bool = True) -> "Terms":
+        """:meth:`forward`'s logits as the sum of their additive terms (:class:`Terms`):
+        what an explanation shows is what produced the scores. ``by_neighbour`` False skips
+        the per-neighbour split of a linear fusion (k times its arithmetic; training needs
+        only the sum)."""
         f, attn = self.fusion(z, keys, values)
-        logits = self.head(self.hidden(f))  # (B, C)
+        contribution = None
+        if by_neighbour and hasattr(self.fusion, "split") and isinstance(self.hidden, nn.Identity):
+            # f is linear in the values (mean kNN): the head's logits split exactly into the
+            # query's term and each neighbour's
+            f, by_neighbour = self.fusion.split(z, keys, values)  # (B, d), (B, k, d)
+            contribution = by_neighbour @ self.head.weight.T  # (B, k, C)
+        head = self.head(self.hidden(f))  # (B, C)
         extra = (num_classes or self.num_classes) - self.num_classes
         if extra > 0:
-            fill = logits.mean(dim=1, keepdim=True) if self.label_weight is not None else \
-                torch.full_like(logits[:, :1], float("-inf"))
-            logits = torch.cat([logits, fill.expand(-1, extra)], dim=1)  # (B, C + extra)
+            fill = head.mean(dim=1, keepdim=True) if self.label_weight is not None else \
+                torch.full_like(head[:, :1], float("-inf"))
+            head = torch.cat([head, fill.expand(-1, extra)], dim=1)  # (B, C + extra)
+        memory = vote_weight = None
+        if contribution is not None and extra <= 0:
+            memory = contribution.sum(dim=1)
+        elif contribution is not None:  # a class the head never saw takes no neighbour's share
+            memory = torch.cat([contribution.sum(dim=1), head.new_zeros((head.shape[0], extra))], dim=1)
         if self.label_weight is not None:
-            votes = self.label_votes(z, keys, labels, num_classes, new_counts)
-            logits = logits + self.label_weight * torch.log(votes + self.label_eps)
-        return logits, attn
+            vote_weight = self.vote_weights(z, keys, labels, num_classes, new_counts)
+            votes = vote_weight.new_zeros((vote_weight.shape[0], head.shape[1]))
+            votes = votes.scatter_add_(1, labels.clamp(min=0), vote_weight)  # (B, C)
+            memory = self.label_weight * torch.log(votes + self.label_eps)
+        return Terms(head, memory, vote_weight, attn, contribution)
 
     @property
     def balances_votes(self) -> bool:
@@ -101,7 +125,15 @@ class RetrievalClassifier(nn.Module):
 
     def label_votes(self, z: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor | None,
                     num_classes: int | None = None, new_counts: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C) the learned vote's mass per class (C: ``num_classes``, default the trained).
+        """(B, C) the learned vote's mass per class (C: ``num_classes``, default the trained):
+        :meth:`vote_weights` summed by the class each neighbour votes for."""
+        weight = self.vote_weights(z, keys, labels, num_classes, new_counts)
+        votes = weight.new_zeros((weight.shape[0], max(num_classes or 0, self.num_classes)))
+        return votes.scatter_add_(1, labels.clamp(min=0), weight)  # (B, C)
+
+    def vote_weights(self, z: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor | None,
+                     num_classes: int | None = None, new_counts: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, k) each neighbour's share of the vote (0 for one that does not vote).
 
         A balanced vote divides a class beyond the trained ones by its entry count in
         ``new_counts`` where given, else by the trained classes' mean count. The mean holds a
@@ -117,9 +149,8 @@ class RetrievalClassifier(nn.Module):
         scores = scores.masked_fill(~votes_mask, float("-inf"))
         # a query with no labelled neighbour gets no votes (softmax over nothing is NaN)
         weight = scores.softmax(dim=-1).nan_to_num(0.0)  # (B, k)
-        width = max(num_classes or 0, self.num_classes)
         if self.balances_votes:
-            extra = width - self.num_classes
+            extra = max(num_classes or 0, self.num_classes) - self.num_classes
             fill = self.label_counts.mean().expand(extra) if new_counts is None else \
                 torch.as_tensor(new_counts, dtype=self.label_counts.dtype, device=z.device).clamp(min=1)
             if fill.shape != (extra,):
@@ -127,5 +158,25 @@ class RetrievalClassifier(nn.Module):
             counts = torch.cat([self.label_counts, fill])
             weight = weight / counts[labels.clamp(min=0)]
             weight = weight / weight.sum(dim=1, keepdim=True).clamp(min=torch.finfo(weight.dtype).tiny)
-        votes = weight.new_zeros((weight.shape[0], width))
-        return votes.scatter_add_(1, labels.clamp(min=0), weight)  # (B, C)
+        return weight
+
+
+class Terms(NamedTuple):
+    """A :class:`RetrievalClassifier`'s logits as additive terms: ``logits = head + memory``.
+
+    ``head`` (B, C) is the classifier on the fused embedding f (for MAM it reads the memory
+    through the attention, which mixes values into f); ``memory`` (B, C) the label evidence
+    ``beta * log(eps + votes)``, None without it; ``vote_weight`` (B, k) each neighbour's share
+    of that vote; ``attention`` (B, L, k) the fusion module's weights. Where f is linear in
+    the values (mean kNN), ``head`` is the classifier on the query's part of f and ``memory``
+    the sum of ``contribution`` (B, k, C), each neighbour's term."""
+
+    head: torch.Tensor
+    memory: torch.Tensor | None
+    vote_weight: torch.Tensor | None
+    attention: torch.Tensor
+    contribution: torch.Tensor | None = None
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self.head if self.memory is None else self.head + self.memory

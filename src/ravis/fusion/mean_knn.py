@@ -24,3 +24,9 @@ class MeanKNN(nn.Module):
         f = z + self.chi(values.mean(dim=1))  # (B, d)
         attn = values.new_full((B, 1, k), 1.0 / k)
         return f, attn
+
+    def split(self, z: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
+        """f as the query's part (B, d) plus each neighbour's (B, k, d): Eq. 4 is linear in
+        the values, so an explanation can give every neighbour its exact share."""
+        k = values.shape[1]
+        return z + self.chi.bias, (values @ self.chi.weight.T) / k

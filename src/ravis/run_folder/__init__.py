@@ -9,12 +9,14 @@ level, :class:`RunFolder` and :class:`ExperimentFolder`. No other module names i
         predictions.npz          test logits per method, neighbours, similarities, attention
         test_ids.json            ids of the test images, in the rows of predictions.npz
         test_thumbnails.parquet  id -> small image of each test image (the report's gallery)
+        test_samples.parquet     id -> a few test images at full resolution (the page's samples)
         shots.png, accuracy_vs_k.png
         memory/<part>/           memory parts made from the experiment's own dataset (and, with
                                  --copy-memory, copies of the memory folders it read), each in
                                  the one on-disk memory format (ravis.memory.sharded)
         serving.json             class names, k, index spec, each method's post-hoc logit
-                                 adjustment, and the memory: every part's path and digest
+                                 adjustment, temperature and what validation kept, and
+                                 the memory: every part's path and digest
         memory-edits.log         edits made after the run (ravis memory edit, ravis.memory.edit_log)
     report.html, report/*.png    written by ``ravis report`` (and by the demo)
 
@@ -191,8 +193,8 @@ class RunFolder:
 class ExperimentFolder:
     """One experiment's folder of a run (see the module doc)."""
 
-    SERVING, PREDICTIONS, TEST_IDS, TEST_THUMBNAILS = (
-        "serving.json", "predictions.npz", "test_ids.json", "test_thumbnails.parquet")
+    SERVING, PREDICTIONS, TEST_IDS, TEST_THUMBNAILS, TEST_SAMPLES = (
+        "serving.json", "predictions.npz", "test_ids.json", "test_thumbnails.parquet", "test_samples.parquet")
     SHOTS, ACCURACY_VS_K, MEMORY, EDIT_LOG = "shots.png", "accuracy_vs_k.png", "memory", "memory-edits.log"
 
     def __init__(self, run: RunFolder, name: str):
@@ -224,6 +226,10 @@ class ExperimentFolder:
     @property
     def test_thumbnails(self) -> Path:
         return self.path / self.TEST_THUMBNAILS
+
+    @property
+    def test_samples(self) -> Path:
+        return self.path / self.TEST_SAMPLES
 
     @property
     def serving(self) -> Path:

@@ -60,7 +60,9 @@ class Service:
     def chosen(self, request: Request) -> Predictor:
         """The model a request names (``?experiment=&method=``; default: the started one)."""
         q = request.query_params
-        return self.models.get(q.get("experiment") or None, q.get("method") or None)
+        experiment = q.get("experiment") or None
+        self.models.require_experiment(experiment)
+        return self.models.get(experiment, q.get("method") or None)
 
 
 def create_app(predictor: Predictor, *, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -149,23 +151,28 @@ def _prediction_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/models")
     def list_models():
-        return {"default": {"experiment": default.experiment.name, "method": default.method},
+        return {"default": {"experiment": default.experiment.name, "method": default.method,
+                            "label": default.method_label},
                 "models": service.models.choices()}
 
     @app.get("/samples")
     def samples(request: Request):
-        name = request.query_params.get("experiment") or default.experiment.name
+        q = request.query_params
+        service.models.require_experiment(q.get("experiment") or None)
+        name, method = q.get("experiment") or default.experiment.name, q.get("method") or None
         where = urlencode({"experiment": name})
-        return {"experiment": name,
-                "samples": [{"id": i, "label": label, "url": f"/samples/{j}?{where}"}
-                            for j, (i, label, _) in enumerate(service.models.samples(name))]}
+        found = service.models.samples(name, method)
+        return {"experiment": name, "note": None if found else service.models.samples_note(name),
+                "samples": [{"id": x["id"], "row": x["row"], "label": x["label"], "evaluated": x["evaluated"],
+                             "url": f"/samples/{j}?{where}"} for j, x in enumerate(found)]}
 
     @app.get("/samples/{index}")
     def sample(index: int, request: Request):
+        service.models.require_experiment(request.query_params.get("experiment") or None)
         found = service.models.samples(request.query_params.get("experiment") or None)
         if not 0 <= index < len(found):
-            raise ApiError(404, "unknown_sample", f"no sample {index}")
-        data = found[index][2]
+            raise ApiError(404, "unknown_sample", f"no sample {index}; GET /samples lists {len(found)}")
+        data = found[index]["image"]
         return Response(data, media_type=media_type(data), headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/memory/rows/{row}/thumbnail")
@@ -183,6 +190,7 @@ def _status_routes(app: FastAPI, service: Service) -> None:
     def healthz(request: Request):
         p = service.chosen(request)  # the started model, or the one ?experiment=&method= names
         return {"status": "ok", "experiment": p.experiment.name, "method": p.method,
+                "method_label": p.method_label, "kept": p.kept, "calibrated": p.calibrated,
                 "memory_size": p.memory.live_count, "edits_allowed": service.edit_token is not None,
                 "k": p.k, "classes": len(p.all_class_names), "max_upload_bytes": service.max_bytes,
                 "max_pixels": service.max_pixels}

@@ -2,8 +2,9 @@
 each loaded on first use (a memory is opened memory-mapped, so an idle one costs little).
 
 Requests choose with ``?experiment=NAME&method=NAME`` (default: the model ``ravis serve`` was
-started with); ``GET /models`` lists the choices and ``GET /samples`` a few test images of
-the chosen experiment for the page to offer.
+started with); ``GET /models`` lists the choices, each named by what is served, and
+``GET /samples`` a few test images of the chosen experiment, with the prediction the run
+evaluated for each, for the page to offer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import numpy as np
 
 from .uploads import ApiError
 
-SAMPLES = 8  # test images offered per experiment: the first of as many classes
 
 
 class ServedModels:
@@ -27,12 +27,14 @@ class ServedModels:
         self._options = dict(load_options or {})
         self._loaded = {(default.experiment.name, default.method): default}
         self._lock = threading.Lock()
-        self._samples: dict[str, list[tuple[str, str, bytes]]] = {}
+        self._samples: dict[tuple[str, str], list[dict]] = {}
 
     def choices(self) -> list[dict]:
-        """Every (experiment, method) this server can serve; without a run folder, the one."""
+        """Every (experiment, method) this server can serve, with the name of what is served
+        ("label"); without a run folder, the one."""
         if self.run_dir is None:
-            return [{"experiment": self.default.experiment.name, "method": self.default.method}]
+            return [{"experiment": self.default.experiment.name, "method": self.default.method,
+                     "label": self.default.method_label}]
         from ..methods import method as get_method
         from ..run_folder import RunFolder
 
@@ -42,8 +44,27 @@ class ServedModels:
             for m in exp.methods:
                 # a fine-tuned model (its encoder beside it) is not servable yet
                 if get_method(m).servable and folder.has_servable_weights(m):
-                    out.append({"experiment": exp.name, "method": m})
+                    out.append({"experiment": exp.name, "method": m, "label": self._label(folder, m)})
         return out
+
+    @staticmethod
+    def _label(folder, method: str) -> str:
+        """What is served as ``method`` by name ("MAM (memory attention), kept: kNN vote")."""
+        from ..evaluation.tables import served_label
+
+        kept = folder.read_serving().get("kept", {}).get(method) if folder.serving.is_file() else None
+        return served_label(method, kept)
+
+    def require_experiment(self, name: str | None) -> None:
+        """Refuses (404 unknown_experiment) an experiment this server does not offer, listing
+        those it does; None (the started one) passes."""
+        if self.run_dir is None:
+            names = [self.default.experiment.name]
+        else:
+            names = [e.name for e in self.default.config.experiments]
+        if name is not None and name not in names:
+            raise ApiError(404, "unknown_experiment", f"this server has no experiment {name!r}; "
+                                                      f"it has {names} (GET /models lists the models)")
 
     def get(self, experiment: str | None = None, method: str | None = None):
         """The predictor of ``experiment`` / ``method`` (None: the started one's)."""
@@ -51,7 +72,7 @@ class ServedModels:
         with self._lock:
             if key in self._loaded:
                 return self._loaded[key]
-            if {"experiment": key[0], "method": key[1]} not in self.choices():
+            if not any((c["experiment"], c["method"]) == key for c in self.choices()):
                 raise ApiError(404, "unknown_model", f"this server has no model {key[1]!r} of "
                                                      f"experiment {key[0]!r}; GET /models lists them")
             from ..predictor import Predictor
@@ -60,38 +81,53 @@ class ServedModels:
             self._loaded[key] = predictor
             return predictor
 
-    def samples(self, experiment: str | None = None) -> list[tuple[str, str, bytes]]:
-        """(test id, true class, image bytes) of a few test images: the first test image of
-        each of the first SAMPLES classes, from the run's thumbnails."""
-        name = experiment or self.default.experiment.name
-        if name not in self._samples:
-            self._samples[name] = self._read_samples(name)
-        return self._samples[name]
+    def samples(self, experiment: str | None = None, method: str | None = None) -> list[dict]:
+        """A few of the experiment's test images, at full resolution (the run folder's stored
+        copies): each with its id, test row, true class, image bytes, and the prediction the
+        run evaluated for ``method`` (default: the started one's) with its calibrated
+        probability, which uploading the image gives again."""
+        key = (experiment or self.default.experiment.name, method or self.default.method)
+        if key not in self._samples:
+            self._samples[key] = self._read_samples(*key)
+        return self._samples[key]
 
-    def _read_samples(self, name: str) -> list[tuple[str, str, bytes]]:
+    def _read_samples(self, name: str, method: str) -> list[dict]:
         if self.run_dir is None:
             return []
+        from ..evaluation.calibration import softmax
         from ..run_folder import RunFolder
         from ..thumbnails import ThumbnailStore
 
         folder = RunFolder(self.run_dir).experiment(name)
-        try:
-            ids = folder.read_test_ids()
-            with np.load(folder.predictions) as f:
-                labels = f["labels"]
-            store = ThumbnailStore.open(folder.test_thumbnails)
-        except (OSError, KeyError, ValueError):  # an older run folder: no samples to offer
+        if not folder.test_samples.is_file():  # a folder from before samples were stored
             return []
-        names = self.get(name).class_names
-        out, seen = [], set()
-        for i, y in zip(ids, labels):
-            found = store.get(i)
-            if found and int(y) not in seen:
-                seen.add(int(y))
-                out.append((i, names[int(y)], found[0]))
-            if len(out) == SAMPLES:
-                break
+        store = ThumbnailStore.open(folder.test_samples)
+        row_of = {i: r for r, i in enumerate(folder.read_test_ids())}
+        info = folder.read_serving()
+        names, temperature = info["class_names"], float(info.get("temperature", {}).get(method, 1.0))
+        with np.load(folder.predictions, allow_pickle=False) as f:
+            labels = f["labels"]
+            logits = f[f"logits_{method}"] if f"logits_{method}" in f else None
+        out = []
+        for i in store.ids():
+            row = row_of[i]
+            evaluated = None
+            if logits is not None:
+                probs = softmax(logits[row] / temperature)
+                evaluated = {"prediction": names[int(probs.argmax())], "probability": float(probs.max())}
+            out.append({"id": i, "row": row, "label": names[int(labels[row])], "image": store.get(i)[0],
+                        "evaluated": evaluated})
         return out
+
+    def samples_note(self, experiment: str | None = None) -> str | None:
+        """Why an experiment offers no samples, where it offers none (None otherwise)."""
+        if self.run_dir is None:
+            return "served without a run folder: no test images to offer"
+        from ..run_folder import RunFolder
+
+        if not RunFolder(self.run_dir).experiment(experiment or self.default.experiment.name).test_samples.is_file():
+            return "this run folder was written before ravis stored test images for the page: rerun it to get them"
+        return None
 
 
 __all__ = ["ServedModels"]

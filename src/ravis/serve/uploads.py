@@ -36,6 +36,8 @@ class ApiError(Exception):
 
 
 _FIELDS = ("image", "file")  # multipart field names accepted for the upload
+_SEND = ("send multipart/form-data with an 'image' file field, application/json with a base64 "
+         "'image', or an image/* body")
 
 # The HTTP answer to each way an upload fails to decode (BadImageError.kind).
 _UPLOAD_ERRORS = {"empty": (400, "empty_upload"), "not_an_image": (400, "not_an_image"),
@@ -47,13 +49,17 @@ def image_from_upload(data: bytes, name: str = "upload", max_pixels: int = DEFAU
     :func:`ravis.data.images.open_image`, the decoder every dataset uses.
 
     Raises:
-        ApiError: 400 empty_upload / not_an_image / truncated_image, 413 too_many_pixels.
+        ApiError: 400 empty_upload / not_an_image / truncated_image, 413 too_many_pixels
+            (naming ``max_pixels``, the server's ``--max-pixels``).
     """
     try:
         return open_image(data, max_pixels, where=name)
     except BadImageError as e:
         status, kind = _UPLOAD_ERRORS.get(e.kind, (400, "truncated_image"))
-        raise ApiError(status, kind, str(e)) from e
+        message = str(e)
+        if kind == "too_many_pixels":  # the limit the client can act on is this server's
+            message = f"{name}: the image exceeds this server's limit of {max_pixels:,} pixels (--max-pixels)"
+        raise ApiError(status, kind, message) from e
 
 
 def json_object(body: bytes) -> dict:
@@ -106,9 +112,9 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str, dic
     """
     mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if mime not in ("multipart/form-data", "application/json") and not mime.startswith("image/"):
-        raise ApiError(415, "unsupported_media_type",
-                       f"Content-Type {mime or '(none)'} is not accepted: send multipart/form-data with "
-                       "an 'image' file field, application/json with a base64 'image', or an image/* body")
+        if _no_body(request):  # nothing sent at all: say what to send, not what type it lacks
+            raise ApiError(400, "missing_image", f"the request has no image: {_SEND}")
+        raise ApiError(415, "unsupported_media_type", f"Content-Type {mime or '(none)'} is not accepted: {_SEND}")
     cap = max_bytes * 4 // 3 + 64 * 1024
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > cap:
@@ -129,6 +135,12 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str, dic
     if len(data) > max_bytes:
         raise _too_large(len(data), max_bytes)
     return data, name, fields
+
+
+def _no_body(request: Request) -> bool:
+    """Whether the request carries no body (no length or length 0, and not chunked)."""
+    headers = request.headers
+    return headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
 
 
 DISCARD_LIMIT = 64 * 1024 * 1024

@@ -271,20 +271,24 @@ def fit(model: torch.nn.Module, data: FitData, cfg: TrainConfig, *, tau: float,
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, queries: QuerySet, memory: MemoryTensors,
-            batch_size: int = 1024, buffers: BatchBuffers | None = None) -> tuple[np.ndarray, np.ndarray]:
+            batch_size: int = 1024, buffers: BatchBuffers | None = None, *, votes: bool = False):
     """Raw logits (N, C) and attention (N, L, k) in evaluation mode (``buffers``: gather
-    arrays to reuse, as training passes its own)."""
+    arrays to reuse, as training passes its own); with ``votes``, also each neighbour's share
+    of the label evidence (N, k), None for a model without it."""
     model.eval()
-    logits, attns = [], []
+    logits, attns, shares = [], [], []
     buffers = buffers if buffers is not None else BatchBuffers()
     for start in range(0, len(queries), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(queries)))
         inputs, _ = to_model(model, *queries.batch(idx, memory, model.reads, buffers))
         with autocast(next(model.parameters()).device):
-            out, attn = model(*inputs)
-        logits.append(out.float().cpu().numpy())
-        attns.append(attn.float().cpu().numpy())
-    return np.concatenate(logits), np.concatenate(attns)
+            terms = model.terms(*inputs, by_neighbour=False)
+        logits.append(terms.logits.float().cpu().numpy())
+        attns.append(terms.attention.float().cpu().numpy())
+        if terms.vote_weight is not None:
+            shares.append(terms.vote_weight.float().cpu().numpy())
+    out = np.concatenate(logits), np.concatenate(attns)
+    return (*out, np.concatenate(shares) if shares else None) if votes else out
 
 
 def format_entry(entry: dict) -> str:

@@ -3,8 +3,15 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const FIRST_TILES = 12;  // the most attended neighbours shown before "show all"
-const state = { model: null, file: null, data: null, showAll: false };
+const FIRST_TILES = 12;  // the most decisive neighbours shown before "show all"
+const state = { model: null, file: null, data: null, showAll: false, sample: null };
+
+// How the tiles are ordered and what their bar shows, by the response's decided_by.
+const DECIDED = {
+  vote_weight: ["Neighbours by their share of the vote", "vote share"],
+  contribution: ["Neighbours by their term in the predicted class's score", "term"],
+  attention: ["Neighbours by attention (how much of each value was mixed into the embedding)", "attention"],
+};
 
 function el(tag, attrs = {}, children = []) {
   const node = document.createElement(tag);
@@ -31,15 +38,17 @@ function setStatus(id, text, isError = false) {
 async function loadModels() {
   try {
     const m = await (await fetch("/models")).json();
-    state.model = m.default;
+    state.model = { experiment: m.default.experiment, method: m.default.method };
     const select = $("model");
     select.replaceChildren(...m.models.map((c) => {
-      const option = el("option", { value: JSON.stringify(c), text: `${c.experiment} / ${c.method}` });
+      const option = el("option", { value: JSON.stringify({ experiment: c.experiment, method: c.method }),
+                                    text: `${c.experiment} / ${c.label || c.method}` });
       if (c.experiment === m.default.experiment && c.method === m.default.method) option.selected = true;
       return option;
     }));
     select.addEventListener("change", () => {
       state.model = JSON.parse(select.value);
+      state.sample = null;
       loadInfo();
       loadSamples();
       if (state.file) predict(state.file);
@@ -54,8 +63,9 @@ async function loadModels() {
 async function loadInfo() {
   try {
     const h = await (await fetch("/healthz" + query())).json();
-    $("model-info").textContent = `${h.experiment} / ${h.method}: ${h.classes} classes, k = ${h.k} neighbours; ` +
-      `served memory of ${h.memory_size} entries`;
+    $("model-info").textContent = `${h.experiment} / ${h.method_label || h.method}: ${h.classes} classes, ` +
+      `k = ${h.k} neighbours; served memory of ${h.memory_size} entries`;
+    $("kept-note").textContent = h.kept ? `Validation kept this model: ${h.kept.reason}.` : "";
     $("edit-section").hidden = !h.edits_allowed;
   } catch (e) {
     $("model-info").textContent = "model information unavailable";
@@ -64,22 +74,27 @@ async function loadInfo() {
 
 async function loadSamples() {
   try {
-    const s = await (await fetch("/samples" + (state.model ? `?experiment=${encodeURIComponent(state.model.experiment)}` : ""))).json();
-    $("samples").replaceChildren(...s.samples.map((x) => {
-      const img = el("img", { src: x.url, alt: x.label, title: `${x.id} (${x.label})` });
-      const button = el("button", { type: "button", class: "sample", "data-label": x.label }, [img]);
+    const s = await (await fetch("/samples" + query())).json();
+    $("samples").replaceChildren(...(s.samples || []).map((x) => {
+      const img = el("img", { src: x.url, alt: x.label, title: `${x.id}: true class ${x.label}` });
+      const caption = el("span", { class: "sample-label", text: x.label });
+      const button = el("button", { type: "button", class: "sample", "data-label": x.label, "data-id": x.id },
+                        [img, caption]);
       button.addEventListener("click", async () => {
         const blob = await (await fetch(x.url)).blob();
-        predict(new File([blob], x.id.split("/").pop() || "sample", { type: blob.type }));
+        state.sample = x;
+        predict(new File([blob], x.id.split("/").pop() || "sample", { type: blob.type }), true);
       });
       return button;
     }));
+    $("samples-note").textContent = s.note || "";
   } catch (e) {
     $("samples").replaceChildren();
   }
 }
 
-async function predict(file) {
+async function predict(file, fromSample = false) {
+  if (!fromSample) state.sample = null;
   state.file = file;
   $("preview").src = URL.createObjectURL(file);
   $("preview").hidden = false;
@@ -104,26 +119,31 @@ async function predict(file) {
   render();
 }
 
-function tile(n, prediction, maxWeight) {
+function tile(n, prediction, decided, maxWeight) {
   const image = n.thumbnail
     ? el("img", { src: n.thumbnail, alt: n.text, loading: "lazy" })
     : el("div", { class: "noimg", text: "no image" });
-  const perLayer = n.weights.length > 1 ? n.weights : [n.weight];
-  const bars = el("div", { class: "bars", title: "attention per layer: " + n.weights.map((w) => fmt(w)).join(", ") },
-    perLayer.filter((w) => w !== null).map((w) =>
-      el("div", { class: "bar" }, [el("div", { style: `width:${(100 * w / maxWeight).toFixed(1)}%` })])));
   const agrees = n.label !== null && n.label === prediction;
   const children = [
     image,
     el("div", { class: "text", text: n.text }),
     el("div", { class: "label", text: n.label && n.label !== n.text ? `label: ${n.label}` : `from ${n.source}` }),
-    bars,
-    el("div", { class: "meta" }, [
-      el("span", { class: "weight", text: `weight ${fmt(n.weight)}` }),
-      el("span", { class: "rank", text: `rank ${n.rank}` }),
-      el("span", { class: "sim", text: `similarity ${fmt(n.similarity, 2)}` }),
-    ]),
   ];
+  const meta = [];
+  if (decided) {
+    const value = n[decided] || 0;
+    const share = maxWeight > 0 ? Math.max(0, value) / maxWeight : 0;
+    children.push(el("div", { class: "bar", title: `${DECIDED[decided][1]} ${fmt(value)}` },
+                     [el("div", { style: `width:${(100 * share).toFixed(1)}%` })]));
+    meta.push(el("span", { class: "weight", text: `${DECIDED[decided][1]} ${fmt(value)}` }));
+  }
+  if (decided !== "attention" && n.attention !== null && n.attention !== undefined) {
+    meta.push(el("span", { class: "attention", title: "attention per layer: " + n.attention_by_layer.map((w) => fmt(w)).join(", "),
+                           text: `attention ${fmt(n.attention)}` }));
+  }
+  meta.push(el("span", { class: "rank", text: `rank ${n.rank}` }));
+  meta.push(el("span", { class: "sim", text: `similarity ${fmt(n.similarity, 2)}` }));
+  children.push(el("div", { class: "meta" }, meta));
   if (agrees) children.splice(1, 0, el("span", { class: "agree-badge", text: "agrees" }));
   if (n.source === "edits" && !$("edit-section").hidden) {
     const del = el("button", { type: "button", class: "delete", text: "delete" });
@@ -133,20 +153,50 @@ function tile(n, prediction, maxWeight) {
   return el("div", { class: "neighbor" + (agrees ? " agrees" : ""), "data-memory-id": n.memory_id }, children);
 }
 
+function evidenceTable(data) {
+  const names = [...new Set(data.evidence.flatMap((e) => Object.keys(e.parts)))];
+  const head = el("tr", {}, [el("th", { text: "class" }), el("th", { text: "score" }),
+                             ...names.map((n) => el("th", { text: n }))]);
+  const rows = data.evidence.map((e) => el("tr", {}, [
+    el("td", { text: e.class }), el("td", { text: fmt(e.score, 2) }),
+    ...names.map((n) => el("td", { text: fmt(e.parts[n], 2) }))]));
+  return [head, ...rows];
+}
+
 function render() {
   const data = state.data;
+  const top = data.top5[0];
   $("prediction").textContent = data.prediction;
+  $("explanation").textContent = data.explanation;
+  $("in-memory").textContent = data.in_memory
+    ? `This image is memory entry ${data.in_memory} (or a copy of it): its nearest neighbour is itself.` : "";
+  $("in-memory").hidden = !data.in_memory;
+  $("served-by").textContent = `Answered by ${data.experiment} / ${data.method_label}. ` +
+    (data.calibrated ? `Probabilities calibrated on validation (temperature ${fmt(data.temperature, 2)}).`
+                     : "Probabilities uncalibrated: this run recorded no temperature (fallback).");
   $("top5").replaceChildren(...data.top5.map((c) => el("li", {}, [
     el("span", { class: "pbar", style: `width:${Math.round(200 * c.probability)}px` }),
     el("span", { text: `${c.class} ${(100 * c.probability).toFixed(1)}%` }),
   ])));
+  $("evidence").replaceChildren(...evidenceTable(data));
+  const sample = state.sample;
+  $("sample-check").hidden = !sample;
+  if (sample) {
+    const same = sample.evaluated && sample.evaluated.prediction === data.prediction;
+    $("sample-check").textContent = `Test image ${sample.id}: true class ${sample.label}; the run evaluated ` +
+      (sample.evaluated ? `${sample.evaluated.prediction} (${(100 * sample.evaluated.probability).toFixed(1)}%)` : "nothing") +
+      (same ? ", as here." : ", which differs from this answer.");
+  }
   const t = data.timings_ms;
   $("timings").textContent = "time (ms): " + Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ");
   $("result").hidden = false;
 
-  const maxWeight = Math.max(...data.neighbors.map((n) => n.weight || 0), 1e-12);
+  const decided = data.decided_by;
+  $("neighbours-title").textContent = decided ? DECIDED[decided][0]
+    : "What retrieval found (this model reads no memory: these did not affect the answer)";
+  const maxWeight = decided ? Math.max(...data.neighbors.map((n) => n[decided] || 0), 1e-12) : 0;
   const shown = state.showAll ? data.neighbors : data.neighbors.slice(0, FIRST_TILES);
-  $("gallery").replaceChildren(...shown.map((n) => tile(n, data.prediction, maxWeight)));
+  $("gallery").replaceChildren(...shown.map((n) => tile(n, data.prediction, decided, maxWeight)));
   const more = data.neighbors.length > FIRST_TILES;
   $("show-all").hidden = !more;
   $("show-all").textContent = state.showAll ? `show the first ${FIRST_TILES}`
