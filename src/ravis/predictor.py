@@ -185,12 +185,9 @@ class Predictor:
         probs = _softmax(score / self.temperature)
         t3 = time.perf_counter()
         timings = {"encode": 1e3 * (t1 - t0), "search": 1e3 * (t2 - t1), "fuse": 1e3 * (t3 - t2)}
-        entries = self._entries(rows[found])
-        weights = {"attention": host(terms.attention), "vote_weight": host(terms.vote_weight),
-                   "contribution": host(terms.contribution)}
-        return [self._describe(b, score[b], {n: v[b] for n, v in parts.items()}, probs[b], D[b], rows[b],
-                               found[b], {n: None if v is None else v[b] for n, v in weights.items()},
-                               top_classes, top_neighbors, timings, batch, entries, names) for b in range(batch)]
+        out = _Batch(score, parts, probs, D, rows, found, host(terms.attention), host(terms.vote_weight),
+                     host(terms.contribution), timings, self._entries(rows[found]), names)
+        return [self._describe(out, b, top_classes, top_neighbors) for b in range(batch)]
 
     def _new_class_counts(self, names: list[str]) -> torch.Tensor | None:
         """(C' - C,) the memory's entries of each class beyond the trained ones, for a model
@@ -234,18 +231,20 @@ class Predictor:
         replaced the trained model by the vote (:func:`ravis.evaluation.tables.served_label`)."""
         return served_label(self.method, {"kept": self.kept["kept"]} if self.kept else None)
 
-    def _describe(self, b, score, parts, probs, D, rows, found, weights, top_classes, top_neighbors,
-                  timings, batch, entries, names) -> dict:
-        """One image's output: top classes, the evidence that ranked them, the neighbours in
+    def _describe(self, out: "_Batch", b: int, top_classes: int, top_neighbors: int | None) -> dict:
+        """Image ``b``'s output: top classes, the evidence that ranked them, the neighbours in
         the order of what decided, timings."""
-        attn, votes, contribution = weights["attention"], weights["vote_weight"], weights["contribution"]
+        names, rows = out.names, out.rows[b]
+        attn = out.attention[b]
+        votes = None if out.vote_weight is None else out.vote_weight[b]
+        contribution = None if out.contribution is None else out.contribution[b]
         attends = get_method(self.method).attends and attn.shape[0] > 0
         kind = kind_of(votes is not None, contribution is not None, attn.shape[0] if attends else 0)
-        ev = evidence(score, parts, names, top_classes)
+        ev = evidence(out.score[b], {n: v[b] for n, v in out.parts.items()}, names, top_classes)
         predicted = ev[0]["index"]
         neighbours = []
-        for j in np.flatnonzero(found):
-            n = self._neighbor(entries, int(rows[j]), int(j), float(D[j]))
+        for j in np.flatnonzero(out.found[b]):
+            n = self._neighbor(out.entries, int(rows[j]), int(j), float(out.D[b, j]))
             n["vote_weight"] = None if votes is None else float(votes[j])
             n["attention"] = float(attn[-1, j]) if attends else None
             n["attention_by_layer"] = [float(w) for w in attn[:, j]] if attends else None
@@ -260,7 +259,7 @@ class Predictor:
             "method_label": self.method_label,
             "kept": self.kept,
             "prediction": names[predicted],
-            "top5": [{"class": e["class"], "index": e["index"], "probability": float(probs[e["index"]])}
+            "top5": [{"class": e["class"], "index": e["index"], "probability": float(out.probs[b, e["index"]])}
                      for e in ev],
             "evidence": ev,
             "explanation": in_words(kind, ev, neighbours, self.kept and self.kept["kept"]),
@@ -270,8 +269,8 @@ class Predictor:
             "in_memory": in_memory(neighbours),
             "neighbors": neighbours[:top_neighbors],
             "k": len(rows),
-            "timings_ms": dict(timings),
-            "batch_size": batch,
+            "timings_ms": dict(out.timings),
+            "batch_size": len(out.rows),
         }
 
     @staticmethod
@@ -287,6 +286,25 @@ class Predictor:
             "similarity": similarity,
             "has_thumbnail": e["has_thumbnail"],
         }
+
+
+@dataclass
+class _Batch:
+    """One batch's model outputs, host arrays with the batch first, that each image's
+    description reads its row of."""
+
+    score: np.ndarray  # (B, C') the logits that rank the classes (after the prior adjustment)
+    parts: dict  # name -> (B, C') the additive terms of score
+    probs: np.ndarray  # (B, C') softmax(score / temperature)
+    D: np.ndarray  # (B, k) similarities
+    rows: np.ndarray  # (B, k) memory rows (0 where none was found)
+    found: np.ndarray  # (B, k) bool
+    attention: np.ndarray  # (B, L, k)
+    vote_weight: np.ndarray | None  # (B, k)
+    contribution: np.ndarray | None  # (B, k, C')
+    timings: dict
+    entries: dict
+    names: list
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
