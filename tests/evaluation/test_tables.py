@@ -4,7 +4,7 @@ from ravis.evaluation.tables import contamination_line, format_table
 
 
 def _entry(**extra):
-    return {"name": "fmnist-lt/A", "dataset": "fashion-mnist (long-tailed)", "memory": "train, label_prompt values",
+    return {"name": "fmnist-lt/A", "dataset": "fashion-mnist (long-tailed)", "memory": "the training split, label-prompt values, 2,478 entries",
             "k": 100, "methods": {"mam": {"many": 0.9, "mid": 0.8, "few": None, "top1": 0.85, "balanced": 0.84},
                                   "knn_vote": {"many": 0.7, "mid": 0.6, "few": 0.5, "top1": 0.6, "balanced": 0.6,
                                                "k": 20}}, **extra}
@@ -12,7 +12,7 @@ def _entry(**extra):
 
 def test_a_row_per_method_with_its_label_and_the_vote_s_k():
     lines = format_table(_entry()).splitlines()
-    assert lines[0].startswith("fmnist-lt/A  (dataset fashion-mnist (long-tailed), memory train, label_prompt values, k=100")
+    assert lines[0].startswith("fmnist-lt/A  (dataset fashion-mnist (long-tailed), memory the training split, label-prompt values, 2,478 entries, k=100")
     assert lines[1].split() == ["method", "many", "mid", "few", "all", "balanced"]
     assert lines[2].split() == ["MAM", "(memory", "attention)", "90.0", "80.0", "-", "85.0", "84.0"]
     assert lines[3].split() == ["kNN", "vote", "(k=20)", "70.0", "60.0", "50.0", "60.0", "60.0"]

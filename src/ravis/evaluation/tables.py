@@ -131,7 +131,9 @@ def lead_sentence(entry: dict, metric: str = "top1") -> str:
     rest = ranked[len(best):]
     seeds = len(entry.get("seeds", []))
     over = f"over {seeds} seeds" if seeds > 1 else "(one seed)"
-    label = lambda n: served_label(n, rows[n])
+    # quoted where the name has a comma of its own ("MAM ..., kept: kNN vote"), so a list of them reads
+    names = {n: served_label(n, rows[n]) for n in rows}
+    label = lambda n: f"“{names[n]}”" if ", " in names[n] else names[n]
     what = "top-1" if metric == "top1" else metric
     if len(best) == 1:
         head = f"{label(best[0])} leads with {shown[best[0]]} {what} {over}"

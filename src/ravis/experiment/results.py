@@ -13,6 +13,7 @@ import torch
 
 from ..evaluation.calibration import calibration_record, method_logits, pool
 from ..evaluation.metrics import prediction_metrics
+from ..evaluation.tables import memory_words
 from ..evaluation.plots import plot_shots
 
 
@@ -39,10 +40,7 @@ ROW_DETAILS = ("k", "kept")
 def summarise(prep, text_encoder: str, methods: dict[str, MethodResult]) -> dict:
     """The results.json entry of one prepared experiment (``prep``)."""
     exp = prep.config
-    mem = exp.memory
-    memory_desc = f"{mem.source}, {mem.values} values"
-    if mem.wrong_value_fraction:
-        memory_desc += f", {mem.wrong_value_fraction:.0%} wrong values"
+    memory_desc = memory_words(exp.memory, len(prep.memory))
     return {
         "name": exp.name,
         "dataset": exp.data.dataset + (" (long-tailed)" if exp.data.longtail else ""),

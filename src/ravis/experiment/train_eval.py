@@ -334,7 +334,11 @@ class MethodRun:
         details = {"tau": self.tau, "posthoc_tau": self.posthoc_tau, "select_on": self.metric,
                    **({"label_k": self.label_k} if self.label_k else {}), **self.details,
                    "calibration": calibration_record(logits, labels, self.temperature)}
-        if self.spec.reads_memory:
+        # RAC-style reads one embedding of its nearest neighbours' texts (retrieval.rac_texts),
+        # made once from the whole memory: fed fewer neighbours, or a smaller memory, its input
+        # would be the same, so it has neither curve (both once fed it the top neighbour's
+        # value instead: flat at 42.3% on Tux Paint for k = 1..50)
+        if self.spec.reads_memory and self.spec.extra is None:
             k = int(self.test.neighbors.shape[1])
             curve = accuracy_vs_k(self.model, self.test, self.test_memory,
                                   [c for c in self.exp.retrieval.k_curve if c < k], labels, adjust)
@@ -376,7 +380,7 @@ def accuracy_vs_k(model, test: QuerySet, memory: MemoryTensors, ks, labels, adju
         if k > test.neighbors.shape[1]:
             continue
         nl = None if test.neighbor_labels is None else test.neighbor_labels[:, :k]
-        sub = QuerySet(test.z, test.neighbors[:, :k], test.labels, None, nl)
+        sub = QuerySet(test.z, test.neighbors[:, :k], test.labels, test.direct_values, nl)
         out[int(k)] = float(((predict(model, sub, memory)[0] - adjust).argmax(1) == labels).mean())
     return out
 

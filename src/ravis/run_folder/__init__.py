@@ -121,8 +121,10 @@ class RunFolder:
         """Writes the completion record, last: the size and sha256 of every output file."""
         files = {p.relative_to(self.path).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in self._recorded_files()}
+        from .. import __version__
+
         save_json(self.path / self.COMPLETE, {"format": 1, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                              "files": files})
+                                              "ravis": __version__, "files": files})
 
     def _recorded_files(self) -> list[Path]:
         out = []
