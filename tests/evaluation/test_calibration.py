@@ -59,3 +59,21 @@ def test_vote_logits_give_eps_to_unvoted_classes_and_pool_averages_seeds():
     pooled = pool([a, b])
     assert pooled["temperature"] == 2.5 and sum(pooled["reliability"]["count"]) == 2000
     json.dumps(pooled)  # results.json takes it as it is
+
+
+def test_noisy_labels_calibrate_for_the_clean_ones():
+    """Labels flipped at a known rate (as data.label_noise flips them): fitted with that rate,
+    the temperature is the clean labels' one; fitted as if clean, the model comes out unsure."""
+    from ravis.data.noise import noisy_labels
+
+    x, clean = _planted(true_t=1.5)
+    noisy = noisy_labels(clean, 0.4, 10, seed=0)
+    assert fit_temperature(x, noisy, label_noise=0.4) == pytest.approx(fit_temperature(x, clean), rel=0.08)
+    assert fit_temperature(x, noisy) > 2 * fit_temperature(x, clean)
+
+
+def test_the_ece_floor_of_a_calibrated_model_matches_its_measured_ece():
+    x, labels = _planted(n=300, true_t=1.0)
+    record = calibration_record(x, labels, 1.0)
+    assert 0.02 < record["ece_floor"] < 0.12
+    assert record["ece"] < 3 * record["ece_floor"]

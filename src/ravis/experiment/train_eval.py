@@ -315,12 +315,15 @@ class MethodRun:
         """The temperature that makes the kept model's validation probabilities honest
         (:mod:`ravis.evaluation.calibration`), each image weighted as the selection score
         weighs it, so a long-tailed validation split is calibrated for the balanced test set
-        that score stands for. Without a validation split the temperature stays 1."""
+        that score stands for, and with the training labels' known noise rate
+        (``data.label_noise``) taken into account, so noisy labels calibrate for clean ones.
+        Without a validation split the temperature stays 1."""
         if not len(self.val):
             return
         labels = self.val.labels.numpy()
         logits = predict(self.model, self.val, self.memory)[0] - self.posthoc_tau * self.prior
-        self.temperature = fit_temperature(logits, labels, sample_weights(labels, self.metric))
+        self.temperature = fit_temperature(logits, labels, sample_weights(labels, self.metric),
+                                           self.exp.data.label_noise)
 
     # -- evaluate ------------------------------------------------------------------------------
     def evaluate(self) -> MethodResult:

@@ -42,7 +42,8 @@ def vote_result(prep: Prepared) -> MethodResult:
                            r.vote_temperature)  # leave-one-out, as k was chosen
     train_labels = prep.train.dataset.labels
     temperature = fit_temperature(vote_logits(train_votes), train_labels,
-                                  sample_weights(train_labels, selection_metric(prep.config)))
+                                  sample_weights(train_labels, selection_metric(prep.config)),
+                                  prep.config.data.label_noise)
     by_k = {k: knn_vote(prep.test_D, test_nl, prep.num_classes, k, r.vote_temperature) for k in _vote_ks(prep)}
     curve = {k: float((by_k[k].argmax(1) == labels).mean()) for k in by_k}
     metrics, per_class = prediction_metrics(by_k[best_k].argmax(1), labels, prep.class_counts)
