@@ -229,3 +229,40 @@ def test_serve_verb_binds_loopback_and_tunes_threads(tiny_run, monkeypatch, caps
     assert kw["host"] == "127.0.0.1" and kw["port"] == 8000
     assert {r.path for r in app.routes} >= {"/predict", "/", "/healthz", "/metrics", "/memory/rows/{row}/thumbnail"}
     assert "http://127.0.0.1:8000/" in capsys.readouterr().out
+
+
+def _kind(reply) -> tuple[int, str]:
+    return reply.status, reply.json()["error"]["kind"]
+
+
+def test_every_remaining_error_kind(served, query_png):
+    """The kinds no other test reaches, each with its status (the README lists them all)."""
+    client, _ = served
+    part = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + query_png + b"\r\n")
+    three = part * 3 + b"--b--\r\n"  # more files than a prediction takes
+    assert _kind(client.request("POST", "/predict", three, "multipart/form-data; boundary=b")) == (400, "bad_multipart")
+    bad_label = json.dumps({"image": base64.b64encode(query_png).decode(), "label": 3}).encode()
+    assert _kind(client.request("POST", "/predict", bad_label, "application/json")) == (400, "bad_field")
+    assert _kind(client.get("/healthz?method=nope")) == (404, "unknown_model")
+    assert _kind(client.get("/samples/99")) == (404, "unknown_sample")
+    assert _kind(client.request("DELETE", "/healthz")) == (405, "method_not_allowed")
+    assert _kind(client.get("/samples/x")) == (400, "bad_request")
+    assert _kind(client.get("/no/such/route")) == (404, "not_found")
+
+
+def test_samples_are_full_resolution_test_images_with_the_evaluated_prediction(served, tiny_run):
+    client, predictor = served
+    listed = client.get("/samples").json()
+    assert listed["note"] is None and len(listed["samples"]) == 8
+    ids = json.loads((tiny_run / "tiny-fmnist" / "test_ids.json").read_text())
+    with np.load(tiny_run / "tiny-fmnist" / "predictions.npz") as f:
+        labels, logits = f["labels"], f["logits_mam"]
+    for s in listed["samples"]:
+        assert ids[s["row"]] == s["id"] and s["label"] == predictor.class_names[labels[s["row"]]]
+        assert s["evaluated"]["prediction"] == predictor.class_names[int(logits[s["row"]].argmax())]
+        image = client.get(s["url"])
+        assert image.status == 200 and image.headers["content-type"] == "image/png"
+        out = client.post_file(image.body, "sample.png").json()
+        assert out["prediction"] == s["evaluated"]["prediction"]
+        assert out["top5"][0]["probability"] == pytest.approx(s["evaluated"]["probability"], abs=1e-4)

@@ -110,6 +110,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray 
     return float(math.exp((lo + hi) / 2))
 
 
+def fit_on(logits: np.ndarray, labels: np.ndarray, metric: str, label_noise: float = 0.0) -> float:
+    """The temperature of a method from its validation ``logits`` and ``labels``: each image
+    weighted as the selection ``metric`` weighs it (a long-tailed split stands for a balanced
+    test set), and with labels flipped at the known rate ``label_noise`` taken as such. Noisy
+    labels are not reweighted: in a long-tailed set a rare class's labels are mostly flips
+    from the common classes (fmnist-lt/noisy), and weighing them by the noisy class counts made
+    the temperature 1.6 and the clean test ECE 0.3."""
+    from .metrics import sample_weights
+
+    weights = None if label_noise else sample_weights(labels, metric)
+    return fit_temperature(logits, labels, weights, label_noise)
+
+
 def calibration_record(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
     """The results.json ``calibration`` entry of one method on the test split: ECE and NLL
     with and without its temperature, and the calibrated reliability bins."""
@@ -128,7 +141,6 @@ def ece_floor(probs: np.ndarray, draws: int = 100, seed: int = 0) -> float:
     floor, not miscalibration, can dominate the measured ECE."""
     conf = probs.max(1)
     which = np.clip(np.ceil(conf * BINS).astype(np.int64) - 1, 0, BINS - 1)
-    count = np.bincount(which, minlength=BINS)
     sums = np.bincount(which, weights=conf, minlength=BINS)
     rng = np.random.default_rng(seed)
     out = []
@@ -153,5 +165,5 @@ def pool(records: list[dict]) -> dict:
     return out
 
 
-__all__ = ["BINS", "calibration_record", "ece", "fit_temperature", "method_logits", "nll", "pool", "reliability", "softmax",
+__all__ = ["BINS", "calibration_record", "ece", "ece_floor", "fit_on", "fit_temperature", "method_logits", "nll", "pool", "reliability", "softmax",
            "vote_logits"]

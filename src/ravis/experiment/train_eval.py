@@ -33,8 +33,8 @@ import torch
 from ..config import TrainConfig
 from ..encoders import create_text_encoder
 from ..encoders.embed import embed_texts
-from ..evaluation.calibration import calibration_record, fit_temperature
-from ..evaluation.metrics import paired_gain, prediction_metrics, sample_weights, selection_score
+from ..evaluation.calibration import calibration_record, fit_on
+from ..evaluation.metrics import paired_gain, prediction_metrics, selection_score
 from ..fusion import RetrievalClassifier, build_model
 from ..io import stable_hash
 from ..methods import method
@@ -313,17 +313,14 @@ class MethodRun:
 
     def calibrate(self) -> None:
         """The temperature that makes the kept model's validation probabilities honest
-        (:mod:`ravis.evaluation.calibration`), each image weighted as the selection score
-        weighs it, so a long-tailed validation split is calibrated for the balanced test set
-        that score stands for, and with the training labels' known noise rate
-        (``data.label_noise``) taken into account, so noisy labels calibrate for clean ones.
-        Without a validation split the temperature stays 1."""
+        (:func:`ravis.evaluation.calibration.fit_on`: weighted as the selection score weighs
+        the split, with the training labels' known noise rate ``data.label_noise``). Without a
+        validation split the temperature stays 1."""
         if not len(self.val):
             return
         labels = self.val.labels.numpy()
         logits = predict(self.model, self.val, self.memory)[0] - self.posthoc_tau * self.prior
-        self.temperature = fit_temperature(logits, labels, sample_weights(labels, self.metric),
-                                           self.exp.data.label_noise)
+        self.temperature = fit_on(logits, labels, self.metric, self.exp.data.label_noise)
 
     # -- evaluate ------------------------------------------------------------------------------
     def evaluate(self) -> MethodResult:

@@ -3,8 +3,8 @@ test result."""
 
 from __future__ import annotations
 
-from ..evaluation.calibration import calibration_record, fit_temperature, vote_logits
-from ..evaluation.metrics import prediction_metrics, sample_weights, selection_score
+from ..evaluation.calibration import calibration_record, fit_on, vote_logits
+from ..evaluation.metrics import prediction_metrics, selection_score
 from ..fusion import knn_vote
 from . import memory_curve
 from .prepare import Prepared
@@ -41,9 +41,8 @@ def vote_result(prep: Prepared) -> MethodResult:
     train_votes = knn_vote(prep.train_D, prep.neighbor_labels("train"), prep.num_classes, best_k,
                            r.vote_temperature)  # leave-one-out, as k was chosen
     train_labels = prep.train.dataset.labels
-    temperature = fit_temperature(vote_logits(train_votes), train_labels,
-                                  sample_weights(train_labels, selection_metric(prep.config)),
-                                  prep.config.data.label_noise)
+    temperature = fit_on(vote_logits(train_votes), train_labels, selection_metric(prep.config),
+                         prep.config.data.label_noise)
     by_k = {k: knn_vote(prep.test_D, test_nl, prep.num_classes, k, r.vote_temperature) for k in _vote_ks(prep)}
     curve = {k: float((by_k[k].argmax(1) == labels).mean()) for k in by_k}
     metrics, per_class = prediction_metrics(by_k[best_k].argmax(1), labels, prep.class_counts)
