@@ -48,8 +48,15 @@ def test_text_names_the_model_that_answered(tiny_run, image, capsys):
 
 
 def test_no_image_is_refused(tiny_run, capsys):
-    assert main(["predict", str(tiny_run)]) == 2
-    assert "no image to predict: ravis predict RUN_DIR IMAGE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(tiny_run)])
+    assert e.value.code == 2 and "the following arguments are required: IMAGE" in capsys.readouterr().err
+
+
+def test_options_may_come_between_the_run_folder_and_the_images(tiny_run, image, capsys):
+    """As the README writes it: `ravis predict RUN --experiment NAME IMAGE`."""
+    assert main(["predict", str(tiny_run), "--experiment", "tiny-fmnist", str(image), "--json"]) == 0
+    assert main(["predict", "--json", "--run", str(tiny_run), str(image), "--experiment", "tiny-fmnist"]) == 0
 
 
 def test_several_experiments_need_one_named(two_experiments, image, capsys):

@@ -52,7 +52,7 @@ def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Runs one verb; returns the exit status: 0 done, 2 bad input (one line naming the
     problem), 1 a bug in ravis (with its traceback)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(runs.run_alias(list(sys.argv[1:] if argv is None else argv)))
     level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a model hub

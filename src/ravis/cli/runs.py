@@ -56,10 +56,12 @@ def _model_choice(p, what: str, default_experiment: str = "the first") -> None:
 
 def add_predict(sub) -> None:
     p = sub.add_parser("predict", help="top-5 classes of images, what decided them, and the neighbours it leaned on")
-    p.add_argument("run_dir", type=Path, help="a finished run folder (with --run: the first image)")
-    p.add_argument("images", nargs="*", type=Path, help="the image files to predict")
-    p.add_argument("--run", type=Path, default=None,
-                   help="the run folder, as an option (then every positional argument is an image)")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run folder")
+    # "+", not "*": "*" matches nothing before an option, and `predict RUN --experiment X
+    # IMAGE` would then refuse IMAGE
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="the image files to predict")
+    p.add_argument("--run", type=Path, default=None, metavar="RUN_DIR",
+                   help="the run folder as an option, the older form: the same as giving it first")
     _model_choice(p, "use", "the run's only one; a run of several needs it")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--neighbors", type=int, default=10,
@@ -69,13 +71,25 @@ def add_predict(sub) -> None:
     p.set_defaults(handler=predict)
 
 
+def run_alias(argv: list[str]) -> list[str]:
+    """``predict --run RUN IMAGE...`` (the older form) as ``predict RUN IMAGE...``: argparse
+    cannot take the run folder both as an option and as the first positional and still let
+    options come between the folder and the images."""
+    if not argv or argv[0] != "predict":
+        return argv
+    for i, a in enumerate(argv):
+        if a == "--run" and i + 1 < len(argv):
+            return [argv[0], argv[i + 1], *argv[1:i], *argv[i + 2:]]
+        if a.startswith("--run="):
+            return [argv[0], a.partition("=")[2], *argv[1:i], *argv[i + 1:]]
+    return argv
+
+
 def predict(args) -> None:
     from ..data import open_image
     from ..predictor import Predictor
 
-    run_dir, paths = (args.run, [args.run_dir, *args.images]) if args.run else (args.run_dir, args.images)
-    if not paths:
-        raise InputError("no image to predict: ravis predict RUN_DIR IMAGE [IMAGE ...]")
+    run_dir, paths = args.run_dir, args.images
     experiment = _check_choice(run_dir, args.experiment, args.method, one_experiment=True)
     predictor = Predictor.load(run_dir, experiment, args.method, args.cache, device=args.device)
     images = [open_image(p) for p in paths]
