@@ -282,13 +282,19 @@ def plot_memory_curve(entry: dict, path: Path) -> bool:
     ax.set_xscale("log")
     _ticks(ax.xaxis, sizes)
     ax.tick_params(axis="x", labelrotation=30)
-    ax.set_xlabel("memory size searched at test time (entries)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{entry['name']}: accuracy versus memory size")
+    return _finish(fig, ax, path, "memory size searched at test time (entries)", "top-1 accuracy (%)",
+                   f"{entry['name']}: accuracy versus memory size")
+
+
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> bool:
+    """Labels, grid and the legend beside the axes; saves and closes the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     _legend_beside(ax)
     _save(fig, path)
-    plt.close(fig)
+    _pyplot().close(fig)
     return True
 
 
@@ -315,14 +321,8 @@ def plot_reliability(entry: dict, path: Path) -> bool:
     _ticks(ax.yaxis, np.linspace(0, 1, 6), "{:.1f}")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("confidence (mean top probability in the bin)")
-    ax.set_ylabel("accuracy in the bin")
-    ax.set_title(f"{entry['name']}: reliability after temperature scaling (test)")
-    ax.grid(alpha=0.3)
-    _legend_beside(ax)
-    _save(fig, path)
-    plt.close(fig)
-    return True
+    return _finish(fig, ax, path, "confidence (mean top probability in the bin)", "accuracy in the bin",
+                   f"{entry['name']}: reliability after temperature scaling (test)")
 
 
 def _shown_ticks(axis, lim) -> list:
