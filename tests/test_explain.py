@@ -114,3 +114,19 @@ def test_vote_words():
     ev[0]["parts"], ev[1]["parts"] = {"classifier": 2.0, "memory": -2.5}, {"classifier": 0.0, "memory": -1.0}
     flipped = [{"label": "insects", "vote_weight": 0.6}, {"label": "flowers", "vote_weight": 0.4}]
     assert in_words("vote", ev, flipped).startswith("The classifier overruled the neighbours: 1 insects neighbour")
+
+
+def test_words_name_the_term_that_overruled_and_skip_classes_that_cannot_win():
+    from ravis.explain import evidence, in_words
+
+    # the vote kept, with a post-hoc adjustment: the prior, not the (zero) classifier, overruled
+    ev = [{"class": "rare", "score": -1.0, "parts": {"classifier": 0.0, "memory": -2.0, "prior": 1.0}},
+          {"class": "common", "score": -1.5, "parts": {"classifier": 0.0, "memory": -0.5, "prior": -1.0}}]
+    shares = [{"label": "common", "vote_weight": 0.7}, {"label": "rare", "vote_weight": 0.3}]
+    assert in_words("vote", ev, shares, "untrained").startswith(
+        "The served model is the kNN vote (validation kept it over the trained module): "
+        "The prior adjustment overruled the neighbours")
+    score = np.array([1.0, -np.inf, 0.5])
+    ev = evidence(score, {"classifier": score}, ["a", "b", "c"])
+    assert [e["class"] for e in ev] == ["a", "c"]  # b cannot be predicted
+    assert in_words("linear", [{**e, "parts": {"classifier": e["score"], "memory": 0.0}} for e in ev], [])

@@ -30,8 +30,10 @@ IN_MEMORY_SIMILARITY = 0.9995
 
 
 def evidence(score: np.ndarray, parts: dict[str, np.ndarray], names: list[str], top: int = 5) -> list[dict]:
-    """The ``top`` classes by ``score`` (C,), each with its additive ``parts``."""
-    order = np.argsort(-score, kind="stable")[:top]
+    """The ``top`` classes by ``score`` (C,), each with its additive ``parts``; a class the
+    model cannot predict (score -inf: one added to the memory, for a model without label
+    evidence) is not among them."""
+    order = [c for c in np.argsort(-score, kind="stable") if np.isfinite(score[c])][:top]
     return [{"class": names[c], "index": int(c), "score": _number(score[c]),
              "parts": {k: _number(v[c]) for k, v in parts.items()}} for c in order]
 
@@ -110,15 +112,33 @@ def _vote_words(ev: list[dict], neighbours: list[dict], kept: str | None) -> str
         text = f"{who(lead)}"
         text += f" outvoted {who(by_share[1])}." if len(by_share) > 1 else " carried the whole vote."
         head = max(ev, key=lambda e: e["parts"].get("classifier", 0.0))
-        flat = len({round(e["parts"].get("classifier", 0.0), 6) for e in ev}) == 1
+        # a zero head (the vote kept) rebuilt from float16 vote shares is flat only to ~1e-4
+        terms = [e["parts"].get("classifier", 0.0) for e in ev]
+        flat = kept in ("untrained", "balanced") or max(terms) - min(terms) < 1e-3
         if not flat and head["class"] != top:
             text += f" The classifier leaned to {head['class']}, but the vote outweighed it."
         elif not flat:
             text += " The classifier agreed."
         return prefix + text
-    return prefix + (f"The classifier overruled the neighbours: {who(lead)} led the vote, "
-                     f"but the classifier's term put {top} first"
+    by = _overruled_by(ev, top, lead)
+    return prefix + (f"{by[0].upper()}{by[1:]} overruled the neighbours: {who(lead)} led the vote, "
+                     f"but {by} put {top} first"
                      + (f" ({who(top)})." if top in voters else " (no neighbour voted for it)."))
+
+
+TERM_WORDS = {"classifier": "the classifier", "prior": "the prior adjustment"}
+
+
+def _overruled_by(ev: list[dict], top: str, lead: str) -> str:
+    """Which terms other than the memory's put ``top`` ahead of the vote's ``lead``: those
+    whose difference between the two favours ``top`` (the classifier where ``lead`` is not
+    among the evidence's classes)."""
+    parts = {e["class"]: e["parts"] for e in ev}
+    if lead not in parts:
+        return TERM_WORDS["classifier"]
+    favour = [TERM_WORDS.get(k, k) for k in parts[top] if k != "memory"
+              and (parts[top][k] or 0.0) - (parts[lead].get(k) or 0.0) > 0]
+    return " and ".join(favour) or TERM_WORDS["classifier"]
 
 
 def in_memory(neighbours: list[dict]) -> str | None:

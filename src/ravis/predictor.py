@@ -262,7 +262,8 @@ class Predictor:
             "top5": [{"class": e["class"], "index": e["index"], "probability": float(out.probs[b, e["index"]])}
                      for e in ev],
             "evidence": ev,
-            "explanation": in_words(kind, ev, neighbours, self.kept and self.kept["kept"]),
+            "explanation": in_words(kind, ev, neighbours, self.kept and self.kept["kept"])
+            + _missing(len(rows) - len(neighbours), len(rows)),
             "decided_by": key,
             "temperature": self.temperature,
             "calibrated": self.calibrated,
@@ -286,6 +287,14 @@ class Predictor:
             "similarity": similarity,
             "has_thumbnail": e["has_thumbnail"],
         }
+
+
+def _missing(n: int, k: int) -> str:
+    """What the explanation must add where the index found fewer than k neighbours."""
+    if not n:
+        return ""
+    return (f" The approximate index found only {k - n} of the k={k} neighbours; the model read a placeholder "
+            f"row (memory row 0) for the other {n}, so the weights listed do not cover all of its input.")
 
 
 @dataclass

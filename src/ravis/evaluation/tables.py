@@ -22,7 +22,7 @@ def served_label(name: str, row: dict | None = None) -> str:
     kept = (row or {}).get("kept")
     if kept is None:
         return label
-    seeds = [kept] if isinstance(kept, str) else list(kept)
+    seeds = [kept] if isinstance(kept, str) else [k for k in kept if k is not None]
     if all(k == "trained" for k in seeds):
         return label
     if len(set(seeds)) == 1:

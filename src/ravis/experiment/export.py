@@ -77,25 +77,28 @@ def save_for_serving(folder: ExperimentFolder, prep: Prepared, methods: dict[str
 
 
 SAMPLES = 8  # test images the page offers: the first test image of each of the first classes
+SAMPLE_BYTES = 4 * 2**20  # a sample's PNG at most (the server's default upload limit is 10 MB)
 
 
 def write_samples(path: Path, dataset) -> None:
     """Full-resolution copies (lossless PNG of the decoded pixels, which embed as the
     dataset's own images do) of a few test images, the page's samples: the first test image of
-    each of the first SAMPLES classes, in test order."""
-    rows, seen = [], set()
+    each of the first SAMPLES classes, in test order. An image whose PNG would exceed
+    SAMPLE_BYTES (a camera photo: 15-25 MB) is passed over for the next of its class: the page
+    uploads the sample to /predict, which refuses more than 10 MB by default."""
+    ids, images, seen = [], [], set()
     for row, y in enumerate(dataset.labels):
-        if int(y) not in seen:
-            seen.add(int(y))
-            rows.append(row)
-        if len(rows) == SAMPLES:
-            break
-    images = []
-    for row in rows:
+        if int(y) in seen:
+            continue
         buffer = io.BytesIO()
         dataset.load_image(row).save(buffer, format="PNG")
-        images.append(buffer.getvalue())
-    write_store(path, [dataset.ids[r] for r in rows], images)
+        if buffer.tell() <= SAMPLE_BYTES:
+            seen.add(int(y))
+            ids.append(dataset.ids[row])
+            images.append(buffer.getvalue())
+        if len(ids) == SAMPLES or row >= 50 * SAMPLES:  # a few hundred tries at most
+            break
+    write_store(path, ids, images)
 
 
 def dataset_thumbnails(dataset, ids: list[str], cache_dir: Path) -> list[bytes]:

@@ -114,7 +114,8 @@ class RetrievalClassifier(nn.Module):
             vote_weight = self.vote_weights(z, keys, labels, num_classes, new_counts)
             votes = vote_weight.new_zeros((vote_weight.shape[0], head.shape[1]))
             votes = votes.scatter_add_(1, labels.clamp(min=0), vote_weight)  # (B, C)
-            memory = self.label_weight * torch.log(votes + self.label_eps)
+            vote = self.label_weight * torch.log(votes + self.label_eps)
+            memory = vote if memory is None else memory + vote
         return Terms(head, memory, vote_weight, attn, contribution)
 
     @property

@@ -88,13 +88,16 @@ class ServedModels:
         probability, which uploading the image gives again."""
         key = (experiment or self.default.experiment.name, method or self.default.method)
         if key not in self._samples:
+            if not any((c["experiment"], c["method"]) == key for c in self.choices()):
+                raise ApiError(404, "unknown_model", f"this server has no model {key[1]!r} of "
+                                                     f"experiment {key[0]!r}; GET /models lists them")
             self._samples[key] = self._read_samples(*key)
         return self._samples[key]
 
     def _read_samples(self, name: str, method: str) -> list[dict]:
         if self.run_dir is None:
             return []
-        from ..evaluation.calibration import softmax
+        from ..evaluation.calibration import method_logits, softmax
         from ..run_folder import RunFolder
         from ..thumbnails import ThumbnailStore
 
@@ -113,7 +116,7 @@ class ServedModels:
             row = row_of[i]
             evaluated = None
             if logits is not None:
-                probs = softmax(logits[row] / temperature)
+                probs = softmax(method_logits(method, logits[row:row + 1])[0] / temperature)
                 evaluated = {"prediction": names[int(probs.argmax())], "probability": float(probs.max())}
             out.append({"id": i, "row": row, "label": names[int(labels[row])], "image": store.get(i)[0],
                         "evaluated": evaluated})

@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const FIRST_TILES = 12;  // the most decisive neighbours shown before "show all"
-const state = { model: null, file: null, data: null, showAll: false, sample: null };
+const state = { model: null, file: null, data: null, showAll: false, sample: null, request: 0 };
 
 // How the tiles are ordered and what their bar shows, by the response's decided_by.
 const DECIDED = {
@@ -102,10 +102,12 @@ async function predict(file, fromSample = false) {
   setStatus("status", "predicting...");
   const body = new FormData();
   body.append("image", file, file.name);
+  const request = ++state.request;  // a slower earlier answer must not replace a newer one
   let data;
   try {
     const r = await fetch("/predict" + query(), { method: "POST", body });
     data = await r.json();
+    if (request !== state.request) return;
     if (!r.ok) {
       setStatus("status", `refused (${r.status} ${data.error.kind}): ${data.error.message}`, true);
       return;
