@@ -100,8 +100,9 @@ def format_timings(timings: dict) -> str:
     lines = ["time (s):"]
     total = 0.0
     for name, stages in timings.items():
-        parts = ", ".join(f"{k} {v:.1f}" for k, v in stages.items() if k != "total")
-        lines.append(f"  {name:<14} {stages['total']:7.1f}  ({parts})")
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in stages.items() if k not in ("total", "printed_at"))
+        printed = f"; table at {stages['printed_at']:.0f} s" if "printed_at" in stages else ""
+        lines.append(f"  {name:<14} {stages['total']:7.1f}  ({parts}{printed})")
         total += stages["total"]
     lines.append(f"  {'all':<14} {total:7.1f}")
     return "\n".join(lines)

@@ -43,7 +43,7 @@ def run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool = True, prog
         # The saved config is the first seed's: the run folder serves that seed's models.
         cfg = dataclasses.replace(cfg, experiments=[with_seed(e, seeds_of(e)[0]) for e in cfg.experiments])
         folder.save_config(cfg)
-        results, timings = {"experiments": []}, {}
+        results, timings, start = {"experiments": []}, {}, time.perf_counter()
         for exp in cfg.experiments:
             t0 = time.perf_counter()
             entry, times = run_experiment(cfg, exp, folder, cache_dir, resume=resume, progress=progress,
@@ -51,6 +51,7 @@ def run(cfg: RunConfig, out: Path, cache_dir: Path, *, resume: bool = True, prog
             results["experiments"].append(entry)
             timings[exp.name] = {**times, "total": time.perf_counter() - t0}
             echo(format_table(entry))
+            timings[exp.name]["printed_at"] = time.perf_counter() - start  # seconds into the run
             echo("")
             folder.save_results(results)  # after each experiment: partial results survive
         folder.save_timings(timings)

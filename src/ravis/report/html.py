@@ -138,7 +138,8 @@ def calibration_table(entry: dict) -> str:
 
 #: The stages of timings.json (ravis.experiment) in words.
 STAGES = {"data": "load the data", "embed": "embed the images", "memory": "build the memory",
-          "knn": "search the neighbours", "run_folder": "write the run folder", "total": "total"}
+          "knn": "search the neighbours", "run_folder": "write the run folder", "total": "total",
+          "printed_at": "its table printed, seconds into the run"}
 
 
 def timings_table(timings: dict[str, dict[str, float]]) -> str:
