@@ -35,6 +35,7 @@ from .config import ExperimentConfig, RunConfig
 from .device import autocast, resolve_device, to_device
 from .encoders import create_image_encoder
 from .errors import InputError
+from .evaluation.calibration import softmax
 from .evaluation.tables import served_label
 from .explain import decided_by, evidence, in_memory, in_words, kind_of
 from .fusion import build_model
@@ -182,7 +183,7 @@ class Predictor:
             score = score - prior
             if prior.any():
                 parts["prior"] = np.broadcast_to(-prior, score.shape)
-        probs = _softmax(score / self.temperature)
+        probs = softmax(score / self.temperature)
         t3 = time.perf_counter()
         timings = {"encode": 1e3 * (t1 - t0), "search": 1e3 * (t2 - t1), "fuse": 1e3 * (t3 - t2)}
         out = _Batch(score, parts, probs, D, rows, found, host(terms.attention), host(terms.vote_weight),
@@ -229,7 +230,7 @@ class Predictor:
     def method_label(self) -> str:
         """What is served, by name: "MAM (memory attention), kept: kNN vote" where validation
         replaced the trained model by the vote (:func:`ravis.evaluation.tables.served_label`)."""
-        return served_label(self.method, {"kept": self.kept["kept"]} if self.kept else None)
+        return served_label(self.method, self.kept)
 
     def _describe(self, out: "_Batch", b: int, top_classes: int, top_neighbors: int | None) -> dict:
         """Image ``b``'s output: top classes, the evidence that ranked them, the neighbours in
@@ -314,11 +315,6 @@ class _Batch:
     timings: dict
     entries: dict
     names: list
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 __all__ = ["Predictor"]

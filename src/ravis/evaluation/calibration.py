@@ -65,7 +65,7 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> dict
     accuracy and the count of the predictions whose top probability falls in it (None for
     an empty bin's means)."""
     conf, pred = probs.max(1), probs.argmax(1)
-    which = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    which = _bin_of(conf, bins)
     count = np.bincount(which, minlength=bins)
     hits = np.bincount(which, weights=(pred == labels).astype(np.float64), minlength=bins)
     sums = np.bincount(which, weights=conf, minlength=bins)
@@ -73,10 +73,19 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> dict
     return {"confidence": mean(sums), "accuracy": mean(hits), "count": [int(n) for n in count]}
 
 
+def _bin_of(conf: np.ndarray, bins: int) -> np.ndarray:
+    """The equal-width bin ((i/bins, (i+1)/bins]) of each confidence."""
+    return np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+
+
 def ece(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
     """Expected calibration error: sum over the bins of (bin's share of the predictions) x
     |its accuracy - its mean confidence|."""
-    r = reliability(probs, labels, bins)
+    return _ece(reliability(probs, labels, bins))
+
+
+def _ece(r: dict) -> float:
+    """:func:`ece` from the bins :func:`reliability` made."""
     n = max(sum(r["count"]), 1)
     return float(sum(c / n * abs(a - f) for c, a, f in zip(r["count"], r["accuracy"], r["confidence"]) if c))
 
@@ -128,10 +137,10 @@ def calibration_record(logits: np.ndarray, labels: np.ndarray, temperature: floa
     with and without its temperature, and the calibrated reliability bins."""
     labels, x = np.asarray(labels), np.asarray(logits, dtype=np.float64)
     calibrated = softmax(x / temperature)
-    return {"ece": ece(calibrated, labels), "nll": nll(x / temperature, labels),
+    bins = reliability(calibrated, labels)
+    return {"ece": _ece(bins), "nll": nll(x / temperature, labels),
             "ece_uncalibrated": ece(softmax(x), labels), "nll_uncalibrated": nll(x, labels),
-            "temperature": float(temperature), "ece_floor": ece_floor(calibrated),
-            "reliability": reliability(calibrated, labels)}
+            "temperature": float(temperature), "ece_floor": ece_floor(calibrated), "reliability": bins}
 
 
 def ece_floor(probs: np.ndarray, draws: int = 100, seed: int = 0) -> float:
@@ -140,7 +149,7 @@ def ece_floor(probs: np.ndarray, draws: int = 100, seed: int = 0) -> float:
     ``draws``. On a small test set (Tux Paint's 163 images) the bins are so thin that this
     floor, not miscalibration, can dominate the measured ECE."""
     conf = probs.max(1)
-    which = np.clip(np.ceil(conf * BINS).astype(np.int64) - 1, 0, BINS - 1)
+    which = _bin_of(conf, BINS)
     sums = np.bincount(which, weights=conf, minlength=BINS)
     rng = np.random.default_rng(seed)
     out = []

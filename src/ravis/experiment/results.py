@@ -65,7 +65,6 @@ def summarise(prep, text_encoder: str, methods: dict[str, MethodResult]) -> dict
     }
 
 
-
 def aggregate_seeds(entries: list[dict], seeds: list[int]) -> dict:
     """One results entry from an experiment's per-seed entries: each metric's mean over the
     seeds under "methods", its standard deviation (ddof 0) under "std", and every seed's own

@@ -169,7 +169,7 @@ def _prediction_routes(app: FastAPI, service: Service) -> None:
     @app.get("/samples/{index}")
     def sample(index: int, request: Request):
         service.models.require_experiment(request.query_params.get("experiment") or None)
-        found = service.models.samples(request.query_params.get("experiment") or None)
+        found = service.models.sample_images(request.query_params.get("experiment") or None)
         if not 0 <= index < len(found):
             raise ApiError(404, "unknown_sample", f"no sample {index}; GET /samples lists {len(found)}")
         data = found[index]["image"]

@@ -27,7 +27,7 @@ class ServedModels:
         self._options = dict(load_options or {})
         self._loaded = {(default.experiment.name, default.method): default}
         self._lock = threading.Lock()
-        self._samples: dict[tuple[str, str], list[dict]] = {}
+        self._samples: dict[str, list[dict]] = {}  # the sample images, by experiment
 
     def choices(self) -> list[dict]:
         """Every (experiment, method) this server can serve, with the name of what is served
@@ -72,32 +72,53 @@ class ServedModels:
         with self._lock:
             if key in self._loaded:
                 return self._loaded[key]
-            if not any((c["experiment"], c["method"]) == key for c in self.choices()):
-                raise ApiError(404, "unknown_model", f"this server has no model {key[1]!r} of "
-                                                     f"experiment {key[0]!r}; GET /models lists them")
+            self._require_model(key)
             from ..predictor import Predictor
 
             predictor = Predictor.load(self.run_dir, key[0], key[1], **self._options)
             self._loaded[key] = predictor
             return predictor
 
-    def samples(self, experiment: str | None = None, method: str | None = None) -> list[dict]:
-        """A few of the experiment's test images, at full resolution (the run folder's stored
-        copies): each with its id, test row, true class, image bytes, and the prediction the
-        run evaluated for ``method`` (default: the started one's) with its calibrated
-        probability, which uploading the image gives again."""
-        key = (experiment or self.default.experiment.name, method or self.default.method)
-        if key not in self._samples:
-            if not any((c["experiment"], c["method"]) == key for c in self.choices()):
-                raise ApiError(404, "unknown_model", f"this server has no model {key[1]!r} of "
-                                                     f"experiment {key[0]!r}; GET /models lists them")
-            self._samples[key] = self._read_samples(*key)
-        return self._samples[key]
+    def _require_model(self, key: tuple[str, str]) -> None:
+        """Refuses (404 unknown_model) an (experiment, method) this server does not serve."""
+        if not any((c["experiment"], c["method"]) == key for c in self.choices()):
+            raise ApiError(404, "unknown_model", f"this server has no model {key[1]!r} of "
+                                                 f"experiment {key[0]!r}; GET /models lists them")
 
-    def _read_samples(self, name: str, method: str) -> list[dict]:
-        if self.run_dir is None:
+    def sample_images(self, experiment: str | None = None) -> list[dict]:
+        """A few of the experiment's test images at full resolution (the run folder's stored
+        copies), each with its id, test row, true class and image bytes; read once."""
+        name = experiment or self.default.experiment.name
+        if name not in self._samples:
+            self._samples[name] = self._read_samples(name)
+        return self._samples[name]
+
+    def samples(self, experiment: str | None = None, method: str | None = None) -> list[dict]:
+        """:meth:`sample_images`, each with the prediction the run evaluated for ``method``
+        (default: the started one's) and its calibrated probability, which uploading the
+        image gives again."""
+        key = (experiment or self.default.experiment.name, method or self.default.method)
+        self._require_model(key)
+        images = self.sample_images(key[0])
+        if not images:
             return []
         from ..evaluation.calibration import method_logits, softmax
+        from ..run_folder import RunFolder
+
+        folder = RunFolder(self.run_dir).experiment(key[0])
+        info = folder.read_serving()
+        names, temperature = info["class_names"], float(info.get("temperature", {}).get(key[1], 1.0))
+        with np.load(folder.predictions, allow_pickle=False) as f:
+            logits = f[f"logits_{key[1]}"][[x["row"] for x in images]] if f"logits_{key[1]}" in f else None
+        if logits is None:
+            return [{**x, "evaluated": None} for x in images]
+        probs = softmax(method_logits(key[1], logits) / temperature)
+        return [{**x, "evaluated": {"prediction": names[int(p.argmax())], "probability": float(p.max())}}
+                for x, p in zip(images, probs)]
+
+    def _read_samples(self, name: str) -> list[dict]:
+        if self.run_dir is None:
+            return []
         from ..run_folder import RunFolder
         from ..thumbnails import ThumbnailStore
 
@@ -106,21 +127,11 @@ class ServedModels:
             return []
         store = ThumbnailStore.open(folder.test_samples)
         row_of = {i: r for r, i in enumerate(folder.read_test_ids())}
-        info = folder.read_serving()
-        names, temperature = info["class_names"], float(info.get("temperature", {}).get(method, 1.0))
+        names = folder.read_serving()["class_names"]
         with np.load(folder.predictions, allow_pickle=False) as f:
             labels = f["labels"]
-            logits = f[f"logits_{method}"] if f"logits_{method}" in f else None
-        out = []
-        for i in store.ids():
-            row = row_of[i]
-            evaluated = None
-            if logits is not None:
-                probs = softmax(method_logits(method, logits[row:row + 1])[0] / temperature)
-                evaluated = {"prediction": names[int(probs.argmax())], "probability": float(probs.max())}
-            out.append({"id": i, "row": row, "label": names[int(labels[row])], "image": store.get(i)[0],
-                        "evaluated": evaluated})
-        return out
+        return [{"id": i, "row": row_of[i], "label": names[int(labels[row_of[i]])], "image": store.get(i)[0]}
+                for i in store.ids()]
 
     def samples_note(self, experiment: str | None = None) -> str | None:
         """Why an experiment offers no samples, where it offers none (None otherwise)."""
